@@ -1,0 +1,7 @@
+"""Routes: conversations (not built yet)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+routes: list[Any] = []

@@ -1,0 +1,36 @@
+"""``GET /health``: overall status plus one entry per plugin."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from litestar import get
+from litestar.datastructures import State
+
+from core.api.deps import get_runtime
+
+
+@get("/health", summary="Health of the app and of every plugin", exclude_from_auth=True)
+async def health(state: State) -> dict[str, Any]:
+    """Always 200 while the process serves; ``status`` is ``degraded`` when a plugin failed.
+    Providers that implement ``health()`` add their own details (a breaker's state, say)."""
+    runtime = get_runtime(state)
+    report = runtime.health()
+    for registered in runtime.providers.values():
+        for provider in registered.values():
+            probe = getattr(provider, "health", None)
+            if probe is None:
+                continue
+            plugin = runtime.provider_plugin.get(id(provider))
+            entry = report["plugins"].get(plugin)
+            if entry is None:
+                continue
+            try:
+                entry["health"] = await asyncio.wait_for(probe(), 2.0)
+            except Exception as exc:
+                entry["health"] = {"status": "unreachable", "error": f"{type(exc).__name__}: {exc}"}
+    return report
+
+
+routes = [health]

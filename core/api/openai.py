@@ -1,0 +1,7 @@
+"""Routes: openai (not built yet)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+routes: list[Any] = []

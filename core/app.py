@@ -1,0 +1,130 @@
+"""The Litestar app factory."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, Request, Response
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from core.api import ROUTE_MODULES
+from core.api.deps import provide_principal, provide_runtime
+from core.config import Config, load_config
+from core.errors import MamiError
+from core.plugins import Candidate
+from core.runtime import Runtime
+
+log = logging.getLogger("mami")
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+
+
+def error_body(status: int, message: str, details: Any = None) -> dict[str, Any]:
+    """The one error shape of every endpoint (OpenAI's, so its clients understand it)."""
+    error: dict[str, Any] = {
+        "message": message,
+        "type": ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+        "code": status,
+    }
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+def _mami_error(_: Request[Any, Any, Any], exc: MamiError) -> Response[Any]:
+    return Response(error_body(exc.status_code, exc.message), status_code=exc.status_code)
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    details = exc.extra if isinstance(exc, ValidationException) else None
+    return Response(
+        error_body(exc.status_code, exc.detail, details),
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+def _unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error", exc_info=exc)
+    return Response(
+        error_body(500, "internal server error"), status_code=HTTP_500_INTERNAL_SERVER_ERROR
+    )
+
+
+def collect_routes(runtime: Runtime) -> list[Any]:
+    """Core routes plus whatever enabled plugins add through ``register_routes``."""
+    handlers: list[Any] = []
+    for module_name in ROUTE_MODULES:
+        handlers.extend(importlib.import_module(module_name).routes)
+    for _plugin, extra in runtime.plugins.call_each("register_routes", runtime=runtime):
+        handlers.extend(extra or [])
+    return handlers
+
+
+def create_app(
+    config: Config | None = None,
+    *,
+    candidates: list[Candidate] | None = None,
+    serverless: bool = False,
+) -> Litestar:
+    """Build an app with its own plugin manager and runtime.
+
+    ``serverless`` (Lambda) skips the lifespan: the runtime starts on the first
+    request, and nothing runs in the background after a response.
+    """
+    runtime = Runtime(config or load_config(), candidates, serverless=serverless)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await runtime.ensure_started()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    async def start_lazily(request: Request[Any, Any, Any]) -> None:
+        await runtime.ensure_started()
+
+    app = Litestar(
+        route_handlers=collect_routes(runtime),
+        state=State({"runtime": runtime}),
+        dependencies={
+            "runtime": Provide(provide_runtime),
+            "principal": Provide(provide_principal),
+        },
+        lifespan=[] if serverless else [lifespan],
+        before_request=start_lazily,
+        exception_handlers={
+            MamiError: _mami_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+        openapi_config=OpenAPIConfig(title="mami", version="0.1.0", path="/schema"),
+        cors_config=CORSConfig(allow_origins=[]),
+        debug=False,
+    )
+    return app
+
+
+def runtime_of(app: Litestar) -> Runtime:
+    """The :class:`Runtime` of an app made by :func:`create_app`."""
+    return app.state.runtime  # type: ignore[no-any-return]

@@ -1,0 +1,1 @@
+"""The `mami chat` command (not built yet)."""

@@ -1,0 +1,1 @@
+"""The `mami ingest` command (not built yet)."""

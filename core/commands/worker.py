@@ -1,0 +1,1 @@
+"""The `mami worker` command (not built yet)."""

@@ -1,0 +1,117 @@
+"""The hooks a mami plugin can implement.
+
+Every hook is synchronous. Provider hooks receive a ``register`` callback and call it
+with objects whose methods are async (see :mod:`core.protocols`). Lifecycle and event
+hooks may return an awaitable, which mami awaits. Each plugin reads its own settings
+with ``runtime.settings(<plugin name>)``.
+
+Event hooks (``message_completed``, ``image_finished``) are delivered to each
+implementation separately: one that raises or hangs is logged and timed out and does
+not stop the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from core.protocols import Authenticator, ImageGenerator, LLMProvider, MemoryStore, Retriever
+
+if TYPE_CHECKING:
+    from core.events import ImageFinished, MessageCompleted
+    from core.runtime import Runtime
+
+hookspec = pluggy.HookspecMarker("mami")
+
+
+@hookspec
+def register_llm_providers(register: Callable[[LLMProvider], None], runtime: Runtime) -> None:
+    """Register chat models by calling ``register(provider)`` once per model.
+
+    Receives the runtime for settings and paths. Returns nothing; every
+    implementation is called. The active model is ``[core] llm`` or the first one
+    registered.
+    """
+
+
+@hookspec
+def register_retrievers(register: Callable[[Retriever], None], runtime: Runtime) -> None:
+    """Register document stores for retrieval-augmented generation (RAG).
+
+    Every implementation is called; the active retriever is ``[core] retriever`` or
+    the first one registered.
+    """
+
+
+@hookspec
+def register_memory_stores(register: Callable[[MemoryStore], None], runtime: Runtime) -> None:
+    """Register memory stores. Every implementation is called; the active one is
+    ``[core] memory`` or the first registered."""
+
+
+@hookspec
+def register_image_generators(
+    register: Callable[[ImageGenerator], None], runtime: Runtime
+) -> None:
+    """Register text-to-image backends. Every implementation is called; the active
+    one is ``[core] images`` or the first registered."""
+
+
+@hookspec
+def register_authenticators(register: Callable[[Authenticator], None], runtime: Runtime) -> None:
+    """Register authenticators. Every implementation is called; the first registered
+    one authenticates every HTTP request and WebSocket."""
+
+
+@hookspec
+def register_routes(runtime: Runtime) -> list[Any] | None:
+    """Return extra Litestar route handlers (or routers) to mount on the app.
+
+    Every implementation is called; the lists are concatenated.
+    """
+
+
+@hookspec
+def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add sub-commands to the ``mami`` CLI with ``subparsers.add_parser(...)``.
+
+    A command sets ``func`` with ``parser.set_defaults(func=callable)``; the callable
+    receives the parsed ``argparse.Namespace`` and returns an exit code. Every
+    implementation is called.
+    """
+
+
+@hookspec
+def startup(runtime: Runtime) -> Awaitable[None] | None:
+    """Called once when the app starts, after providers are registered.
+
+    May return an awaitable. A plugin that raises here is marked failed and the app
+    runs on without it.
+    """
+
+
+@hookspec
+def shutdown(runtime: Runtime) -> Awaitable[None] | None:
+    """Called once when the app stops. May return an awaitable. Errors are logged."""
+
+
+@hookspec
+def message_completed(event: MessageCompleted, runtime: Runtime) -> Awaitable[None] | None:
+    """An assistant message was stored with status ``complete``.
+
+    Fired exactly once per assistant message, after it is committed; never for partial
+    deltas, interrupted or failed replies. ``event.message_id`` is stable, so an
+    implementation can use it as an idempotency key (see ``runtime.claim_once``).
+    """
+
+
+@hookspec
+def image_finished(event: ImageFinished, runtime: Runtime) -> Awaitable[None] | None:
+    """An image job reached a final state (succeeded, placeholder or failed).
+
+    Each implementation runs isolated with a timeout; an error is recorded on the job
+    and never affects the queue.
+    """

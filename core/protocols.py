@@ -1,0 +1,247 @@
+"""Provider interfaces that plugins implement.
+
+Hooks are synchronous and *register* provider objects; the providers' methods are
+async. Every method that touches user data takes the owner explicitly: there is no
+way to call a retriever or a memory store without saying whose data it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One message of a prompt."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    """Sampling settings for one reply."""
+
+    max_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A streamed piece of a reply. The last one carries ``finish_reason``."""
+
+    text: str
+    finish_reason: str | None = None
+
+
+@runtime_checkable
+class LLMProvider(Protocol):
+    """A chat model.
+
+    ``name`` is the model id shown in ``/v1/models``. ``context_window`` is the model's
+    window in tokens. ``count_tokens`` uses the model's own tokenizer where it can and
+    otherwise a conservative (over-)estimate. ``stream`` yields deltas; it raises
+    :class:`core.errors.ProviderError` when nothing could be generated and
+    :class:`core.errors.StreamInterrupted` (carrying the text so far) when a stream
+    broke after the first token.
+    """
+
+    name: str
+    context_window: int
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def stream(
+        self, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> AsyncIterator[Delta]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A chunk of a document found by a retriever."""
+
+    text: str
+    document_id: str
+    source: str
+    chunk_index: int
+    scope: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentInfo:
+    """A stored document of one owner."""
+
+    id: str
+    owner: str
+    scope: str
+    source: str
+    chunks: int
+    created_at: datetime | None = None
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """Owner-scoped document store and search (RAG).
+
+    ``search`` returns at most ``k`` passages that belong to ``owner`` (or to the
+    shared ``global`` scope) and to one of ``scopes`` when given, best first.
+    ``ingest`` replaces a document with the same owner, scope and source.
+    """
+
+    name: str
+
+    async def ingest(
+        self, owner: str, source: str, text: str, scope: str = "default"
+    ) -> DocumentInfo: ...
+
+    async def search(
+        self, owner: str, query: str, k: int = 5, scopes: Sequence[str] | None = None
+    ) -> list[Passage]: ...
+
+    async def list_documents(self, owner: str) -> list[DocumentInfo]: ...
+
+    async def delete_document(self, owner: str, document_id: str) -> bool: ...
+
+    async def erase_owner(self, owner: str) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """A remembered fact about an owner."""
+
+    id: str
+    owner: str
+    text: str
+    seen_count: int = 1
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    score: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryDecision:
+    """What a memory store did with a candidate fact: ``added``, ``updated`` or ``skipped``."""
+
+    action: Literal["added", "updated", "skipped"]
+    memory_id: str
+    text: str
+    similarity: float | None = None
+    source_message_id: str | None = None
+    at: datetime | None = None
+
+
+@runtime_checkable
+class MemoryStore(Protocol):
+    """Owner-scoped memories with duplicate detection."""
+
+    name: str
+
+    async def remember(
+        self, owner: str, text: str, source_message_id: str | None = None
+    ) -> MemoryDecision: ...
+
+    async def recall(self, owner: str, query: str, k: int = 5) -> list[Memory]: ...
+
+    async def list_memories(self, owner: str) -> list[Memory]: ...
+
+    async def delete_memory(self, owner: str, memory_id: str) -> bool: ...
+
+    async def erase_owner(self, owner: str) -> int: ...
+
+    async def history(self, owner: str, memory_id: str) -> list[MemoryDecision]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRequest:
+    """Parameters of one text-to-image job."""
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    steps: int = 20
+    seed: int = -1
+    sampler: str | None = None
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageResult:
+    """A PNG image. ``placeholder`` is true when generation failed and ``png`` only
+    explains why (``reason``)."""
+
+    png: bytes
+    placeholder: bool = False
+    reason: str | None = None
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+ProgressCallback = Callable[[float], None]
+
+
+@runtime_checkable
+class ImageGenerator(Protocol):
+    """Text-to-image backend. ``generate`` never raises for backend faults: it returns
+    a placeholder result instead, within the generator's own deadline."""
+
+    name: str
+
+    async def generate(
+        self, request: ImageRequest, progress: ProgressCallback | None = None
+    ) -> ImageResult: ...
+
+    async def health(self) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling. ``owner`` is the only source of the data owner of a request."""
+
+    owner: str
+    credential_id: str | None = None
+    expires_at: datetime | None = None
+
+
+class WebSocketLike(Protocol):
+    """The part of a WebSocket connection an authenticator may use."""
+
+    headers: Mapping[str, str]
+
+    async def accept(self, subprotocols: str | None = None) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
+
+    async def receive_text(self) -> str: ...
+
+
+@runtime_checkable
+class Authenticator(Protocol):
+    """Turns credentials into a :class:`Principal`.
+
+    ``authenticate_http`` raises :class:`core.errors.AuthError` (401/403) for a bad or
+    missing credential. ``accept_websocket`` verifies the socket *before* anything is
+    read from it by the chat handler; it accepts the socket and returns the principal,
+    or closes it with a readable code and returns ``None``. ``still_valid`` is polled
+    during long-lived sockets so a revoked or expired credential closes them.
+    """
+
+    name: str
+
+    async def authenticate_http(
+        self, headers: Mapping[str, str], client: str | None
+    ) -> Principal: ...
+
+    async def accept_websocket(self, socket: Any) -> Principal | None: ...
+
+    async def still_valid(self, principal: Principal) -> bool: ...
+
