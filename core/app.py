@@ -40,9 +40,10 @@ ERROR_TYPES = {
 
 def error_body(status: int, message: str, details: Any = None) -> dict[str, Any]:
     """The one error shape of every endpoint (OpenAI's, so its clients understand it)."""
+    fallback = "server_error" if status >= 500 else "invalid_request_error"
     error: dict[str, Any] = {
         "message": message,
-        "type": ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+        "type": ERROR_TYPES.get(status, fallback),
         "code": status,
     }
     if details:

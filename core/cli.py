@@ -92,7 +92,9 @@ def build_parser(plugin_commands: Callable[[Any], None] | None = None) -> argpar
     parser = argparse.ArgumentParser(
         prog="mami", description="mami: a plugin-based chatbot framework."
     )
-    parser.add_argument("--config", help="path to plugins.toml (default: $MAMI_CONFIG or ./plugins.toml)")
+    parser.add_argument(
+        "--config", help="path to plugins.toml (default: $MAMI_CONFIG or ./plugins.toml)"
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

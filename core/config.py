@@ -153,7 +153,9 @@ def config_from_dict(raw: Mapping[str, Any], path: Path | None = None) -> Config
     known = {"core", "server", "budget", "plugins"}
     for table in raw:
         if table not in known:
-            raise ConfigError(f"{source}: unknown table [{table}] (expected one of {sorted(known)})")
+            raise ConfigError(
+                f"{source}: unknown table [{table}] (expected one of {', '.join(sorted(known))})"
+            )
     secret_paths: set[str] = set()
     resolved = _resolve_env(dict(raw), "", source, secret_paths)
     plugins = resolved.get("plugins", {})

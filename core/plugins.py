@@ -18,6 +18,7 @@ import inspect
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import entry_points
 from types import ModuleType
 from typing import Any
@@ -76,7 +77,7 @@ def builtin_candidates(package: str = BUILTIN_PACKAGE) -> list[Candidate]:
     except (ImportError, AttributeError):
         return []
     return [
-        Candidate(name, module, "builtin", default, lambda m=module: importlib.import_module(m))
+        Candidate(name, module, "builtin", default, partial(importlib.import_module, module))
         for name, (module, default) in listing.items()
     ]
 
@@ -139,9 +140,9 @@ class PluginHost:
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            name = self.pm.get_name(exc.plugin) if exc.plugin else None
-            if name:
-                self.fail(name, f"unknown hook: {exc}")
+            bad = self.pm.get_name(exc.plugin) if exc.plugin else None
+            if bad:
+                self.fail(bad, f"unknown hook: {exc}")
 
     def _settings_for(self, name: str, module: ModuleType) -> Any:
         schema = getattr(module, "Settings", None)

@@ -97,7 +97,7 @@ class Runtime:
                     record.provides.append(kind)
 
     def _drop_failed_providers(self) -> None:
-        for kind, registered in self.providers.items():
+        for registered in self.providers.values():
             for name, provider in list(registered.items()):
                 record = self.plugins.records.get(self.provider_plugin.get(id(provider), ""))
                 if record is not None and record.status == "failed":
