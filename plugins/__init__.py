@@ -1,4 +1,7 @@
 """Built-in plugins. ``BUILTINS`` maps each plugin's name to its module and whether it
 is enabled when plugins.toml does not say."""
 
-BUILTINS: dict[str, tuple[str, bool]] = {}
+BUILTINS: dict[str, tuple[str, bool]] = {
+    "local-llm": ("plugins.local_llm", True),
+    "openai-llm": ("plugins.openai_llm", False),
+}
