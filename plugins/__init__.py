@@ -4,4 +4,5 @@ is enabled when plugins.toml does not say."""
 BUILTINS: dict[str, tuple[str, bool]] = {
     "local-llm": ("plugins.local_llm", True),
     "openai-llm": ("plugins.openai_llm", False),
+    "forge-image": ("plugins.forge_image", True),
 }

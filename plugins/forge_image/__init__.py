@@ -1,0 +1,69 @@
+"""forge-image: text-to-image through a Stable Diffusion WebUI Forge or AUTOMATIC1111
+server (its ``/sdapi/v1`` HTTP API), with timeouts, retries on transient faults only,
+a circuit breaker and placeholder images that say what went wrong.
+
+Pillow is imported only when an image is checked or a placeholder drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from core import hookimpl
+from core.protocols import ImageGenerator
+
+if TYPE_CHECKING:
+    from core.runtime import Runtime
+
+PLUGIN_NAME = "forge-image"
+
+
+@dataclass
+class Settings:
+    """``[plugins.forge-image]``."""
+
+    url: str = "http://127.0.0.1:7860"
+    """Base URL of the Forge / AUTOMATIC1111 server (started with ``--api``)."""
+    username: str = ""
+    """HTTP Basic user for a server started with ``--api-auth``; empty: no auth."""
+    password: str = ""
+    """HTTP Basic password; put ``{ env = "FORGE_PASSWORD" }`` here, never the secret."""
+    checkpoint: str = ""
+    """Default model checkpoint (sent per request via ``override_settings``); empty: the
+    server's current one."""
+    sampler: str = ""
+    """Default sampler name; empty: the server's default."""
+    connect_timeout: float = 3.0
+    """Seconds to establish a connection, per attempt."""
+    read_timeout: float = 120.0
+    """Seconds to wait for the server's answer, per attempt."""
+    deadline: float = 180.0
+    """Total seconds a job may take across all attempts and back-offs."""
+    attempts: int = 3
+    """Maximum attempts per job (retries only on transient faults)."""
+    backoff_initial: float = 0.5
+    """First back-off in seconds; it doubles per retry."""
+    backoff_max: float = 8.0
+    """Longest back-off in seconds."""
+    backoff_jitter: float = 0.5
+    """Random jitter added to each back-off, in seconds."""
+    breaker_threshold: int = 5
+    """Consecutive failed calls that open the circuit."""
+    breaker_cooldown: float = 30.0
+    """Seconds the circuit stays open before one probe may go through."""
+    progress_interval: float = 1.0
+    """Seconds between ``/sdapi/v1/progress`` polls while a job runs."""
+    health_timeout: float = 1.0
+    """Seconds the ``/health`` probe (``/sdapi/v1/sd-models``) may take."""
+
+
+@hookimpl
+def register_image_generators(
+    register: Callable[[ImageGenerator], None], runtime: Runtime
+) -> None:
+    """Register the Forge generator (nothing heavy is imported here)."""
+    from plugins.forge_image.client import ForgeImageGenerator
+
+    register(ForgeImageGenerator(runtime.settings(PLUGIN_NAME) or Settings(), PLUGIN_NAME))
