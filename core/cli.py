@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -73,10 +74,8 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     """List plugins with their state and any error."""
-    from core.plugins import PluginHost
-
     config = _config(args)
-    host = PluginHost(config)
+    host = plugin_host(args.config)
     rows = [record.as_dict() for record in host.records.values()]
     if args.json:
         print(json.dumps({"status": host.status(), "plugins": rows,
@@ -137,12 +136,18 @@ def core_command(register: Callable[[Any], None]) -> Callable[[Any], None]:
     return register
 
 
+@functools.cache
+def plugin_host(config_path: str | None) -> Any:
+    """The CLI's one :class:`PluginHost` (plugins are imported once per command)."""
+    from core.plugins import PluginHost
+
+    return PluginHost(load_config(config_path))
+
+
 def _plugin_commands(config_path: str | None) -> Callable[[Any], None] | None:
     """Sub-commands from enabled plugins; a broken config only hides them."""
     try:
-        from core.plugins import PluginHost
-
-        host = PluginHost(load_config(config_path))
+        host = plugin_host(config_path)
     except MamiError:
         return None
 
@@ -158,14 +163,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     pre.add_argument("--config")
     pre.add_argument("--debug", action="store_true")
     known, _ = pre.parse_known_args(argv)
-    _load_core_commands()
-    parser = build_parser(_plugin_commands(known.config))
-    args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.debug else os.environ.get("MAMI_LOG_LEVEL", "INFO"),
+        level=logging.DEBUG if known.debug else os.environ.get("MAMI_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    _load_core_commands()
+    parser = build_parser(_plugin_commands(known.config))
+    args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

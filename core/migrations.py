@@ -5,21 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
-from alembic import command
 from core.db import ensure_sqlite_dir, sync_url
 
 SCRIPT_LOCATION = Path(__file__).resolve().parent.parent / "alembic"
 
 
-def alembic_config(url: str) -> AlembicConfig:
-    """An Alembic configuration for ``url`` using the project's ``alembic/`` scripts."""
+def alembic_config(url: str, script_location: Path | None = None) -> AlembicConfig:
+    """An Alembic configuration for ``url`` using the project's ``alembic/`` scripts
+    (or another script directory, for tests of the migration machinery)."""
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(SCRIPT_LOCATION))
+    cfg.set_main_option("script_location", str(script_location or SCRIPT_LOCATION))
     cfg.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
     cfg.attributes["database_url"] = sync_url(url)
     return cfg

@@ -137,11 +137,14 @@ class PluginHost:
                 self.fail(cand.name, f"registration failed: {exc}")
                 continue
             record.status = "ok"
-        try:
-            self.pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            bad = self.pm.get_name(exc.plugin) if exc.plugin else None
-            if bad:
+        while True:  # a misspelled hook implementation fails its plugin, not the app
+            try:
+                self.pm.check_pending()
+                break
+            except pluggy.PluginValidationError as exc:
+                bad = self.pm.get_name(exc.plugin) if exc.plugin else None
+                if not bad:
+                    raise
                 self.fail(bad, f"unknown hook: {exc}")
 
     def _settings_for(self, name: str, module: ModuleType) -> Any:

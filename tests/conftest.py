@@ -137,3 +137,29 @@ def live_server() -> Iterator[Any]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def sample_plugins_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample third-party plugins of tests/sample_plugin, really installed with pip
+    into a private directory (so they never leak into other tests or `mami serve`)."""
+    import subprocess
+    import sys
+
+    target = tmp_path_factory.mktemp("site")
+    source = Path(__file__).parent / "sample_plugin"
+    build = tmp_path_factory.mktemp("build")
+    shutil.copytree(source, build / "src")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(build / "src")],
+        check=True,
+    )
+    return target
+
+
+@pytest.fixture
+def sample_plugins(sample_plugins_site: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Put the sample plugins on sys.path for one test: their entry points are found."""
+    monkeypatch.syspath_prepend(str(sample_plugins_site))
+    return sample_plugins_site

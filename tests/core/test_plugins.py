@@ -1,0 +1,148 @@
+"""Plugin discovery, enabling, settings checks and failure isolation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from core.app import create_app, runtime_of
+from core.config import config_from_dict
+from core.errors import ConfigError
+from core.plugins import PluginHost, entrypoint_candidates
+
+pytestmark = pytest.mark.usefixtures("sample_plugins")
+
+
+def third_party_app(make_config: Any, **plugins: Any) -> Any:
+    return create_app(make_config(plugins=plugins), candidates=entrypoint_candidates())
+
+
+async def test_entry_point_plugins_are_discovered_and_broken_ones_degrade(make_config: Any) -> None:
+    app = third_party_app(make_config, sample={"greeting": "merhaba", "times": 2})
+    async with AsyncTestClient(app) as client:
+        health = (await client.get("/health")).json()
+        hello = await client.get("/sample/hello")
+    assert health["status"] == "degraded"
+    plugins = health["plugins"]
+    assert plugins["sample"]["status"] == "ok"
+    assert plugins["sample"]["source"] == "entrypoint"
+    assert "llm" in plugins["sample"]["provides"]
+    assert plugins["broken-import"]["status"] == "failed"
+    assert "exploded on import" in plugins["broken-import"]["error"]
+    assert plugins["broken-startup"]["status"] == "failed"
+    assert "failed to start" in plugins["broken-startup"]["error"]
+    assert hello.json() == {"message": "merhaba merhaba"}
+
+
+async def test_disabled_plugins_are_not_loaded(make_config: Any) -> None:
+    app = third_party_app(
+        make_config,
+        **{"broken-import": {"enabled": False}, "broken-startup": {"enabled": False},
+           "sample": {"enabled": False}},
+    )
+    async with AsyncTestClient(app) as client:
+        health = (await client.get("/health")).json()
+        missing = await client.get("/sample/hello")
+    assert health["status"] == "ok"
+    assert {p["status"] for p in health["plugins"].values()} == {"disabled"}
+    assert missing.status_code == 404
+    assert runtime_of(app).llm is None
+
+
+def test_a_failed_startup_drops_the_plugins_providers(make_config: Any) -> None:
+    host = PluginHost(make_config(), entrypoint_candidates())
+    assert host.records["broken-import"].status == "failed"
+    assert host.records["sample"].status == "ok"
+    assert host.status() == "degraded"
+
+
+@pytest.mark.parametrize(
+    ("plugins", "message"),
+    [
+        ({"nope": {}}, "[plugins.nope]: unknown plugin"),
+        ({"sample": {"times": "two"}}, "[plugins.sample] times: expected an integer, got a string"),
+        ({"sample": {"greting": "hi"}}, "[plugins.sample] greting: unknown setting"),
+        ({"broken-startup": {"x": 1}}, "[plugins.broken-startup] x: this plugin takes no settings"),
+    ],
+)
+def test_bad_plugin_settings_stop_startup_naming_the_key(
+    make_config: Any, plugins: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        third_party_app(make_config, **plugins)
+    assert message in str(info.value)
+
+
+def test_each_app_has_its_own_plugin_manager(make_config: Any) -> None:
+    one = runtime_of(third_party_app(make_config))
+    two = runtime_of(third_party_app(make_config, sample={"enabled": False}))
+    assert one.plugins.pm is not two.plugins.pm
+    assert one.plugins.pm.get_plugin("sample") is not None
+    assert two.plugins.pm.get_plugin("sample") is None
+
+
+def _mami(args: list[str], cwd: Path, site: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(site), "MAMI_DATA_DIR": str(cwd / "data")}
+    env.pop("MAMI_CONFIG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "core.cli", *args], cwd=cwd, env=env, text=True,
+        capture_output=True, timeout=120,
+    )
+
+
+def test_mami_plugins_cli_reports_failures_and_redacts_secrets(
+    tmp_path: Path, sample_plugins: Path
+) -> None:
+    (tmp_path / "plugins.toml").write_text(
+        '[plugins.sample]\ngreeting = { env = "SAMPLE_SECRET_GREETING" }\n', encoding="utf-8"
+    )
+    os.environ["SAMPLE_SECRET_GREETING"] = "s3cr3t-value"
+    try:
+        result = _mami(["plugins", "--json"], tmp_path, sample_plugins)
+    finally:
+        del os.environ["SAMPLE_SECRET_GREETING"]
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    by_name = {p["name"]: p for p in report["plugins"]}
+    assert report["status"] == "degraded"
+    assert by_name["broken-import"]["status"] == "failed"
+    assert report["config"]["sample"]["greeting"] == "***"
+    assert "s3cr3t-value" not in result.stdout + result.stderr
+
+
+def test_cli_config_errors_are_one_line_naming_file_table_and_key(
+    tmp_path: Path, sample_plugins: Path
+) -> None:
+    (tmp_path / "plugins.toml").write_text("[plugins.sample]\ntimes = 'x'\n", encoding="utf-8")
+    result = _mami(["plugins"], tmp_path, sample_plugins)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mami: error:")]
+    assert errors == [
+        "mami: error: plugins.toml: [plugins.sample] times: expected an integer, got a string"
+    ]
+
+
+def test_plugin_commands_appear_in_help(tmp_path: Path, sample_plugins: Path) -> None:
+    help_text = _mami(["--help"], tmp_path, sample_plugins).stdout
+    for command in ("serve", "db", "plugins", "sample-hello"):
+        assert command in help_text
+    ran = _mami(["sample-hello"], tmp_path, sample_plugins)
+    assert ran.stdout.strip() == "hello from sample"
+
+
+def test_secrets_from_env_are_resolved_but_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_KEY", "abc123")
+    config = config_from_dict({"plugins": {"sample": {"greeting": {"env": "MY_KEY"}}}})
+    assert config.plugins["sample"]["greeting"] == "abc123"
+    assert config.redacted()["plugins"]["sample"]["greeting"] == "***"
+    monkeypatch.delenv("MY_KEY")
+    with pytest.raises(ConfigError, match=r"\[plugins.sample\] greeting: environment variable"):
+        config_from_dict({"plugins": {"sample": {"greeting": {"env": "MY_KEY"}}}})
