@@ -1,0 +1,174 @@
+"""AWS Lambda entry point: the mami app behind Mangum.
+
+Lambda handler setting: ``deploy/lambda/handler.handler``. The app is built on the first
+invocation and kept for the life of the execution environment; Mangum runs with
+``lifespan="off"`` because it would otherwise enter the app's lifespan on every
+invocation. The runtime starts lazily on the first request (``serverless=True``).
+
+Configuration comes only from environment variables:
+
+- ``MAMI_DATABASE_URL``: the database (PostgreSQL for anything beyond a demo).
+- ``MAMI__<TABLE>__<KEY>`` for ``[core]``, ``[server]`` and ``[budget]`` settings, and
+  ``MAMI__PLUGINS__<PLUGIN>__<KEY>`` for plugin settings (``OPENAI_LLM`` names the
+  plugin ``openai-llm``; ``ENABLED`` switches it). Values are converted to the
+  setting's type (``true``/``false``, numbers, JSON lists).
+- The shortcuts in :data:`ALIASES` (``MAMI_LLM_BASE_URL``, ``MAMI_CHROMA_URL``, ...).
+- ``MAMI_SIGNING_KEY``, or ``MAMI_SIGNING_KEY_SECRET_ARN`` to read the auth signing key
+  from AWS Secrets Manager (boto3 is imported only then).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+from mangum import Mangum
+
+from core.app import create_app
+from core.config import BudgetSettings, Config, CoreSettings, ServerSettings, config_from_dict
+from core.errors import ConfigError
+from core.plugins import Candidate, builtin_candidates, entrypoint_candidates
+
+PREFIX = "MAMI__"
+SIGNING_KEY_ARN = "MAMI_SIGNING_KEY_SECRET_ARN"
+
+# environment variable: (plugin, setting)
+ALIASES: dict[str, tuple[str, str]] = {
+    "MAMI_LLM_BASE_URL": ("openai-llm", "base_url"),
+    "MAMI_LLM_API_KEY": ("openai-llm", "api_key"),
+    "MAMI_LLM_MODEL": ("openai-llm", "model"),
+    "MAMI_CHROMA_URL": ("chroma-rag", "url"),
+    "MAMI_FORGE_URL": ("forge-image", "url"),
+    "MAMI_SIGNING_KEY": ("token-ws-auth", "signing_key"),
+}
+
+CORE_TABLES: dict[str, type] = {
+    "core": CoreSettings,
+    "server": ServerSettings,
+    "budget": BudgetSettings,
+}
+
+# What a Lambda execution environment cannot do: write outside /tmp, run work after the
+# response, or load a local model in reasonable time.
+LAMBDA_CORE_DEFAULTS: dict[str, Any] = {"data_dir": "/tmp/mami", "image_worker": False}
+LAMBDA_DISABLED_PLUGINS = ("local-llm",)
+
+_mangum: Mangum | None = None
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The Lambda handler: build the app on first use, then let Mangum serve ``event``."""
+    global _mangum
+    if _mangum is None:
+        app = create_app(config_from_env(os.environ), serverless=True)
+        _mangum = Mangum(app, lifespan="off")  # type: ignore[arg-type]  # Litestar's scope types are narrower
+    return _mangum(event, context)
+
+
+def config_from_env(environ: Mapping[str, str]) -> Config:
+    """A :class:`Config` built from environment variables only (see the module doc).
+
+    Raises :class:`ConfigError` naming the variable when a value cannot be used.
+    """
+    candidates = {c.name: c for c in builtin_candidates() + entrypoint_candidates()}
+    raw: dict[str, Any] = {"core": dict(LAMBDA_CORE_DEFAULTS), "plugins": {}}
+    for name in LAMBDA_DISABLED_PLUGINS:
+        if name in candidates:
+            raw["plugins"][name] = {"enabled": False}
+    for variable, value in sorted(environ.items()):
+        target = _target_of(variable, candidates)
+        if target is None:
+            continue
+        table, key = target
+        hint = _hint(table, key, candidates)
+        section = raw["plugins"] if table.startswith("plugins.") else raw
+        name = table.removeprefix("plugins.")
+        section.setdefault(name, {})[key] = _convert(value, hint, variable)
+    secret = signing_key(environ)
+    if secret and "token-ws-auth" in candidates:
+        raw["plugins"].setdefault("token-ws-auth", {})["signing_key"] = secret
+    return config_from_dict(raw)
+
+
+def _target_of(variable: str, candidates: Mapping[str, Candidate]) -> tuple[str, str] | None:
+    """``(table, key)`` that an environment variable sets, or ``None`` if it is not ours."""
+    if variable in ALIASES:
+        plugin, key = ALIASES[variable]
+        return (f"plugins.{plugin}", key) if plugin in candidates else None
+    if not variable.startswith(PREFIX):
+        return None
+    parts = variable[len(PREFIX):].split("__")
+    if len(parts) == 2 and parts[0].lower() in CORE_TABLES:
+        return parts[0].lower(), parts[1].lower()
+    if len(parts) == 3 and parts[0] == "PLUGINS":
+        return f"plugins.{parts[1].lower().replace('_', '-')}", parts[2].lower()
+    raise ConfigError(
+        f"{variable}: expected MAMI__<CORE|SERVER|BUDGET>__<KEY> or "
+        "MAMI__PLUGINS__<PLUGIN>__<KEY>"
+    )
+
+
+def _hint(table: str, key: str, candidates: Mapping[str, Candidate]) -> Any:
+    """The declared type of a setting, or ``str`` when it is unknown (config_from_dict
+    then reports unknown tables and keys by name)."""
+    if key == "enabled":
+        return bool
+    if table in CORE_TABLES:
+        schema: Any = CORE_TABLES[table]
+    else:
+        candidate = candidates.get(table.removeprefix("plugins."))
+        try:
+            schema = getattr(candidate.load(), "Settings", None) if candidate else None
+        except Exception:  # the plugin host reports import failures by name
+            schema = None
+    if schema is None or key not in {f.name for f in fields(schema)}:
+        return str
+    return typing.get_type_hints(schema)[key]
+
+
+def _convert(value: str, hint: Any, variable: str) -> Any:
+    """Turn an environment string into a value of type ``hint``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = [h for h in typing.get_args(hint) if h is not type(None)]
+        hint = options[0] if len(options) == 1 else str
+    if hint is bool:
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{variable}: expected true or false, got {value!r}")
+    if hint in (int, float):
+        try:
+            return hint(value)
+        except ValueError:
+            raise ConfigError(f"{variable}: expected a number, got {value!r}") from None
+    if typing.get_origin(hint) in (list, dict) or hint in (list, dict):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{variable}: expected JSON: {exc}") from None
+    return value
+
+
+def signing_key(environ: Mapping[str, str]) -> str | None:
+    """The auth signing key: from Secrets Manager when ``MAMI_SIGNING_KEY_SECRET_ARN`` is
+    set (the secret's ``SecretString``), else ``None`` (``MAMI_SIGNING_KEY`` is an alias)."""
+    arn = environ.get(SIGNING_KEY_ARN)
+    if not arn:
+        return None
+    import boto3  # only deployments that keep the key in Secrets Manager pay for boto3
+
+    try:
+        secret = boto3.client("secretsmanager").get_secret_value(SecretId=arn)
+    except Exception as exc:
+        raise ConfigError(f"{SIGNING_KEY_ARN}: cannot read the secret: {exc}") from exc
+    value = secret.get("SecretString")
+    if not value:
+        raise ConfigError(f"{SIGNING_KEY_ARN}: the secret has no SecretString")
+    return str(value)

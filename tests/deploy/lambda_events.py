@@ -1,0 +1,164 @@
+"""Lambda event payloads as AWS sends them, and a reader for the responses.
+
+Shapes follow the AWS documentation examples: API Gateway HTTP API (payload 2.0), API
+Gateway REST API (payload 1.0), Application Load Balancer, and Lambda function URL
+(payload 2.0 with a ``lambda-url`` domain).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, quote_plus
+
+SHAPES = ("http-api-v2", "rest-api-v1", "alb", "function-url")
+SOURCE_IP = "198.51.100.7"
+
+
+@dataclass
+class LambdaResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    base64: bool
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def make_event(
+    shape: str,
+    method: str,
+    path: str,
+    *,
+    query: str = "",
+    headers: dict[str, str] | None = None,
+    body: bytes | str | None = None,
+    base64_body: bool = False,
+) -> dict[str, Any]:
+    """An event of ``shape`` for one HTTP request. ``base64_body`` sends the body the way
+    API Gateway does for binary media types."""
+    hdrs = {"host": "api.example.com", "user-agent": "lambda-test", **(headers or {})}
+    raw = body.encode() if isinstance(body, str) else body
+    encoded: str | None = None
+    if raw is not None:
+        encoded = base64.b64encode(raw).decode() if base64_body else raw.decode()
+    if shape in ("http-api-v2", "function-url"):
+        return _v2_event(shape, method, path, query, hdrs, encoded, base64_body)
+    if shape == "rest-api-v1":
+        return _v1_event(method, path, query, hdrs, encoded, base64_body)
+    if shape == "alb":
+        return _alb_event(method, path, query, hdrs, encoded, base64_body)
+    raise ValueError(shape)
+
+
+def _v2_event(
+    shape: str, method: str, path: str, query: str, headers: dict[str, str],
+    body: str | None, is_b64: bool,
+) -> dict[str, Any]:
+    domain = (
+        "abcdefghijklmnopqrstuvwxyz123456.lambda-url.eu-west-1.on.aws"
+        if shape == "function-url" else "r3pmxmplak.execute-api.eu-west-1.amazonaws.com"
+    )
+    headers = {**headers, "host": domain, "x-forwarded-for": SOURCE_IP,
+               "x-forwarded-proto": "https", "x-forwarded-port": "443"}
+    event: dict[str, Any] = {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": headers,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": domain.split(".")[0],
+            "domainName": domain,
+            "domainPrefix": domain.split(".")[0],
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": SOURCE_IP,
+                "userAgent": headers["user-agent"],
+            },
+            "requestId": "JKJaXmPLvHcESHA=",
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "28/Nov/2026:19:03:58 +0000",
+            "timeEpoch": 1795892638390,
+        },
+        "isBase64Encoded": is_b64,
+    }
+    if query:
+        event["queryStringParameters"] = dict(parse_qsl(query))
+    if body is not None:
+        event["body"] = body
+    return event
+
+
+def _v1_event(
+    method: str, path: str, query: str, headers: dict[str, str], body: str | None,
+    is_b64: bool,
+) -> dict[str, Any]:
+    params = parse_qsl(query)
+    headers = {**headers, "X-Forwarded-For": SOURCE_IP, "X-Forwarded-Proto": "https"}
+    return {
+        "resource": "/{proxy+}",
+        "path": path,
+        "httpMethod": method,
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": dict(params) or None,
+        "multiValueQueryStringParameters": {k: [v] for k, v in params} or None,
+        "pathParameters": {"proxy": path.lstrip("/")},
+        "stageVariables": None,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "1234567890",
+            "resourceId": "123456",
+            "resourcePath": "/{proxy+}",
+            "httpMethod": method,
+            "path": f"/prod{path}",
+            "stage": "prod",
+            "protocol": "HTTP/1.1",
+            "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
+            "requestTimeEpoch": 1795892638390,
+            "identity": {"sourceIp": SOURCE_IP, "userAgent": headers["user-agent"]},
+        },
+        "body": body,
+        "isBase64Encoded": is_b64,
+    }
+
+
+def _alb_event(
+    method: str, path: str, query: str, headers: dict[str, str], body: str | None,
+    is_b64: bool,
+) -> dict[str, Any]:
+    return {
+        "requestContext": {
+            "elb": {
+                "targetGroupArn": "arn:aws:elasticloadbalancing:eu-west-1:123456789012:"
+                "targetgroup/mami/6d0ecf831eec9f09"
+            }
+        },
+        "httpMethod": method,
+        "path": path,
+        # ALB passes the query string still URL-encoded
+        "queryStringParameters": {quote_plus(k): quote_plus(v) for k, v in parse_qsl(query)},
+        "headers": {**headers, "x-forwarded-for": SOURCE_IP, "x-forwarded-proto": "https",
+                    "x-forwarded-port": "443"},
+        "body": body or "",
+        "isBase64Encoded": is_b64,
+    }
+
+
+def read_response(response: dict[str, Any]) -> LambdaResponse:
+    """Status, headers (lower-cased, multi-value joined) and the decoded body."""
+    headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
+    for key, values in (response.get("multiValueHeaders") or {}).items():
+        headers[key.lower()] = ", ".join(values)
+    is_b64 = bool(response.get("isBase64Encoded"))
+    text = response.get("body") or ""
+    body = base64.b64decode(text) if is_b64 else text.encode()
+    return LambdaResponse(int(response["statusCode"]), headers, body, is_b64)

@@ -1,0 +1,138 @@
+"""The Lambda handler driven with real event shapes, configured from the environment."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import HANDLER_PATH, Invoker, load_handler_module
+from lambda_events import SHAPES
+
+from core import migrations
+from core.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_health_through_each_event_shape(invoke: Invoker, shape: str) -> None:
+    response = invoke(shape, "GET", "/health")
+    assert response.status == 200
+    assert response.headers["content-type"].startswith("application/json")
+    assert not response.base64
+    body = response.json()
+    assert body["status"] == "ok"
+    assert isinstance(body["plugins"], dict)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_unknown_route_gets_the_json_error_shape(invoke: Invoker, shape: str) -> None:
+    response = invoke(shape, "GET", "/no/such/route", query="a=1&b=two%20words")
+    assert response.status == 404
+    error = response.json()["error"]
+    assert error["code"] == 404
+    assert error["type"] == "not_found_error"
+    assert error["message"]
+
+
+def test_app_is_built_once_per_execution_environment(invoke: Invoker) -> None:
+    invoke("http-api-v2", "GET", "/health")
+    first_app, runtime = invoke.module._mangum, invoke.runtime
+    assert runtime.serverless and runtime.started
+    invoke("rest-api-v1", "GET", "/health")
+    assert invoke.module._mangum is first_app
+    assert invoke.runtime is runtime
+
+
+def test_nothing_is_built_at_import(lambda_env: Any) -> None:
+    module = load_handler_module()
+    assert module._mangum is None
+
+
+def test_lambda_defaults_turn_off_the_image_worker(lambda_env: Any) -> None:
+    config = load_handler_module().config_from_env({})
+    assert config.core.image_worker is False
+    assert config.core.data_dir == "/tmp/mami"
+
+
+def test_settings_come_from_the_environment_with_their_types() -> None:
+    module = load_handler_module()
+    config = module.config_from_env({
+        "MAMI__CORE__AUTH": "no",
+        "MAMI__CORE__SYSTEM_PROMPT": "Be brief.",
+        "MAMI__CORE__EVENT_TIMEOUT": "2.5",
+        "MAMI__BUDGET__RAG_K": "7",
+        "MAMI__SERVER__PUBLIC_URL": "https://chat.example.com",
+        "UNRELATED": "ignored",
+    })
+    assert config.core.auth is False
+    assert config.core.system_prompt == "Be brief."
+    assert config.core.event_timeout == 2.5
+    assert config.budget.rag_k == 7
+    assert config.server.public_url == "https://chat.example.com"
+
+
+@pytest.mark.parametrize(
+    ("environ", "names"),
+    [
+        ({"MAMI__CORE__AUTH": "maybe"}, ["MAMI__CORE__AUTH", "true or false"]),
+        ({"MAMI__BUDGET__RAG_K": "many"}, ["MAMI__BUDGET__RAG_K", "number"]),
+        ({"MAMI__CORE__NO_SUCH_KEY": "1"}, ["[core]", "no_such_key", "unknown setting"]),
+        ({"MAMI__CORE": "x"}, ["MAMI__CORE", "MAMI__PLUGINS__<PLUGIN>__<KEY>"]),
+    ],
+)
+def test_bad_environment_is_named_in_the_error(environ: dict[str, str], names: list[str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_handler_module().config_from_env(environ)
+    for name in names:
+        assert name in caught.value.message
+
+
+def test_unknown_plugin_stops_the_first_invocation(invoke: Invoker, lambda_env: Any) -> None:
+    lambda_env(MAMI__PLUGINS__NOT_INSTALLED__URL="http://x")
+    with pytest.raises(ConfigError, match=r"\[plugins\.not-installed\]: unknown plugin"):
+        invoke("http-api-v2", "GET", "/health")
+
+
+@pytest.mark.postgres
+def test_postgres_schema_behind_is_a_clear_error_until_upgraded(
+    invoke: Invoker, lambda_env: Any, postgres_url: str
+) -> None:
+    lambda_env(MAMI_DATABASE_URL=postgres_url)
+    response = invoke("http-api-v2", "GET", "/health")
+    assert response.status == 500
+    assert "mami db upgrade" in response.json()["error"]["message"]
+
+    migrations.upgrade(postgres_url)
+    response = invoke("http-api-v2", "GET", "/health")
+    assert response.status == 200
+    assert invoke.runtime.db.url.startswith("postgresql+psycopg://")
+
+
+def test_cold_path_imports_nothing_heavy(tmp_path: Path) -> None:
+    """A fresh process that answers /health has not imported the heavy modules, nor
+    boto3 when no secret ARN is configured."""
+    script = textwrap.dedent(f"""
+        import importlib.util, json, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from lambda_events import make_event
+        spec = importlib.util.spec_from_file_location("h", {str(HANDLER_PATH)!r})
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        response = module.handler(make_event("http-api-v2", "GET", "/health"), None)
+        heavy = ["chromadb", "llama_cpp", "onnxruntime", "PIL", "numpy", "boto3"]
+        print(json.dumps({{"status": response["statusCode"],
+                           "imported": [m for m in heavy if m in sys.modules]}}))
+    """)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MAMI_DATA_DIR": str(tmp_path),
+           "MAMI_DATABASE_URL": f"sqlite:///{tmp_path / 'cold.db'}", "MAMI__CORE__AUTH": "false"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = __import__("json").loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"status": 200, "imported": []}
