@@ -5,4 +5,5 @@ BUILTINS: dict[str, tuple[str, bool]] = {
     "local-llm": ("plugins.local_llm", True),
     "openai-llm": ("plugins.openai_llm", False),
     "forge-image": ("plugins.forge_image", True),
+    "token-ws-auth": ("plugins.token_ws_auth", True),
 }

@@ -1,0 +1,278 @@
+"""The authenticator: bearer tokens for HTTP, signed single-use tickets for WebSockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from litestar.exceptions import WebSocketDisconnect
+
+from core.errors import AuthError
+from core.protocols import Principal
+from plugins.token_ws_auth import keys, redact, tickets, tokens
+
+if TYPE_CHECKING:
+    from core.runtime import Runtime
+    from plugins.token_ws_auth import Settings
+
+log = logging.getLogger("mami.auth")
+
+SUBPROTOCOL = "mami.v1"
+TICKET_PREFIX = "mami.ticket."
+NOT_AUTHENTICATED, FORBIDDEN, POLICY, TIMEOUT = 4401, 4403, 1008, 4408
+
+
+class TooManyAttempts(AuthError):
+    status_code = 429
+
+
+class FailureLog:
+    """Failed authentication attempts per client address in a sliding window."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self.attempts: dict[str, deque[float]] = {}
+
+    def _recent(self, address: str, moment: float) -> deque[float]:
+        seen = self.attempts.setdefault(address, deque())
+        while seen and seen[0] <= moment - self.window:
+            seen.popleft()
+        return seen
+
+    def blocked(self, address: str | None) -> bool:
+        if address is None or address not in self.attempts:
+            return False
+        return len(self._recent(address, time.monotonic())) >= self.limit
+
+    def record(self, address: str | None) -> None:
+        if address is None:
+            return
+        moment = time.monotonic()
+        if len(self.attempts) > 10_000:
+            cutoff = moment - self.window
+            for stale in [a for a, s in self.attempts.items() if not s or s[-1] <= cutoff]:
+                del self.attempts[stale]
+        self._recent(address, moment).append(moment)
+
+
+@dataclass
+class SocketLimits:
+    """Per-socket message counter (kept in the socket's ASGI scope)."""
+
+    sent: deque[float] = field(default_factory=deque)
+
+
+class TokenAuthenticator:
+    """Implements :class:`core.protocols.Authenticator` plus ticket issuing and the
+    per-message limits the chat socket asks for with :meth:`check_message`."""
+
+    name = "token-ws-auth"
+
+    def __init__(self, runtime: Runtime, settings: Settings) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.failures = FailureLog(settings.max_failed_attempts, settings.failure_window)
+        self.used_tickets: dict[str, float] = {}
+        self._key: bytes | None = None
+
+    @property
+    def db(self) -> Any:
+        return self.runtime.db
+
+    @property
+    def key(self) -> bytes:
+        if self._key is None:
+            self._key = keys.load_signing_key(self.settings.signing_key_env, self.key_path)
+        return self._key
+
+    @property
+    def key_path(self) -> Any:
+        return self.runtime.config.data_dir / "auth" / "ws-signing.key"
+
+    @property
+    def allowed_origins(self) -> set[str]:
+        """The exact allow-list, plus the server's own public origin."""
+        allowed = set(self.settings.allowed_origins)
+        public = urlsplit(str(self.runtime.state.get("public_url") or ""))
+        if public.scheme and public.netloc:
+            allowed.add(f"{public.scheme}://{public.netloc}")
+        return allowed
+
+    # -- HTTP -------------------------------------------------------------------------
+
+    async def authenticate_http(self, headers: Mapping[str, str], client: str | None) -> Principal:
+        """The principal of a ``Authorization: Bearer <token>`` request, or AuthError:
+        401 (missing, malformed, wrong, expired, revoked), 403 (origin not allowed),
+        429 (too many failed attempts from this address)."""
+        lowered = {k.lower(): v for k, v in headers.items()}
+        if self.failures.blocked(client):
+            raise TooManyAttempts("too many failed authentication attempts; try again later")
+        origin = lowered.get("origin")
+        if origin is not None and origin not in self.allowed_origins:
+            raise AuthError("origin not allowed", status_code=403)
+        header = lowered.get("authorization")
+        if not header:
+            raise AuthError("missing credential: send 'Authorization: Bearer <token>'")
+        scheme, _, credential = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not credential.strip() or " " in credential.strip():
+            self.failures.record(client)
+            raise AuthError("malformed Authorization header: expected 'Bearer <token>'")
+        info = await tokens.verify_token(self.db, credential.strip())
+        if info is None:
+            self.failures.record(client)
+            raise AuthError("invalid, expired or revoked token")
+        await tokens.touch(self.db, info.id)
+        return Principal(owner=info.owner, credential_id=info.id, expires_at=info.expires_at)
+
+    async def issue_ticket(self, principal: Principal) -> tuple[str, tickets.Ticket]:
+        """A single-use WebSocket ticket bound to the principal's owner and token."""
+        return tickets.issue(self.key, self.settings.algorithm, principal.owner,
+                             principal.credential_id, self.settings.ticket_ttl)
+
+    # -- WebSocket --------------------------------------------------------------------
+
+    async def accept_websocket(self, socket: Any) -> Principal | None:
+        """Check Origin and ticket before the socket is used. Accepts and returns the
+        principal, or closes with 1008 (too many failures), 4403 (origin), 4401 (bad
+        ticket) or 4408 (no ticket in time) and returns ``None``."""
+        headers = {k.lower(): v for k, v in socket.headers.items()}
+        client = getattr(getattr(socket, "client", None), "host", None)
+        offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
+        subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
+        if self.failures.blocked(client):
+            return await self._refuse(socket, subprotocol, POLICY, "too many failed attempts")
+        origin = headers.get("origin")
+        if origin is None and not self.settings.allow_missing_origin:
+            return await self._refuse(socket, subprotocol, FORBIDDEN, "origin required")
+        if origin is not None and origin not in self.allowed_origins:
+            return await self._refuse(socket, subprotocol, FORBIDDEN, "origin not allowed")
+        in_header = [p[len(TICKET_PREFIX):] for p in offered if p.startswith(TICKET_PREFIX)]
+        if in_header:
+            principal = await self._redeem(in_header[0])
+            await socket.accept(subprotocols=subprotocol)
+        else:
+            await socket.accept(subprotocols=subprotocol)
+            try:
+                first = await asyncio.wait_for(socket.receive_text(), self.settings.ticket_wait)
+            except TimeoutError:
+                await socket.close(code=TIMEOUT, reason="no ticket in time")
+                return None
+            except WebSocketDisconnect:
+                return None
+            principal = await self._redeem(_ticket_from_message(first))
+        if principal is None:
+            self.failures.record(client)
+            await socket.close(code=NOT_AUTHENTICATED, reason="invalid, used or expired ticket")
+        return principal
+
+    async def _refuse(
+        self, socket: Any, subprotocol: str | None, code: int, reason: str
+    ) -> Principal | None:
+        """Close with ``code``; always ``None``."""
+        # A close before accept reaches the client as HTTP 403 without a code.
+        await socket.accept(subprotocols=subprotocol)
+        await socket.close(code=code, reason=reason)
+        return None
+
+    async def _redeem(self, ticket: str) -> Principal | None:
+        """The principal of a valid, unused ticket whose token is still active; the
+        ticket is spent. ``None`` for anything else."""
+        try:
+            claims = tickets.verify(self.key, self.settings.algorithm, ticket)
+        except tickets.TicketError:
+            return None
+        moment = time.time()
+        for spent in [jti for jti, exp in self.used_tickets.items() if exp <= moment]:
+            del self.used_tickets[spent]
+        if claims.ticket_id in self.used_tickets:
+            return None
+        self.used_tickets[claims.ticket_id] = claims.expires_at
+        if claims.token_id is None:
+            if self.runtime.config.core.auth:
+                return None
+            return Principal(owner=claims.owner)
+        info = await tokens.active_token(self.db, claims.token_id, claims.owner)
+        if info is None:
+            return None
+        return Principal(owner=info.owner, credential_id=info.id, expires_at=info.expires_at)
+
+    async def still_valid(self, principal: Principal) -> bool:
+        """False once the principal's token expired or was revoked."""
+        if principal.credential_id is None:
+            return not self.runtime.config.core.auth
+        if principal.expires_at is not None and principal.expires_at <= tokens.now():
+            return False
+        info = await tokens.active_token(self.db, principal.credential_id, principal.owner)
+        return info is not None
+
+    def check_message(self, socket: Any, size: int) -> int | None:
+        """Call for each message a socket receives: 1008 when it is larger than
+        ``max_message_bytes`` or over ``messages_per_minute``, else ``None``."""
+        if size > self.settings.max_message_bytes:
+            return POLICY
+        limits = socket.scope.setdefault("mami.token_ws_auth", SocketLimits())
+        moment = time.monotonic()
+        while limits.sent and limits.sent[0] <= moment - 60:
+            limits.sent.popleft()
+        if len(limits.sent) >= self.settings.messages_per_minute:
+            return POLICY
+        limits.sent.append(moment)
+        return None
+
+    # -- start ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Install log redaction, load the signing key, then warn that auth is off or
+        create the first admin token."""
+        redact.install()
+        _ = self.key
+        core = self.runtime.config.core
+        if not core.auth:
+            log.warning("authentication is OFF ([core] auth = false): every caller is "
+                        "served as owner %r; do not expose this server", core.local_owner)
+            return
+        if not self.settings.bootstrap_admin or self.runtime.serverless:
+            return
+        if await tokens.count_tokens(self.db) > 0:
+            return
+        if not await self.runtime.claim_once(self.name, "bootstrap-admin"):
+            return
+        token, _info = await tokens.create_token(self.db, self.settings.admin_owner, "admin")
+        print(bootstrap_message(self.public_url, token), flush=True)
+
+    @property
+    def public_url(self) -> str:
+        server = self.runtime.config.server
+        url = self.runtime.state.get("public_url") or f"http://{server.host}:{server.port}"
+        return str(url).rstrip("/")
+
+
+def bootstrap_message(url: str, token: str) -> str:
+    """What the first start prints, once (like Jupyter's login URL)."""
+    return (
+        "\nmami: created the first admin token. It is shown only this once:\n\n"
+        f"    {url}/?token={token}\n\n"
+        "or, with curl:\n\n"
+        f'    curl -H "Authorization: Bearer {token}" {url}/api/tokens\n\n'
+        "Make more with `mami token create --owner NAME`.\n"
+    )
+
+
+def _ticket_from_message(text: str) -> str:
+    """A first message is the ticket itself or ``{"type": "auth", "ticket": "..."}``."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return ""
+        ticket = data.get("ticket") if isinstance(data, dict) else None
+        return ticket if isinstance(ticket, str) else ""
+    return text
