@@ -18,7 +18,12 @@ import pytest
 from core.config import Config, config_from_dict
 
 PG_ADMIN_URL = os.environ.get("MAMI_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-SHARED_ONNX = Path(__file__).resolve().parents[2] / "shared" / "models" / "chroma-onnx"
+SHARED = next(
+    (p for p in (Path(os.environ.get("MAMI_SHARED", "/work/shared")),
+                 Path(__file__).resolve().parents[2] / "shared") if p.is_dir()),
+    Path("/work/shared"),
+)
+SHARED_ONNX = SHARED / "models" / "chroma-onnx"
 CHROMA_CACHE = Path.home() / ".cache" / "chroma" / "onnx_models"
 
 
