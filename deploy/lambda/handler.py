@@ -12,9 +12,11 @@ Configuration comes only from environment variables:
   ``MAMI__PLUGINS__<PLUGIN>__<KEY>`` for plugin settings (``OPENAI_LLM`` names the
   plugin ``openai-llm``; ``ENABLED`` switches it). Values are converted to the
   setting's type (``true``/``false``, numbers, JSON lists).
-- The shortcuts in :data:`ALIASES` (``MAMI_LLM_BASE_URL``, ``MAMI_CHROMA_URL``, ...).
-- ``MAMI_SIGNING_KEY``, or ``MAMI_SIGNING_KEY_SECRET_ARN`` to read the auth signing key
-  from AWS Secrets Manager (boto3 is imported only then).
+- The shortcuts in :data:`ALIASES` (``MAMI_LLM_BASE_URL``, ``MAMI_CHROMA_URL``, ...);
+  setting one also enables its plugin unless ``MAMI__PLUGINS__<PLUGIN>__ENABLED`` says no.
+- ``MAMI_SIGNING_KEY`` (read by token-ws-auth itself), or ``MAMI_SIGNING_KEY_SECRET_ARN``:
+  the key is then read from AWS Secrets Manager once per execution environment and put
+  where token-ws-auth reads it (boto3 is imported only then).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import json
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import fields
 from typing import Any
 
+from litestar import Litestar
 from mangum import Mangum
 
 from core.app import create_app
@@ -44,8 +47,11 @@ ALIASES: dict[str, tuple[str, str]] = {
     "MAMI_LLM_MODEL": ("openai-llm", "model"),
     "MAMI_CHROMA_URL": ("chroma-rag", "url"),
     "MAMI_FORGE_URL": ("forge-image", "url"),
-    "MAMI_SIGNING_KEY": ("token-ws-auth", "signing_key"),
+    "MAMI_FORGE_USERNAME": ("forge-image", "username"),
+    "MAMI_FORGE_PASSWORD": ("forge-image", "password"),
 }
+AUTH_PLUGIN = "token-ws-auth"
+DEFAULT_SIGNING_KEY_ENV = "MAMI_SIGNING_KEY"
 
 CORE_TABLES: dict[str, type] = {
     "core": CoreSettings,
@@ -65,9 +71,19 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The Lambda handler: build the app on first use, then let Mangum serve ``event``."""
     global _mangum
     if _mangum is None:
-        app = create_app(config_from_env(os.environ), serverless=True)
-        _mangum = Mangum(app, lifespan="off")  # type: ignore[arg-type]  # Litestar's scope types are narrower
+        _mangum = Mangum(build_app(os.environ), lifespan="off")  # type: ignore[arg-type]  # Litestar's scope types are narrower
     return _mangum(event, context)
+
+
+def build_app(environ: MutableMapping[str, str]) -> Litestar:
+    """The serverless app configured from ``environ``. A signing key read from Secrets
+    Manager is stored in ``environ`` under the name token-ws-auth reads."""
+    config = config_from_env(environ)
+    key = signing_key(environ)
+    if key:
+        auth_table = config.plugins.get(AUTH_PLUGIN, {})
+        environ[auth_table.get("signing_key_env", DEFAULT_SIGNING_KEY_ENV)] = key
+    return create_app(config, serverless=True)
 
 
 def config_from_env(environ: Mapping[str, str]) -> Config:
@@ -89,9 +105,9 @@ def config_from_env(environ: Mapping[str, str]) -> Config:
         section = raw["plugins"] if table.startswith("plugins.") else raw
         name = table.removeprefix("plugins.")
         section.setdefault(name, {})[key] = _convert(value, hint, variable)
-    secret = signing_key(environ)
-    if secret and "token-ws-auth" in candidates:
-        raw["plugins"].setdefault("token-ws-auth", {})["signing_key"] = secret
+    for variable, (plugin, _key) in ALIASES.items():
+        if environ.get(variable) and plugin in candidates:
+            raw["plugins"][plugin].setdefault("enabled", True)
     return config_from_dict(raw)
 
 
@@ -157,8 +173,8 @@ def _convert(value: str, hint: Any, variable: str) -> Any:
 
 
 def signing_key(environ: Mapping[str, str]) -> str | None:
-    """The auth signing key: from Secrets Manager when ``MAMI_SIGNING_KEY_SECRET_ARN`` is
-    set (the secret's ``SecretString``), else ``None`` (``MAMI_SIGNING_KEY`` is an alias)."""
+    """The secret's ``SecretString`` when ``MAMI_SIGNING_KEY_SECRET_ARN`` is set, else
+    ``None``."""
     arn = environ.get(SIGNING_KEY_ARN)
     if not arn:
         return None

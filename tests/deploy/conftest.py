@@ -4,26 +4,13 @@ execution environment), configured only through environment variables."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import pytest
-from lambda_events import LambdaResponse, make_event, read_response
 
-HANDLER_PATH = Path(__file__).resolve().parents[2] / "deploy" / "lambda" / "handler.py"
-
-
-def load_handler_module() -> ModuleType:
-    """Import ``deploy/lambda/handler.py`` afresh, as a new execution environment would."""
-    spec = importlib.util.spec_from_file_location("mami_lambda_handler", HANDLER_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.deploy.lambda_events import Invoker, load_handler_module
 
 
 @pytest.fixture
@@ -42,21 +29,6 @@ def lambda_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[...,
             monkeypatch.setenv(name, value)
 
     return set_env
-
-
-class Invoker:
-    """Calls the handler the way the Lambda runtime does: ``handler(event, context)``."""
-
-    def __init__(self, module: ModuleType) -> None:
-        self.module = module
-
-    def __call__(self, shape: str, method: str, path: str, **kwargs: Any) -> LambdaResponse:
-        raw = self.module.handler(make_event(shape, method, path, **kwargs), None)
-        return read_response(raw)
-
-    @property
-    def runtime(self) -> Any:
-        return self.module._mangum.app.state.runtime
 
 
 @pytest.fixture

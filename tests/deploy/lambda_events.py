@@ -1,4 +1,5 @@
-"""Lambda event payloads as AWS sends them, and a reader for the responses.
+"""Driving the Lambda handler: a fresh handler module (one execution environment),
+event payloads as AWS sends them, and a reader for the responses.
 
 Shapes follow the AWS documentation examples: API Gateway HTTP API (payload 2.0), API
 Gateway REST API (payload 1.0), Application Load Balancer, and Lambda function URL
@@ -8,10 +9,25 @@ Gateway REST API (payload 1.0), Application Load Balancer, and Lambda function U
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl, quote_plus
+
+HANDLER_PATH = Path(__file__).resolve().parents[2] / "deploy" / "lambda" / "handler.py"
+
+
+def load_handler_module() -> ModuleType:
+    """Import ``deploy/lambda/handler.py`` afresh, as a new execution environment would."""
+    spec = importlib.util.spec_from_file_location("mami_lambda_handler", HANDLER_PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 SHAPES = ("http-api-v2", "rest-api-v1", "alb", "function-url")
 SOURCE_IP = "198.51.100.7"
@@ -162,3 +178,18 @@ def read_response(response: dict[str, Any]) -> LambdaResponse:
     text = response.get("body") or ""
     body = base64.b64decode(text) if is_b64 else text.encode()
     return LambdaResponse(int(response["statusCode"]), headers, body, is_b64)
+
+
+class Invoker:
+    """Calls the handler the way the Lambda runtime does: ``handler(event, context)``."""
+
+    def __init__(self, module: ModuleType) -> None:
+        self.module = module
+
+    def __call__(self, shape: str, method: str, path: str, **kwargs: Any) -> LambdaResponse:
+        raw = self.module.handler(make_event(shape, method, path, **kwargs), None)
+        return read_response(raw)
+
+    @property
+    def runtime(self) -> Any:
+        return self.module._mangum.app.state.runtime

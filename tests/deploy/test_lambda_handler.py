@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HANDLER_PATH, Invoker, load_handler_module
-from lambda_events import SHAPES
 
 from core import migrations
 from core.errors import ConfigError
+from tests.deploy.lambda_events import HANDLER_PATH, SHAPES, Invoker, load_handler_module
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,8 +118,7 @@ def test_cold_path_imports_nothing_heavy(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import importlib.util, json, sys
         sys.path.insert(0, {str(ROOT)!r})
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from lambda_events import make_event
+        from tests.deploy.lambda_events import make_event
         spec = importlib.util.spec_from_file_location("h", {str(HANDLER_PATH)!r})
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)

@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from conftest import load_handler_module
 
 from core.errors import ConfigError
+from tests.deploy.lambda_events import load_handler_module
 
 ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:mami/signing-key-AbCdEf"
 

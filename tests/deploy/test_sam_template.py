@@ -1,0 +1,81 @@
+"""The SAM template: cfn-lint clean, and consistent with the handler it deploys."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfnlint.api import lint_file
+from cfnlint.decode.cfn_yaml import load
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "deploy" / "lambda" / "template.yaml"
+DOCKERFILE = ROOT / "deploy" / "lambda" / "Dockerfile"
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load(str(TEMPLATE))  # type: ignore[no-any-return]
+
+
+def _functions(template: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: resource for name, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::Serverless::Function"
+    }
+
+
+def test_cfn_lint_passes() -> None:
+    matches = lint_file(TEMPLATE)
+    assert matches == [], "\n".join(str(m) for m in matches)
+
+
+def test_cfn_lint_catches_a_broken_copy(tmp_path: Path) -> None:
+    broken = tmp_path / "template.yaml"
+    broken.write_text(TEMPLATE.read_text().replace("Timeout: 29", "Timeout: 9000"))
+    assert any("9000" in str(match) for match in lint_file(broken))
+
+
+def test_every_function_command_imports_like_the_lambda_runtime(
+    template: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime splits ``path/module.function`` and imports the dotted module."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    for name, function in _functions(template).items():
+        (command,) = function["Properties"]["ImageConfig"]["Command"]
+        module_path, _, attribute = command.rpartition(".")
+        module = importlib.import_module(module_path.replace("/", "."))
+        assert callable(getattr(module, attribute)), name
+        sys.modules.pop(module_path.replace("/", "."), None)
+
+
+def test_environment_only_uses_variables_the_handler_reads(template: dict[str, Any]) -> None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        handler = importlib.import_module("deploy.lambda.handler")
+    finally:
+        sys.path.remove(str(ROOT))
+    known = set(handler.ALIASES) | {
+        "MAMI_DATABASE_URL", "MAMI_DATA_DIR", handler.SIGNING_KEY_ARN, "HOME",
+    }
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    for function in _functions(template).values():
+        env = function["Properties"].get("Environment", {}).get("Variables", {})
+        variables = {**variables, **env}
+    unknown = {
+        v for v in variables if v not in known and not v.startswith(handler.PREFIX)
+    }
+    assert not unknown
+
+
+def test_api_timeout_is_under_api_gateway_limit(template: dict[str, Any]) -> None:
+    assert _functions(template)["ApiFunction"]["Properties"]["Timeout"] <= 29
+
+
+def test_image_copies_what_the_handler_needs() -> None:
+    text = DOCKERFILE.read_text()
+    for needed in ("core", "plugins", "alembic", "deploy/lambda/handler.py"):
+        assert f"COPY {needed} " in text
