@@ -32,10 +32,14 @@ def redact(text: str) -> str:
 
 
 def _redact_arg(value: Any, access: bool) -> Any:
-    if not isinstance(value, str):
+    if value is None or isinstance(value, int | float):
         return value
-    value = redact(value)
-    return QUERY.sub("?" + REDACTED, value) if access else value
+    text = str(value)
+    clean = redact(text)
+    if access:
+        clean = QUERY.sub("?" + REDACTED, clean)
+    # Objects (URLs, headers) keep their type unless they held a secret.
+    return clean if clean != text or isinstance(value, str) else value
 
 
 def redact_record(record: logging.LogRecord) -> None:

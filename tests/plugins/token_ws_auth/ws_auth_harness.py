@@ -1,0 +1,193 @@
+"""Harness for the token-ws-auth tests: an app with the plugin and two small test sockets,
+served by uvicorn on loopback, and a capture of every log record of the run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from litestar import WebSocket, websocket
+from litestar.datastructures import State
+from websockets.asyncio.client import connect
+
+from core import hookimpl
+from core.app import create_app, runtime_of
+from core.config import config_from_dict
+from core.db import Database
+from core.plugins import Candidate, builtin_candidates
+from plugins.token_ws_auth import tokens
+
+SIGNING_KEY = "test-signing-key-0123456789abcdef-0123456789"
+GOOD_ORIGIN = "https://good.example"
+
+
+@websocket("/test/ws/echo")
+async def echo_socket(socket: WebSocket, state: State) -> None:  # type: ignore[type-arg]
+    """Authenticate, say who the caller is, then echo each message within the limits."""
+    auth = state.runtime.authenticator
+    principal = await auth.accept_websocket(socket)
+    if principal is None:
+        return
+    await socket.send_json({"owner": principal.owner})
+    while True:
+        text = await socket.receive_text()
+        code = auth.check_message(socket, len(text.encode()))
+        if code is not None:
+            await socket.close(code=code, reason="limit")
+            return
+        await socket.send_text(f"echo:{text}")
+
+
+@websocket("/test/ws/stream")
+async def stream_socket(socket: WebSocket, state: State) -> None:  # type: ignore[type-arg]
+    """Authenticate, then stream deltas until ``still_valid`` turns false (4401)."""
+    auth = state.runtime.authenticator
+    principal = await auth.accept_websocket(socket)
+    if principal is None:
+        return
+    while await auth.still_valid(principal):
+        for _ in range(5):
+            await socket.send_text("delta")
+            await asyncio.sleep(0.05)
+    await socket.close(code=4401, reason="credential expired or revoked")
+
+
+class TestSockets:
+    @hookimpl
+    def register_routes(self, runtime: Any) -> list[Any]:
+        return [echo_socket, stream_socket]
+
+
+def auth_candidates() -> list[Candidate]:
+    mine = [c for c in builtin_candidates() if c.name == "token-ws-auth"]
+    return [*mine, Candidate("test-sockets", "tests", "builtin", True, lambda: TestSockets())]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class AuthServer:
+    """A running app: its URLs, its runtime and the database URL."""
+
+    app: Any
+    url: str
+    ws_url: str
+    database_url: str
+    secrets: set[str] = field(default_factory=set)
+
+    @property
+    def runtime(self) -> Any:
+        return runtime_of(self.app)
+
+    async def token(self, owner: str, expires_in: float | None = None) -> tuple[str, str]:
+        """Create a token directly in the database; returns (token, id)."""
+        from datetime import timedelta
+
+        db = Database(self.database_url)
+        try:
+            lifetime = timedelta(seconds=expires_in) if expires_in else None
+            token, info = await tokens.create_token(db, owner, "test", lifetime)
+        finally:
+            await db.close()
+        self.secrets.add(token)
+        return token, info.id
+
+    async def ticket(self, token: str) -> str:
+        async with httpx.AsyncClient(base_url=self.url) as client:
+            response = await client.post("/api/ws-ticket",
+                                         headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 201, response.text
+        ticket = str(response.json()["ticket"])
+        self.secrets.add(ticket)
+        return ticket
+
+    def ws(self, path: str, *, ticket: str | None = None, origin: str | None = GOOD_ORIGIN,
+           protocols: list[str] | None = None) -> Any:
+        """A websockets ``connect`` (use ``async with``)."""
+        offered = protocols if protocols is not None else (
+            ["mami.v1", f"mami.ticket.{ticket}"] if ticket else None)
+        return connect(self.ws_url + path, origin=origin, subprotocols=offered,  # type: ignore[arg-type]
+                       proxy=None, open_timeout=10, close_timeout=5)
+
+
+class Serving:
+    """uvicorn in a thread; access log on so its redaction is exercised."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="info", lifespan="on",
+            ws_max_size=1 << 20))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        CAPTURE.attach()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+class Capture(logging.Handler):
+    """Every formatted record of the session, from any logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(f"{record.name} {record.getMessage()} {record.exc_text or ''}")
+        except Exception as exc:  # a record that cannot format is itself worth seeing
+            self.lines.append(f"unformattable {record.msg!r}: {exc}")
+
+    def attach(self) -> None:
+        for name in ("", "uvicorn", "uvicorn.access", "uvicorn.error", "mami"):
+            logger = logging.getLogger(name)
+            if self not in logger.handlers:
+                logger.addHandler(self)
+        logging.getLogger().setLevel(logging.DEBUG)
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+CAPTURE = Capture()
+ALL_SECRETS: set[str] = set()
+
+
+def start_server(tmp: Path, database_url: str, **settings: Any) -> tuple[AuthServer, Serving]:
+    table = {"allowed_origins": [GOOD_ORIGIN], "max_failed_attempts": 1000,
+             "ticket_wait": 1.0, "messages_per_minute": 20, "max_message_bytes": 1024,
+             "bootstrap_admin": False}
+    table.update(settings)
+    config = config_from_dict({
+        "core": {"auth": True, "data_dir": str(tmp), "database_url": database_url,
+                 "image_worker": False},
+        "plugins": {"token-ws-auth": table},
+    })
+    app = create_app(config, candidates=auth_candidates())
+    serving = Serving(app)
+    url = f"http://127.0.0.1:{serving.port}"
+    server = AuthServer(app, url, f"ws://127.0.0.1:{serving.port}", database_url,
+                        secrets=ALL_SECRETS)
+    return server, serving
