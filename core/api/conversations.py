@@ -1,7 +1,126 @@
-"""Routes: conversations (not built yet)."""
+"""Native conversation API, scoped to the caller: another owner's conversation is a 404.
+
+``POST /api/conversations`` (optional ``{"title": ...}``), ``GET /api/conversations``,
+``GET /api/conversations/{id}/messages``, ``DELETE /api/conversations/{id}``.
+"""
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-routes: list[Any] = []
+from litestar import Controller, delete, get, post
+from sqlalchemy import delete as sql_delete
+from sqlmodel import col, select
+
+from core.errors import BadRequest, NotFound
+from core.models import Conversation, Message, Owner
+from core.protocols import Principal
+from core.runtime import Runtime
+
+
+@dataclass
+class NewConversation:
+    title: str = ""
+
+
+@dataclass
+class ConversationOut:
+    id: str
+    title: str
+    created_at: datetime
+    updated_at: datetime
+    summary: str = ""
+
+
+@dataclass
+class MessageOut:
+    id: str
+    seq: int
+    role: str
+    content: str
+    status: str
+    created_at: datetime
+    client_message_id: str | None = None
+    reply_to: str | None = None
+    error: str | None = None
+
+
+def _out(conversation: Conversation) -> ConversationOut:
+    return ConversationOut(conversation.id, conversation.title, conversation.created_at,
+                           conversation.updated_at, conversation.summary)
+
+
+async def owned(runtime: Runtime, owner: str, conversation_id: str) -> Conversation:
+    """The conversation if it belongs to ``owner``; otherwise 404 (never 403: another
+    owner's ids are not confirmed to exist)."""
+    async with runtime.db.session() as session:
+        conversation = await session.get(Conversation, conversation_id)
+    if conversation is None or conversation.owner_id != owner:
+        raise NotFound(f"conversation {conversation_id} not found")
+    return conversation
+
+
+class ConversationController(Controller):
+    path = "/api/conversations"
+    tags = ["conversations"]
+
+    @post("/", status_code=201)
+    async def create(self, runtime: Runtime, principal: Principal,
+                     data: NewConversation | None = None) -> ConversationOut:
+        """Start an empty conversation."""
+        title = (data.title if data else "").strip()
+        if len(title) > 200:
+            raise BadRequest("title must be at most 200 characters")
+        async with runtime.db.session() as session:
+            if await session.get(Owner, principal.owner) is None:
+                session.add(Owner(id=principal.owner))
+                await session.flush()
+            conversation = Conversation(id=uuid.uuid4().hex, owner_id=principal.owner,
+                                        title=title)
+            session.add(conversation)
+            await session.commit()
+        return _out(conversation)
+
+    @get("/")
+    async def list_conversations(self, runtime: Runtime, principal: Principal,
+                                 limit: int = 50, offset: int = 0) -> list[ConversationOut]:
+        """The caller's conversations, most recently active first."""
+        if not 1 <= limit <= 500 or offset < 0:
+            raise BadRequest("limit must be 1 to 500 and offset not negative")
+        async with runtime.db.session() as session:
+            rows = (await session.exec(
+                select(Conversation).where(Conversation.owner_id == principal.owner)
+                .order_by(col(Conversation.updated_at).desc()).offset(offset).limit(limit)
+            )).all()
+        return [_out(c) for c in rows]
+
+    @get("/{conversation_id:str}/messages")
+    async def messages(self, runtime: Runtime, principal: Principal,
+                       conversation_id: str) -> list[MessageOut]:
+        """The conversation's messages in order, with each answer's status
+        (``streaming``, ``complete``, ``interrupted`` or ``error``)."""
+        await owned(runtime, principal.owner, conversation_id)
+        async with runtime.db.session() as session:
+            rows = (await session.exec(
+                select(Message).where(Message.conversation_id == conversation_id)
+                .order_by(col(Message.seq))
+            )).all()
+        return [MessageOut(m.id, m.seq, m.role, m.content, m.status, m.created_at,
+                           m.client_message_id, m.reply_to, m.error) for m in rows]
+
+    @delete("/{conversation_id:str}", status_code=204)
+    async def remove(self, runtime: Runtime, principal: Principal, conversation_id: str) -> None:
+        """Delete the conversation and its messages."""
+        await owned(runtime, principal.owner, conversation_id)
+        async with runtime.db.session() as session:
+            await session.execute(
+                sql_delete(Message).where(col(Message.conversation_id) == conversation_id))
+            await session.execute(
+                sql_delete(Conversation).where(col(Conversation.id) == conversation_id))
+            await session.commit()
+
+
+routes: list[Any] = [ConversationController]

@@ -1,7 +1,216 @@
-"""Routes: ws (not built yet)."""
+"""WebSocket chat at ``/ws/chat``: one socket, many turns, streamed deltas, cancel.
+
+Authentication happens before any message is read: with ``[core] auth = false`` the
+socket is accepted for ``[core] local_owner``; otherwise the active authenticator's
+``accept_websocket`` verifies and accepts it (or closes it itself). Without a running
+authenticator the socket is accepted and closed with 1013 "authentication
+unavailable". While the socket lives, ``still_valid`` is polled every
+``VALIDITY_POLL`` seconds; when it turns false the socket is closed with 4401, also in
+the middle of a reply (which is stored as interrupted).
+
+Client -> server (JSON text frames)::
+
+    {"type": "message", "content": str, "conversation_id": str|null,
+     "client_message_id": str|null}
+    {"type": "cancel"}          stop the running reply (stored as interrupted)
+    {"type": "ping"}
+
+Server -> client::
+
+    {"type": "start", "conversation_id": str, "message_id": str}
+    {"type": "delta", "text": str}
+    {"type": "end", "message_id": str, "status": "complete"|"interrupted"|"error",
+     "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}
+    {"type": "error", "message": str, "code": int}
+    {"type": "pong"}
+
+Bad JSON, an unknown type or a bad field gives an ``error`` event (code 400) and the
+socket stays open; a message while a reply runs gives an ``error`` with code 409.
+Other parts of mami push their own events to an owner's open sockets with
+:func:`push_event` (e.g. ``{"type": "image", ...}``).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
 from typing import Any
 
-routes: list[Any] = []
+from litestar import WebSocket, websocket
+from litestar.datastructures import State
+from litestar.exceptions import WebSocketDisconnect
+
+from core.api.deps import get_runtime
+from core.chat import ChatRequest, Finished, start_turn
+from core.errors import MamiError
+from core.protocols import Principal
+from core.runtime import Runtime
+
+log = logging.getLogger("mami.ws")
+
+VALIDITY_POLL = 2.0
+OUTBOXES = "ws.outboxes"
+CLOSE_AUTH_UNAVAILABLE = 1013
+CLOSE_CREDENTIAL_INVALID = 4401
+
+
+def push_event(runtime: Runtime, owner: str, event: dict[str, Any]) -> int:
+    """Send ``event`` to every open chat socket of ``owner``; returns how many."""
+    outboxes: set[asyncio.Queue[dict[str, Any]]] = runtime.state.get(OUTBOXES, {}).get(owner, set())
+    for outbox in list(outboxes):
+        outbox.put_nowait(event)
+    return len(outboxes)
+
+
+async def accept(runtime: Runtime, socket: WebSocket[Any, Any, Any]) -> Principal | None:
+    """Authenticate before anything is read; ``None`` when the socket was closed."""
+    if not runtime.config.core.auth:
+        await socket.accept()
+        return Principal(owner=runtime.config.core.local_owner)
+    authenticator = runtime.authenticator
+    if authenticator is None:
+        await socket.accept()
+        await socket.close(code=CLOSE_AUTH_UNAVAILABLE, reason="authentication unavailable")
+        return None
+    return await authenticator.accept_websocket(socket)
+
+
+class ChatSocket:
+    """One accepted socket: a reader, a single writer draining ``outbox``, an optional
+    credential watcher and at most one running turn."""
+
+    def __init__(self, runtime: Runtime, socket: WebSocket[Any, Any, Any],
+                 principal: Principal) -> None:
+        self.runtime = runtime
+        self.socket = socket
+        self.principal = principal
+        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.turn: asyncio.Task[None] | None = None
+
+    async def serve(self) -> None:
+        boxes = self.runtime.state.setdefault(OUTBOXES, {})
+        boxes.setdefault(self.principal.owner, set()).add(self.outbox)
+        reader = asyncio.create_task(self._read())
+        helpers = [asyncio.create_task(self._write())]
+        if self.runtime.config.core.auth and self.runtime.authenticator is not None:
+            helpers.append(asyncio.create_task(self._watch(reader)))
+        try:
+            await reader
+        except (WebSocketDisconnect, asyncio.CancelledError):
+            pass
+        finally:
+            reader.cancel()
+            boxes.get(self.principal.owner, set()).discard(self.outbox)
+            if self.turn is not None and not self.turn.done():
+                self.turn.cancel()
+                with contextlib.suppress(BaseException):
+                    await self.turn
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _read(self) -> None:
+        while True:
+            raw = await self.socket.receive_text()
+            try:
+                message = json.loads(raw)
+                kind = message.get("type") if isinstance(message, dict) else None
+            except ValueError:
+                self.error("invalid JSON", 400)
+                continue
+            if kind == "ping":
+                self.send({"type": "pong"})
+            elif kind == "cancel":
+                if self.turn is not None and not self.turn.done():
+                    self.turn.cancel()
+            elif kind == "message":
+                self._start(message)
+            else:
+                self.error(f"unknown message type {kind!r} (use message, cancel or ping)", 400)
+
+    def _start(self, message: dict[str, Any]) -> None:
+        content = message.get("content")
+        conversation_id = message.get("conversation_id")
+        client_id = message.get("client_message_id")
+        if not isinstance(content, str) or not content.strip():
+            self.error("content must be a non-empty string", 400)
+        elif not all(v is None or isinstance(v, str) for v in (conversation_id, client_id)):
+            self.error("conversation_id and client_message_id must be strings or null", 400)
+        elif self.turn is not None and not self.turn.done():
+            self.error("a reply is already running; send cancel first", 409)
+        else:
+            request = ChatRequest(content, conversation_id=conversation_id,
+                                  client_message_id=client_id)
+            self.turn = asyncio.create_task(self._run(request))
+
+    async def _run(self, request: ChatRequest) -> None:
+        try:
+            turn = await start_turn(self.runtime, self.principal, request)
+        except MamiError as exc:
+            self.error(exc.message, exc.status_code)
+            return
+        self.send({"type": "start", "conversation_id": turn.conversation_id,
+                   "message_id": turn.message_id})
+        try:
+            async for item in turn.run():
+                if isinstance(item, str):
+                    self.send({"type": "delta", "text": item})
+                else:
+                    self._end(item)
+        except asyncio.CancelledError:
+            if turn.finished is not None:
+                self._end(turn.finished)
+
+    def _end(self, finished: Finished) -> None:
+        if finished.status == "error":
+            self.error(finished.error or "the reply failed", finished.error_code or 502)
+        self.send({"type": "end", "message_id": finished.message_id, "status": finished.status,
+                   "usage": finished.usage.as_dict()})
+
+    async def _write(self) -> None:
+        while True:
+            event = await self.outbox.get()
+            await self.socket.send_json(event)
+
+    async def _watch(self, reader: asyncio.Task[Any]) -> None:
+        authenticator = self.runtime.authenticator
+        assert authenticator is not None
+        while True:
+            await asyncio.sleep(VALIDITY_POLL)
+            try:
+                valid = await authenticator.still_valid(self.principal)
+            except Exception as exc:
+                log.warning("credential check failed, closing the socket: %s", exc)
+                valid = False
+            if not valid:
+                if self.turn is not None and not self.turn.done():
+                    self.turn.cancel()
+                    with contextlib.suppress(BaseException):
+                        await self.turn
+                with contextlib.suppress(Exception):
+                    await self.socket.close(code=CLOSE_CREDENTIAL_INVALID,
+                                            reason="credential expired or revoked")
+                reader.cancel()
+                return
+
+    def send(self, event: dict[str, Any]) -> None:
+        self.outbox.put_nowait(event)
+
+    def error(self, message: str, code: int) -> None:
+        self.send({"type": "error", "message": message, "code": code})
+
+
+@websocket("/ws/chat")
+async def chat_socket(socket: WebSocket[Any, Any, Any], state: State) -> None:
+    """Chat over a WebSocket (protocol in this module's docstring)."""
+    runtime = get_runtime(state)
+    await runtime.ensure_started()
+    principal = await accept(runtime, socket)
+    if principal is None:
+        return
+    await ChatSocket(runtime, socket, principal).serve()
+
+
+routes = [chat_socket]

@@ -77,6 +77,7 @@ class LocalLLM:
         self._load_lock = threading.Lock()
         self._turn = asyncio.Lock()
         self._waiting = 0
+        self._window = 0
 
     def _loaded(self) -> Any:
         """The model, loaded on first use (thread-safe)."""
@@ -100,8 +101,13 @@ class LocalLLM:
             await asyncio.to_thread(self._loaded)
 
     @property
-    def context_window(self) -> int:  # type: ignore[override]
-        return int(self._loaded().n_ctx())
+    def context_window(self) -> int:
+        """The window the model was loaded with (``n_ctx``, else its training window)."""
+        return self._window or int(self._loaded().n_ctx())
+
+    @context_window.setter
+    def context_window(self, tokens: int) -> None:
+        self._window = tokens
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` by the model's own tokenizer."""

@@ -1,0 +1,489 @@
+"""The chat pipeline shared by the OpenAI-compatible API, the WebSocket and ``mami chat``.
+
+:func:`start_turn` takes the owner from the :class:`~core.protocols.Principal`, loads or
+creates the conversation, handles a retried ``client_message_id``, builds the context
+inside the token budget (:mod:`core.context`) and, in one transaction, stores the user
+message together with a ``streaming`` placeholder for the answer. :meth:`Turn.run`
+streams the reply and stores it once with status ``complete``, ``interrupted`` or
+``error``; for ``complete`` it then fires ``message_completed`` exactly once.
+
+Idempotency: the same ``client_message_id`` in a conversation never creates a second
+message. A retry of a completed turn replays the stored answer (no generation, no
+event); a retry of an interrupted or failed turn generates that same answer again; a
+retry while the first attempt still streams is a 409. Without a conversation id, the
+conversation id is derived from the owner and the client message id, so a retry that
+never learned the id lands in the same conversation.
+
+Slash commands (``/name argument``) registered with :func:`register_command` are
+answered by their handler instead of the LLM (:func:`find_command` is the seam).
+
+A provider may define ``async load()``; it is awaited before the provider's tokenizer
+or window is used, so a lazily loaded model never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from core.context import Context, Turn, build_context, summary_prompt, turns_from_messages
+from core.errors import BadRequest, MamiError, NotFound, ProviderError, StreamInterrupted
+from core.events import MessageCompleted
+from core.models import Conversation, Message, Owner, utcnow
+from core.protocols import ChatMessage, Delta, GenerationParams, LLMProvider, Principal
+
+if TYPE_CHECKING:
+    from core.runtime import Runtime
+
+log = logging.getLogger("mami.chat")
+
+HISTORY_LIMIT = 200
+STALE_STREAM = timedelta(minutes=10)
+ID_NAMESPACE = uuid.UUID("6f1e3a52-6d61-4d69-8a11-636861747631")
+
+CommandHandler = Callable[["Runtime", Principal, str], Awaitable[str]]
+COMMANDS: dict[str, CommandHandler] = {}
+
+
+def register_command(name: str, handler: CommandHandler) -> None:
+    """Answer messages that start with ``/<name>`` with ``await handler(runtime,
+    principal, argument)`` instead of the LLM. The returned text is stored as the
+    assistant message; ``message_completed`` is not fired for command replies."""
+    COMMANDS[name] = handler
+
+
+def find_command(content: str) -> tuple[CommandHandler, str] | None:
+    """The handler and argument for a registered slash command, else ``None``."""
+    if not content.startswith("/"):
+        return None
+    name, _, argument = content[1:].partition(" ")
+    handler = COMMANDS.get(name)
+    return (handler, argument.strip()) if handler else None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One user message. ``history`` given means stateless (OpenAI-style: the client
+    sends the earlier messages, nothing is stored); otherwise the conversation is
+    loaded from and stored in the database."""
+
+    content: str
+    conversation_id: str | None = None
+    client_message_id: str | None = None
+    history: Sequence[ChatMessage] | None = None
+    system_prompt: str | None = None
+    model: str | None = None
+    params: GenerationParams = field(default_factory=GenerationParams)
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The last item of :meth:`Turn.run`: the answer as stored."""
+
+    status: str  # complete, interrupted, error
+    message_id: str | None
+    text: str
+    usage: Usage
+    finish_reason: str | None = None
+    error: str | None = None
+    error_code: int | None = None
+
+
+def resolve_llm(runtime: Runtime, model: str | None) -> LLMProvider:
+    """The provider named ``model`` (404 if unknown), else the active one (503 if none)."""
+    if model:
+        provider = runtime.providers["llm"].get(model)
+        if provider is None:
+            known = ", ".join(runtime.providers["llm"]) or "none"
+            raise NotFound(f"model {model!r} not found (available: {known})")
+        return provider  # type: ignore[no-any-return]
+    return runtime.require("llm")  # type: ignore[no-any-return]
+
+
+async def ready(provider: Any) -> None:
+    load = getattr(provider, "load", None)
+    if load is not None:
+        await load()
+
+
+def _gen(deltas: AsyncIterator[Delta]) -> AsyncGenerator[Delta, None]:
+    """Providers' ``stream`` methods are async generators; this says so to the type checker
+    (they must be closed promptly: the local model is held until then)."""
+    return deltas  # type: ignore[return-value]
+
+
+class Conflict(MamiError):
+    status_code = 409
+
+
+class TurnRun:
+    """A reply being produced. Iterate :meth:`run` to the end."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        principal: Principal,
+        request: ChatRequest,
+        llm: LLMProvider,
+        context: Context | None,
+        command: tuple[CommandHandler, str] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.principal = principal
+        self.request = request
+        self.llm = llm
+        self.context = context
+        self.command = command
+        self.conversation_id: str | None = None
+        self.user_message_id: str | None = None
+        self.message_id: str | None = None
+        self.replay: Finished | None = None
+        self.finished: Finished | None = None
+        self.summary_from: tuple[str, int] | None = None  # (summary so far, its upto)
+
+    @property
+    def stored(self) -> bool:
+        return self.message_id is not None
+
+    async def run(self) -> AsyncIterator[str | Finished]:
+        """Yield the reply's text pieces, then one :class:`Finished` once the answer is
+        stored; after that (when iteration continues) ``message_completed`` fires.
+        Cancelling or closing the iteration stores what arrived as ``interrupted``."""
+        if self.replay is not None:
+            self.finished = self.replay
+            if self.replay.text:
+                yield self.replay.text
+            yield self.replay
+            return
+        parts: list[str] = []
+        status, error, code, finish = "error", None, None, None
+        try:
+            async for piece, reason in self._generate():
+                finish = reason or finish
+                if piece:
+                    parts.append(piece)
+                    yield piece
+            status = "complete"
+        except ProviderError as exc:
+            status = "interrupted" if parts or isinstance(exc, StreamInterrupted) else "error"
+            error, code = exc.message, exc.status_code
+        except (asyncio.CancelledError, GeneratorExit):
+            await asyncio.shield(self._finish("interrupted", parts, "cancelled", None, None))
+            raise
+        except Exception as exc:
+            log.exception("reply failed")
+            status = "interrupted" if parts else "error"
+            error, code = f"{type(exc).__name__}: {exc}", 500
+        finished = await asyncio.shield(self._finish(status, parts, error, code, finish))
+        yield finished
+        if status == "complete" and self.stored and self.command is None:
+            await self._after_complete(finished)
+
+    async def _generate(self) -> AsyncIterator[tuple[str, str | None]]:
+        if self.command is not None:
+            handler, argument = self.command
+            yield await handler(self.runtime, self.principal, argument), "stop"
+            return
+        assert self.context is not None
+        params = self.request.params
+        max_tokens = min(params.max_tokens, self.context.reply_tokens)
+        if max_tokens != params.max_tokens:
+            params = GenerationParams(max_tokens, params.temperature, params.top_p, params.stop)
+        deltas = _gen(self.llm.stream(self.context.messages, params))
+        async with contextlib.aclosing(deltas):
+            async for delta in deltas:
+                yield delta.text, delta.finish_reason
+
+    async def _finish(
+        self, status: str, parts: list[str], error: str | None, code: int | None,
+        finish: str | None,
+    ) -> Finished:
+        text = "".join(parts)
+        usage = Usage(self.context.prompt_tokens if self.context else 0,
+                      self.llm.count_tokens(text) if text else 0)
+        if self.message_id is not None:
+            async with self.runtime.db.session() as session:
+                await session.execute(
+                    update(Message)
+                    .where(col(Message.id) == self.message_id)
+                    .values(content=text, status=status, error=error,
+                            token_count=usage.completion_tokens)
+                )
+                await session.commit()
+        self.finished = Finished(status, self.message_id, text, usage, finish, error, code)
+        return self.finished
+
+    async def _after_complete(self, finished: Finished) -> None:
+        assert self.conversation_id and self.user_message_id and finished.message_id
+        await self.runtime.fire(
+            "message_completed",
+            event=MessageCompleted(
+                owner=self.principal.owner,
+                conversation_id=self.conversation_id,
+                message_id=finished.message_id,
+                user_message_id=self.user_message_id,
+                user_text=self.request.content,
+                assistant_text=finished.text,
+            ),
+        )
+        if self.context is not None and self.context.dropped and self.summary_from is not None:
+            await self._extend_summary()
+
+    async def _extend_summary(self) -> None:
+        """Fold the turns dropped from this context into the conversation's summary."""
+        assert self.context is not None and self.summary_from is not None
+        summary, upto = self.summary_from
+        new = [t for t in self.context.dropped if t.last_seq > upto]
+        if not new:
+            return
+        budget = self.runtime.config.budget
+        words = max(20, budget.summary_tokens * 2 // 3)
+        params = GenerationParams(max_tokens=budget.summary_tokens, temperature=0.2)
+        pieces: list[str] = []
+        try:
+            prompt = summary_prompt(summary, new, words)
+            async with contextlib.aclosing(_gen(self.llm.stream(prompt, params))) as deltas:
+                async for delta in deltas:
+                    pieces.append(delta.text)
+        except ProviderError as exc:
+            log.warning("summary of conversation %s failed: %s", self.conversation_id, exc)
+            return
+        async with self.runtime.db.session() as session:
+            await session.execute(
+                update(Conversation)
+                .where(col(Conversation.id) == self.conversation_id)
+                .where(col(Conversation.summary_upto) == upto)
+                .values(summary="".join(pieces).strip(), summary_upto=new[-1].last_seq)
+            )
+            await session.commit()
+
+
+async def start_turn(runtime: Runtime, principal: Principal, request: ChatRequest) -> TurnRun:
+    """Prepare a reply to ``request`` for ``principal``: validate, store the user message
+    and build the context. Raises BadRequest (400), NotFound (404), Conflict (409),
+    PayloadTooLarge (413) or PluginUnavailable (503) before anything is generated; a
+    rejected request stores nothing."""
+    if not request.content.strip():
+        raise BadRequest("the message is empty")
+    cid = request.client_message_id
+    if cid is not None and not 0 < len(cid) <= 128:
+        raise BadRequest("client_message_id must be 1 to 128 characters")
+    llm = resolve_llm(runtime, request.model)
+    await ready(llm)
+    command = find_command(request.content)
+    if request.history is not None:
+        turn = TurnRun(runtime, principal, request, llm, None, command)
+        if command is None:
+            turn.context = await _context(runtime, principal, request, llm,
+                                          turns_from_messages(request.history), "")
+        return turn
+    for attempt in range(3):
+        try:
+            return await _stored_turn(runtime, principal, request, llm, command)
+        except IntegrityError:
+            # A concurrent request took the same seq or client id; look again.
+            if attempt == 2:
+                raise Conflict("the conversation changed concurrently; retry") from None
+    raise AssertionError("unreachable")
+
+
+async def _stored_turn(
+    runtime: Runtime, principal: Principal, request: ChatRequest, llm: LLMProvider,
+    command: tuple[CommandHandler, str] | None,
+) -> TurnRun:
+    """Read what the turn needs, build the context, then write in one short transaction
+    (no write lock is held while memories and passages are fetched)."""
+    owner = principal.owner
+    cid = request.client_message_id
+    turn = TurnRun(runtime, principal, request, llm, None, command)
+    retry_of: Message | None = None
+    reply: Message | None = None
+    rows: list[Message] = []
+    async with runtime.db.session() as session:
+        conversation_id = request.conversation_id
+        derived = conversation_id is None and cid is not None
+        if derived:
+            conversation_id = str(uuid.uuid5(ID_NAMESPACE, f"{owner}\0{cid}"))
+        conversation = await session.get(Conversation, conversation_id) if conversation_id else None
+        if conversation is not None and conversation.owner_id != owner:
+            conversation = None
+        if conversation is None and request.conversation_id is not None:
+            raise NotFound(f"conversation {request.conversation_id} not found")
+        if conversation is not None and cid is not None:
+            retry_of = (await session.exec(
+                select(Message).where(Message.conversation_id == conversation.id,
+                                      Message.client_message_id == cid)
+            )).first()
+        if retry_of is not None:
+            if retry_of.content != request.content:
+                raise Conflict(f"client_message_id {cid!r} was already used for another message")
+            reply = (await session.exec(select(Message).where(Message.reply_to == retry_of.id))
+                     ).first()
+        if conversation is not None and not (reply is not None and reply.status == "complete"):
+            upto = conversation.summary_upto if runtime.config.budget.summarize else 0
+            rows = await _recent(session, conversation.id, upto,
+                                 retry_of.seq if retry_of is not None else None)
+    if retry_of is not None and reply is not None and reply.status == "complete":
+        turn.conversation_id = retry_of.conversation_id
+        turn.user_message_id, turn.message_id = retry_of.id, reply.id
+        turn.replay = Finished("complete", reply.id, reply.content,
+                               Usage(0, reply.token_count or 0), "stop")
+        return turn
+    if reply is not None and reply.status == "streaming" and (
+        utcnow() - _aware(reply.created_at) < STALE_STREAM
+    ):
+        raise Conflict("this message is still being answered; retry when it ends")
+
+    summarize = runtime.config.budget.summarize and conversation is not None
+    if command is None:
+        summary = conversation.summary if summarize and conversation is not None else ""
+        turn.context = await _context(runtime, principal, request, llm, _turns(rows), summary)
+        if summarize and conversation is not None:
+            turn.summary_from = (conversation.summary, conversation.summary_upto)
+
+    now = utcnow()
+    async with runtime.db.session() as session:
+        if conversation is None:
+            await _ensure_owner(runtime, session, owner)
+            conversation = Conversation(id=conversation_id or uuid.uuid4().hex, owner_id=owner,
+                                        title=request.content.strip()[:80])
+            session.add(conversation)
+        else:
+            await session.execute(update(Conversation)
+                                  .where(col(Conversation.id) == conversation.id)
+                                  .values(updated_at=now))
+        if retry_of is None:
+            last_seq = rows[-1].seq if rows else conversation.summary_upto
+            retry_of = Message(id=uuid.uuid4().hex, conversation_id=conversation.id,
+                               seq=last_seq + 1, role="user", content=request.content,
+                               client_message_id=cid)
+            session.add(retry_of)
+        if reply is None:
+            reply = Message(id=uuid.uuid4().hex, conversation_id=conversation.id,
+                            seq=retry_of.seq + 1, role="assistant", content="",
+                            status="streaming", reply_to=retry_of.id)
+            session.add(reply)
+        else:
+            claimed = await session.execute(
+                update(Message).where(col(Message.id) == reply.id,
+                                      col(Message.status) == reply.status)
+                .values(status="streaming", content="", error=None, created_at=now)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                raise Conflict("this message is being answered by another request")
+        await session.commit()
+    runtime.state.setdefault("chat.known_owners", set()).add(owner)
+    turn.conversation_id = conversation.id
+    turn.user_message_id, turn.message_id = retry_of.id, reply.id
+    return turn
+
+
+def _aware(moment: Any) -> Any:
+    from datetime import UTC
+
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+async def _ensure_owner(runtime: Runtime, session: Any, owner: str) -> None:
+    """Add the owner's row unless this process has already seen it committed."""
+    if owner in runtime.state.get("chat.known_owners", ()):
+        return
+    if await session.get(Owner, owner) is None:
+        session.add(Owner(id=owner))
+        await session.flush()
+
+
+async def _recent(session: Any, conversation_id: str, after: int, before: int | None
+                  ) -> list[Message]:
+    """The newest messages after seq ``after`` (and before ``before``), oldest first."""
+    query = select(Message).where(Message.conversation_id == conversation_id,
+                                  Message.seq > after)
+    if before is not None:
+        query = query.where(Message.seq < before)
+    rows = (await session.exec(query.order_by(col(Message.seq).desc()).limit(HISTORY_LIMIT))).all()
+    return list(reversed(rows))
+
+
+def _turns(rows: Sequence[Message]) -> list[Turn]:
+    """History turns from stored rows; failed and unfinished answers are left out."""
+    turns: list[Turn] = []
+    for row in rows:
+        if row.role == "assistant" and (row.status not in ("complete", "interrupted")
+                                        or not row.content):
+            continue
+        message = ChatMessage(row.role, row.content)  # type: ignore[arg-type]
+        if row.role == "user" or not turns:
+            turns.append(Turn((message,), row.seq))
+        else:
+            turns[-1] = Turn((*turns[-1].messages, message), row.seq)
+    return turns
+
+
+async def _context(
+    runtime: Runtime, principal: Principal, request: ChatRequest, llm: LLMProvider,
+    history: list[Turn], summary: str,
+) -> Context:
+    memories, passages = await asyncio.gather(
+        _recall(runtime, principal.owner, request.content),
+        _search(runtime, principal.owner, request.content),
+    )
+    return build_context(
+        system_prompt=(request.system_prompt if request.system_prompt is not None
+                       else runtime.config.core.system_prompt),
+        user=request.content,
+        history=history,
+        count=llm.count_tokens,
+        window=llm.context_window,
+        budget=runtime.config.budget,
+        memories=memories,
+        passages=passages,
+        summary=summary,
+    )
+
+
+async def _recall(runtime: Runtime, owner: str, text: str) -> list[str]:
+    store = runtime.memory
+    if store is None or runtime.config.budget.memory_k <= 0:
+        return []
+    try:
+        return [m.text for m in await store.recall(owner, text, runtime.config.budget.memory_k)]
+    except Exception as exc:
+        log.warning("memory store %s failed, answering without memories: %s",
+                    getattr(store, "name", "?"), exc)
+        return []
+
+
+async def _search(runtime: Runtime, owner: str, text: str) -> list[str]:
+    retriever = runtime.retriever
+    if retriever is None or runtime.config.budget.rag_k <= 0:
+        return []
+    try:
+        found = await retriever.search(owner, text, runtime.config.budget.rag_k)
+    except Exception as exc:
+        log.warning("retriever %s failed, answering without passages: %s",
+                    getattr(retriever, "name", "?"), exc)
+        return []
+    return [f"{p.text}\n(source: {p.source})" for p in found]

@@ -1,0 +1,253 @@
+"""openai-llm: any OpenAI-compatible chat server (OpenAI, vLLM, Ollama, llama.cpp server).
+
+Streams ``POST {base_url}/chat/completions`` over httpx and parses the server-sent
+events as they arrive. Connection faults, timeouts, 429 and 5xx answers are retried
+(stamina, exponential backoff) only until the first token arrives; after that a broken
+or stalled stream raises :class:`core.errors.StreamInterrupted` carrying the text so
+far, so the reply is stored as interrupted, never as a silent success.
+
+Token counting: with ``tokenizer_path`` (a Hugging Face ``tokenizer.json``) counts are
+exact. Without it :func:`estimate_tokens` over-estimates on purpose: the larger of
+UTF-8 bytes / 3 and the number of words and punctuation marks (English text runs at
+about 4 bytes per token in BPE vocabularies).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import stamina
+
+from core import hookimpl
+from core.errors import ProviderError, StreamInterrupted
+from core.protocols import ChatMessage, Delta, GenerationParams, LLMProvider
+
+if TYPE_CHECKING:
+    from core.runtime import Runtime
+
+PLUGIN = "openai-llm"
+PIECES = re.compile(r"\w+|[^\w\s]")
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+@dataclass
+class Settings:
+    """``[plugins.openai-llm]``."""
+
+    base_url: str = "http://127.0.0.1:8080/v1"
+    """The server's OpenAI API root (ends in ``/v1`` for most servers)."""
+    model: str = "default"
+    """Model name sent to the server."""
+    name: str = ""
+    """Model id shown in ``/v1/models``; empty: ``model``."""
+    api_key: str = ""
+    """Bearer token; write ``{ env = "OPENAI_API_KEY" }`` to keep it out of the file."""
+    context_window: int = 8192
+    """The model's context window in tokens."""
+    tokenizer_path: str = ""
+    """A ``tokenizer.json`` for exact token counts; empty: a conservative estimate."""
+    connect_timeout: float = 5.0
+    """Seconds to connect, per attempt."""
+    read_timeout: float = 60.0
+    """Seconds to wait for the next bytes of an answer (first token included)."""
+    attempts: int = 3
+    """Attempts before the first token (1: no retries)."""
+    retry_budget: float = 30.0
+    """Total seconds all attempts may take before giving up."""
+
+
+def estimate_tokens(text: str) -> int:
+    """A deliberate over-estimate of the tokens of ``text`` for an unknown tokenizer."""
+    return max(math.ceil(len(text.encode("utf-8")) / 3), len(PIECES.findall(text)))
+
+
+class Retryable(ProviderError):
+    """A fault before the first token that another attempt may fix."""
+
+
+def _retry(exc: Exception) -> bool:
+    return isinstance(exc, Retryable | httpx.TransportError)
+
+
+async def sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The ``data`` of each server-sent event, as events complete (multi-line data is
+    joined with newlines; comments and other fields are skipped)."""
+    data: list[str] = []
+    async for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if field == "data":
+            data.append(value.removeprefix(" "))
+    if data:
+        yield "\n".join(data)
+
+
+def _delta(payload: str) -> Delta | None:
+    """The delta of one chunk, ``None`` for chunks without text or finish reason."""
+    try:
+        chunk = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise ProviderError(f"the server sent invalid JSON in its stream: {payload[:200]}") from exc
+    if isinstance(chunk, dict) and chunk.get("error"):
+        error = chunk["error"]
+        raise ProviderError(str(error.get("message", error) if isinstance(error, dict) else error))
+    choices = chunk.get("choices") or [] if isinstance(chunk, dict) else []
+    if not choices:
+        return None
+    choice = choices[0]
+    text = (choice.get("delta") or {}).get("content") or ""
+    finish = choice.get("finish_reason")
+    return Delta(text, finish) if text or finish else None
+
+
+def _error_message(response: httpx.Response, body: bytes) -> str:
+    try:
+        error = json.loads(body).get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+    except (ValueError, AttributeError):
+        message = None
+    text = message or body[:300].decode(errors="replace")
+    return f"{response.status_code} from the model server: {text}"
+
+
+class OpenAICompatible:
+    """An :class:`~core.protocols.LLMProvider` for an OpenAI-compatible server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.name = settings.name or settings.model
+        self.context_window = settings.context_window
+        self._client: httpx.AsyncClient | None = None
+        self._tokenizer: Any = None
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            s = self.settings
+            headers = {"Authorization": f"Bearer {s.api_key}"} if s.api_key else {}
+            self._client = httpx.AsyncClient(
+                base_url=s.base_url.rstrip("/") + "/",
+                headers=headers,
+                timeout=httpx.Timeout(s.read_timeout, connect=s.connect_timeout),
+            )
+        return self._client
+
+    def count_tokens(self, text: str) -> int:
+        if not self.settings.tokenizer_path:
+            return estimate_tokens(text)
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+
+            self._tokenizer = Tokenizer.from_file(self.settings.tokenizer_path)
+        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def _body(self, messages: Sequence[ChatMessage], params: GenerationParams) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.settings.model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "stream": True,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+        }
+        if params.stop:
+            body["stop"] = list(params.stop)
+        return body
+
+    async def _open(
+        self, body: dict[str, Any]
+    ) -> tuple[httpx.Response, AsyncIterator[str], Delta]:
+        """Send the request and wait for the first delta, retrying transient faults."""
+        s = self.settings
+        try:
+            async for attempt in stamina.retry_context(
+                on=_retry, attempts=max(1, s.attempts), timeout=s.retry_budget,
+                wait_initial=0.2, wait_max=5.0,
+            ):
+                with attempt:
+                    return await self._first(body)
+        except httpx.TimeoutException as exc:
+            raise ProviderError(f"{self.name}: no answer from {s.base_url} ({exc!r})") from exc
+        except httpx.TransportError as exc:
+            raise ProviderError(f"{self.name}: cannot reach {s.base_url}: {exc!r}") from exc
+        raise AssertionError("unreachable")
+
+    async def _first(
+        self, body: dict[str, Any]
+    ) -> tuple[httpx.Response, AsyncIterator[str], Delta]:
+        client = self.client()
+        request = client.build_request("POST", "chat/completions", json=body)
+        response = await client.send(request, stream=True)
+        try:
+            if response.status_code >= 400:
+                message = _error_message(response, await response.aread())
+                raise (Retryable if response.status_code in RETRY_STATUS else ProviderError)(
+                    message, status_code=502
+                )
+            events = sse_data(response.aiter_lines())
+            async for payload in events:
+                if payload.strip() == "[DONE]":
+                    break
+                delta = _delta(payload)
+                if delta is not None:
+                    return response, events, delta
+            raise Retryable(f"{self.name}: the stream ended before any token")
+        except BaseException:
+            await response.aclose()
+            raise
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> AsyncIterator[Delta]:
+        """Stream a reply. Faults before the first token raise ProviderError (after
+        retries); later ones StreamInterrupted with the text so far."""
+        response, events, first = await self._open(self._body(messages, params))
+        parts = [first.text]
+        finished = first.finish_reason is not None
+        try:
+            yield first
+            async for payload in events:
+                if payload.strip() == "[DONE]":
+                    finished = True
+                    break
+                try:
+                    delta = _delta(payload)
+                except ProviderError as exc:
+                    raise StreamInterrupted(exc.message, partial="".join(parts)) from exc
+                if delta is None:
+                    continue
+                parts.append(delta.text)
+                finished = finished or delta.finish_reason is not None
+                yield delta
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise StreamInterrupted(
+                f"{self.name}: the stream broke after {len(parts)} chunks ({exc!r})",
+                partial="".join(parts),
+            ) from exc
+        finally:
+            await response.aclose()
+        if not finished:
+            raise StreamInterrupted(
+                f"{self.name}: the stream ended without finishing", partial="".join(parts)
+            )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+@hookimpl
+def register_llm_providers(register: Callable[[LLMProvider], None], runtime: Runtime) -> None:
+    register(OpenAICompatible(runtime.settings(PLUGIN) or Settings()))
