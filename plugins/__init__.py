@@ -6,4 +6,5 @@ BUILTINS: dict[str, tuple[str, bool]] = {
     "openai-llm": ("plugins.openai_llm", False),
     "forge-image": ("plugins.forge_image", True),
     "token-ws-auth": ("plugins.token_ws_auth", True),
+    "web-ui": ("plugins.web_ui", True),
 }

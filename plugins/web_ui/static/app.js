@@ -1,0 +1,739 @@
+// mami chat page: plain JavaScript, no framework, no build step.
+// Talks to the native API (Bearer token) and to /ws/chat (single-use tickets).
+
+const TOKEN_KEY = "mami.token";
+const DRAFT_KEY = "mami.draft";
+const CONVERSATION_KEY = "mami.conversation";
+const FINAL_IMAGE_STATES = new Set(["succeeded", "placeholder", "failed"]);
+const PING_EVERY_MS = 25000;
+const RECONNECT_MAX_MS = 5000;
+const IMAGE_POLL_MS = 1000;
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  status: $("status"), announce: $("announce"), alert: $("alert"), alertText: $("alert-text"),
+  alertClose: $("alert-close"), signin: $("signin"), signinForm: $("signin-form"),
+  tokenInput: $("token-input"), app: $("app"), signOut: $("sign-out"), menu: $("menu-button"),
+  sidebar: $("sidebar"), newChat: $("new-chat"), conversations: $("conversations"),
+  memoriesPanel: $("memories-panel"), memories: $("memories"),
+  documentsPanel: $("documents-panel"), documents: $("documents"),
+  uploadForm: $("upload-form"), uploadFile: $("upload-file"),
+  messages: $("messages"), composer: $("composer"), input: $("composer-input"),
+  send: $("send"), stop: $("stop"),
+};
+
+const state = {
+  token: null,
+  socket: null,
+  reconnectTimer: null,
+  attempts: 0,
+  conversationId: null,
+  // The reply in progress: {sentText, bubble, messageId}; bubble is null until "start".
+  reply: null,
+  images: new Map(),
+};
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+// ---------------------------------------------------------------- helpers
+
+function newId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function element(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+function listOf(body) {
+  if (Array.isArray(body)) return body;
+  return (body && (body.data || body.items)) || [];
+}
+
+function setStatus(kind, text) {
+  ui.status.dataset.state = kind;
+  ui.status.textContent = text;
+}
+
+function showAlert(text) {
+  ui.alertText.textContent = text;
+  ui.alert.hidden = false;
+}
+
+function hideAlert() {
+  ui.alert.hidden = true;
+  ui.alertText.textContent = "";
+}
+
+function announce(text) {
+  ui.announce.textContent = text;
+}
+
+function describe(error) {
+  if (!(error instanceof ApiError)) return `Something went wrong: ${error.message}`;
+  if (error.status === 0) return "Disconnected: the server cannot be reached.";
+  if (error.status === 401) return `Unauthorized: ${error.message}`;
+  if (error.status === 403) return `Forbidden: ${error.message}`;
+  if (error.status === 413) return `Too large: ${error.message}`;
+  if (error.status === 429) return `Rate limited: ${error.message}. Wait a moment and try again.`;
+  if (error.status === 503) return `Unavailable: ${error.message}`;
+  return error.message;
+}
+
+// ---------------------------------------------------------------- HTTP API
+
+async function api(method, path, { json, form } = {}) {
+  const headers = { Authorization: `Bearer ${state.token}` };
+  let body;
+  if (json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(json);
+  } else if (form !== undefined) {
+    body = form;
+  }
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body });
+  } catch {
+    throw new ApiError(0, "the server cannot be reached");
+  }
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!response.ok) {
+    const message = (data && data.error && data.error.message) || response.statusText || "error";
+    const error = new ApiError(response.status, message);
+    if (response.status === 401) signOut(describe(error) + ". Sign in again with a valid token.");
+    throw error;
+  }
+  return data;
+}
+
+async function fetchBlob(path) {
+  const response = await fetch(path, { headers: { Authorization: `Bearer ${state.token}` } });
+  if (!response.ok) throw new ApiError(response.status, `could not load ${path}`);
+  return response.blob();
+}
+
+// ---------------------------------------------------------------- sign-in
+
+function takeTokenFromAddress() {
+  const url = new URL(window.location.href);
+  const token = url.searchParams.get("token");
+  if (!token) return;
+  localStorage.setItem(TOKEN_KEY, token);
+  url.searchParams.delete("token");
+  history.replaceState(null, "", url.pathname + url.search + url.hash);
+}
+
+function signOut(message) {
+  localStorage.removeItem(TOKEN_KEY);
+  state.token = null;
+  clearTimeout(state.reconnectTimer);
+  const socket = state.socket;
+  state.socket = null;
+  if (socket) socket.close(1000, "signed out");
+  ui.app.hidden = true;
+  ui.signOut.hidden = true;
+  ui.signin.hidden = false;
+  setStatus("offline", "Signed out");
+  if (message) showAlert(message);
+  ui.tokenInput.focus();
+}
+
+async function signIn(token) {
+  state.token = token;
+  try {
+    await loadConversations();
+  } catch (error) {
+    if (error.status !== 401) {
+      showAlert(`${describe(error)} Trying again by itself.`);
+      setStatus("offline", "Disconnected");
+      state.reconnectTimer = setTimeout(() => signIn(token), RECONNECT_MAX_MS);
+    }
+    return;
+  }
+  localStorage.setItem(TOKEN_KEY, token);
+  hideAlert();
+  ui.signin.hidden = true;
+  ui.app.hidden = false;
+  ui.signOut.hidden = false;
+  const remembered = localStorage.getItem(CONVERSATION_KEY);
+  if (remembered && ui.conversations.querySelector(`[data-id="${CSS.escape(remembered)}"]`)) {
+    await openConversation(remembered);
+  }
+  connect();
+  ui.input.focus();
+}
+
+// ---------------------------------------------------------------- conversations
+
+function conversationLabel(conversation) {
+  if (conversation.title) return conversation.title;
+  const when = new Date(conversation.created_at);
+  return `Chat of ${when.toLocaleString([], { dateStyle: "medium", timeStyle: "short" })}`;
+}
+
+async function loadConversations() {
+  const list = listOf(await api("GET", "/api/conversations"));
+  ui.conversations.replaceChildren();
+  if (!list.length) {
+    ui.conversations.append(element("li", { class: "empty", text: "No conversations yet." }));
+  }
+  for (const conversation of list) {
+    const open = element("button", {
+      type: "button", class: "link grow", "data-id": conversation.id,
+      text: conversationLabel(conversation),
+      onclick: () => openConversation(conversation.id),
+    });
+    const item = element("li", { "data-conversation": conversation.id }, open);
+    if (conversation.id === state.conversationId) item.setAttribute("aria-current", "true");
+    ui.conversations.append(item);
+  }
+}
+
+function markCurrentConversation() {
+  for (const item of ui.conversations.querySelectorAll("li[data-conversation]")) {
+    const current = item.dataset.conversation === state.conversationId;
+    if (current) item.setAttribute("aria-current", "true");
+    else item.removeAttribute("aria-current");
+  }
+}
+
+function setConversation(id) {
+  state.conversationId = id;
+  if (id) localStorage.setItem(CONVERSATION_KEY, id);
+  else localStorage.removeItem(CONVERSATION_KEY);
+  markCurrentConversation();
+}
+
+async function openConversation(id) {
+  if (state.reply) return showAlert("Wait for the reply to finish, or stop it, first.");
+  let messages;
+  try {
+    messages = listOf(await api("GET", `/api/conversations/${encodeURIComponent(id)}/messages`));
+  } catch (error) {
+    return showAlert(describe(error));
+  }
+  setConversation(id);
+  ui.messages.replaceChildren();
+  state.images.clear();
+  for (const message of messages) {
+    const bubble = addMessage(message.role, message.content);
+    if (message.role === "assistant") noteStatus(bubble, message.status, message.error);
+  }
+  closeMenu();
+  scrollToEnd(true);
+  ui.input.focus();
+}
+
+function newChat() {
+  if (state.reply) return showAlert("Wait for the reply to finish, or stop it, first.");
+  setConversation(null);
+  ui.messages.replaceChildren();
+  state.images.clear();
+  closeMenu();
+  ui.input.focus();
+}
+
+// ---------------------------------------------------------------- message list
+
+function nearEnd() {
+  const list = ui.messages;
+  return list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+}
+
+function scrollToEnd(force = false) {
+  if (force || nearEnd()) ui.messages.scrollTop = ui.messages.scrollHeight;
+}
+
+function addMessage(role, text) {
+  const who = role === "user" ? "You" : "mami";
+  const bubble = element(
+    "li", { class: `message ${role}`, "data-role": role },
+    element("span", { class: "who", text: who }),
+    element("span", { class: "text", text }),
+  );
+  const follow = nearEnd();
+  ui.messages.append(bubble);
+  scrollToEnd(follow);
+  return bubble;
+}
+
+function noteStatus(bubble, status, error) {
+  bubble.dataset.status = status || "complete";
+  const notes = {
+    interrupted: "Stopped before the end.",
+    error: `The reply failed${error ? `: ${error}` : "."}`,
+    streaming: "This reply was still being written.",
+  };
+  const text = notes[status];
+  if (!text) return;
+  if (status === "error") bubble.classList.add("error");
+  bubble.querySelector(".note")?.remove();
+  bubble.append(element("span", { class: "note", text }));
+}
+
+// ---------------------------------------------------------------- WebSocket
+
+function socketOpen() {
+  return state.socket !== null && state.socket.readyState === WebSocket.OPEN;
+}
+
+async function connect() {
+  clearTimeout(state.reconnectTimer);
+  if (!state.token || state.socket) return;
+  setStatus("connecting", "Connecting…");
+  let ticket;
+  try {
+    ticket = await api("POST", "/api/ws-ticket");
+  } catch (error) {
+    if (error.status !== 401) scheduleReconnect(describe(error));
+    return;
+  }
+  if (!state.token || state.socket) return;
+  const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
+  const socket = new WebSocket(`${scheme}//${window.location.host}/ws/chat`, ticket.protocols);
+  state.socket = socket;
+  socket.addEventListener("open", () => {
+    if (state.socket !== socket) return;
+    state.attempts = 0;
+    setStatus("online", "Connected");
+    if (ui.alert.dataset.kind === "connection") hideAlert();
+    updateButtons();
+    loadConversations().catch(() => {});
+  });
+  socket.addEventListener("message", (event) => {
+    let data;
+    try {
+      data = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    handleEvent(data);
+  });
+  socket.addEventListener("close", (event) => {
+    if (state.socket !== socket) return;
+    state.socket = null;
+    closedReply("Connection lost before the reply finished.");
+    updateButtons();
+    if (!state.token) return;
+    scheduleReconnect(closeMessage(event.code, event.reason));
+  });
+}
+
+function closeMessage(code, reason) {
+  const why = reason ? ` (${reason})` : "";
+  switch (code) {
+    case 4401: return `Unauthorized: the server refused the chat connection${why}.`;
+    case 4403: return `Forbidden: the server does not accept chat from this address${why}. ` +
+      "Add it to allowed_origins in plugins.toml.";
+    case 4408: return "The chat connection was not signed in in time.";
+    case 1008: return `Rate limited: the server closed the chat connection${why}.`;
+    case 1013: return "The server cannot check sign-ins right now.";
+    default: return "Disconnected from the server.";
+  }
+}
+
+function scheduleReconnect(message) {
+  clearTimeout(state.reconnectTimer);
+  if (!state.token) return;
+  const delay = Math.min(RECONNECT_MAX_MS, 500 * 2 ** state.attempts);
+  state.attempts += 1;
+  const seconds = Math.max(1, Math.round(delay / 1000));
+  setStatus("offline", `Disconnected: reconnecting in ${seconds} s…`);
+  if (message) {
+    showAlert(`${message} Reconnecting by itself; what you typed is kept.`);
+    ui.alert.dataset.kind = "connection";
+  }
+  state.reconnectTimer = setTimeout(connect, delay);
+}
+
+function send(event) {
+  if (!socketOpen()) return false;
+  state.socket.send(JSON.stringify(event));
+  return true;
+}
+
+function handleEvent(event) {
+  switch (event.type) {
+    case "start": return replyStarted(event);
+    case "delta": return replyDelta(event.text || "");
+    case "end": return replyEnded(event);
+    case "error": return serverError(event);
+    case "image": return showImage(event);
+    default: return undefined;
+  }
+}
+
+// ---------------------------------------------------------------- a reply
+
+function submitMessage() {
+  const text = ui.input.value.trim();
+  if (!text || state.reply) return;
+  const message = {
+    type: "message", content: text, conversation_id: state.conversationId,
+    client_message_id: newId(),
+  };
+  if (!send(message)) {
+    showAlert("Not connected: your message is kept and can be sent once the connection is back.");
+    ui.alert.dataset.kind = "connection";
+    return;
+  }
+  addMessage("user", text);
+  state.reply = { sentText: text, bubble: null, messageId: null };
+  ui.input.value = "";
+  saveDraft();
+  scrollToEnd(true);
+  updateButtons();
+  setStatus("online", "Waiting for the reply…");
+}
+
+function replyStarted(event) {
+  if (!state.reply) state.reply = { sentText: "", bubble: null, messageId: null };
+  if (event.conversation_id && event.conversation_id !== state.conversationId) {
+    setConversation(event.conversation_id);
+    loadConversations().catch(() => {});
+  }
+  const bubble = addMessage("assistant", "");
+  bubble.setAttribute("aria-busy", "true");
+  bubble.dataset.messageId = event.message_id || "";
+  state.reply.bubble = bubble;
+  state.reply.messageId = event.message_id;
+  setStatus("online", "Replying…");
+  updateButtons();
+}
+
+function replyDelta(text) {
+  const bubble = state.reply && state.reply.bubble;
+  if (!bubble) return;
+  const follow = nearEnd();
+  bubble.querySelector(".text").textContent += text;
+  scrollToEnd(follow);
+}
+
+function replyEnded(event) {
+  const reply = state.reply;
+  state.reply = null;
+  if (reply && reply.bubble) {
+    reply.bubble.removeAttribute("aria-busy");
+    noteStatus(reply.bubble, event.status, reply.error);
+    announce(`mami: ${reply.bubble.querySelector(".text").textContent}`);
+  }
+  setStatus(socketOpen() ? "online" : "offline", socketOpen() ? "Connected" : "Disconnected");
+  updateButtons();
+  loadConversations().catch(() => {});
+  if (ui.memoriesPanel.open) setTimeout(() => loadMemories().catch(() => {}), 1500);
+}
+
+function serverError(event) {
+  const error = new ApiError(event.code || 500, event.message || "the server reported an error");
+  const reply = state.reply;
+  if (reply && reply.bubble) {
+    reply.error = event.message;  // the "end" that follows marks the bubble
+    return;
+  }
+  if (reply) {
+    // The turn never started: give the text back so nothing typed is lost.
+    state.reply = null;
+    if (!ui.input.value.trim()) ui.input.value = reply.sentText;
+    ui.messages.lastElementChild?.remove();
+    saveDraft();
+    updateButtons();
+    setStatus("online", "Connected");
+  }
+  showAlert(describe(error));
+  delete ui.alert.dataset.kind;
+}
+
+function closedReply(note) {
+  const reply = state.reply;
+  if (!reply) return;
+  state.reply = null;
+  if (reply.bubble) {
+    reply.bubble.removeAttribute("aria-busy");
+    reply.bubble.querySelector(".note")?.remove();
+    reply.bubble.append(element("span", { class: "note", text: note }));
+  } else if (!ui.input.value.trim()) {
+    ui.input.value = reply.sentText;
+    ui.messages.lastElementChild?.remove();
+    saveDraft();
+  }
+}
+
+function stopReply() {
+  if (!state.reply) return;
+  if (send({ type: "cancel" })) {
+    ui.stop.disabled = true;
+    setStatus("online", "Stopping…");
+  }
+}
+
+function updateButtons() {
+  ui.send.disabled = !socketOpen() || state.reply !== null;
+  ui.stop.disabled = state.reply === null || !socketOpen();
+}
+
+// ---------------------------------------------------------------- images
+
+function imageCard(jobId) {
+  let card = state.images.get(jobId);
+  if (card) return card;
+  const caption = element("figcaption", { text: "Image queued…" });
+  const progress = element("progress", { max: "100", "aria-label": "Image progress" });
+  const figure = element("figure", {}, progress, caption);
+  const item = element(
+    "li", { class: "message assistant image-card", "data-job": jobId },
+    element("span", { class: "who", text: "mami · image" }), figure,
+  );
+  ui.messages.append(item);
+  scrollToEnd(true);
+  card = { jobId, item, figure, caption, progress, final: false, polling: false };
+  state.images.set(jobId, card);
+  return card;
+}
+
+function showImage(event) {
+  if (!event.job_id) return;
+  const card = imageCard(event.job_id);
+  if (card.final) return;
+  const job = { state: event.state, url: event.url, placeholder_reason: event.placeholder_reason,
+                progress: event.progress, error: event.error };
+  updateCard(card, job);
+  if (!card.final && !card.polling) pollImage(card);
+}
+
+function updateCard(card, job) {
+  card.item.dataset.state = job.state || "queued";
+  if (!FINAL_IMAGE_STATES.has(job.state)) {
+    const percent = Math.round(100 * Math.min(1, Math.max(0, Number(job.progress) || 0)));
+    if (job.state === "running") {
+      card.progress.value = percent;
+      card.caption.textContent = `Drawing the image… ${percent}%`;
+    } else {
+      card.caption.textContent = "Image queued…";
+    }
+    return;
+  }
+  card.final = true;
+  card.progress.remove();
+  if (job.state === "failed") {
+    card.item.classList.add("error");
+    card.caption.textContent = `The image could not be made${job.error ? `: ${job.error}` : "."}`;
+    return;
+  }
+  const placeholder = job.state === "placeholder";
+  card.item.classList.toggle("placeholder", placeholder);
+  card.caption.textContent = placeholder
+    ? `The image could not be made: ${job.placeholder_reason || "unknown reason"}. ` +
+      "This picture only says why."
+    : "Image ready.";
+  const url = job.url || `/api/images/${encodeURIComponent(card.jobId)}.png`;
+  fetchBlob(url).then((blob) => {
+    const img = element("img", {
+      src: URL.createObjectURL(blob),
+      alt: placeholder ? `Placeholder: ${job.placeholder_reason || "no image"}` : "Generated image",
+    });
+    card.figure.prepend(img);
+    scrollToEnd();
+  }).catch((error) => {
+    card.caption.textContent += ` (${describe(error)})`;
+  });
+}
+
+async function pollImage(card) {
+  card.polling = true;
+  while (!card.final && state.images.get(card.jobId) === card && state.token) {
+    await new Promise((resolve) => setTimeout(resolve, IMAGE_POLL_MS));
+    if (card.final) break;
+    try {
+      const job = await api("GET", `/api/images/${encodeURIComponent(card.jobId)}`);
+      if (job && !card.final) updateCard(card, job);
+    } catch (error) {
+      if (error.status === 404 || error.status === 401) break;
+    }
+  }
+  card.polling = false;
+}
+
+// ---------------------------------------------------------------- memories and documents
+
+async function loadMemories() {
+  let list;
+  try {
+    list = listOf(await api("GET", "/api/memories"));
+  } catch (error) {
+    ui.memories.replaceChildren(element("li", { class: "empty", text: describe(error) }));
+    return;
+  }
+  ui.memories.replaceChildren();
+  if (!list.length) ui.memories.append(element("li", { class: "empty", text: "No memories." }));
+  for (const memory of list) {
+    ui.memories.append(element(
+      "li", { class: "item", "data-memory": memory.id },
+      element("span", { class: "grow", text: memory.text }),
+      element("button", {
+        type: "button", class: "secondary", text: "Delete",
+        "aria-label": `Delete memory: ${memory.text}`,
+        onclick: () => removeItem(`/api/memories/${encodeURIComponent(memory.id)}`, loadMemories,
+          "Memory deleted."),
+      }),
+    ));
+  }
+}
+
+async function loadDocuments() {
+  let list;
+  try {
+    list = listOf(await api("GET", "/api/documents"));
+  } catch (error) {
+    ui.documents.replaceChildren(element("li", { class: "empty", text: describe(error) }));
+    return;
+  }
+  ui.documents.replaceChildren();
+  if (!list.length) ui.documents.append(element("li", { class: "empty", text: "No documents." }));
+  for (const doc of list) {
+    const chunks = doc.chunks === undefined ? "" : ` (${doc.chunks} parts)`;
+    ui.documents.append(element(
+      "li", { class: "item", "data-document": doc.id },
+      element("span", { class: "grow", text: `${doc.source}${chunks}` }),
+      element("button", {
+        type: "button", class: "secondary", text: "Delete",
+        "aria-label": `Delete document: ${doc.source}`,
+        onclick: () => removeItem(`/api/documents/${encodeURIComponent(doc.id)}`, loadDocuments,
+          "Document deleted."),
+      }),
+    ));
+  }
+}
+
+async function removeItem(path, reload, done) {
+  try {
+    await api("DELETE", path);
+    announce(done);
+  } catch (error) {
+    showAlert(describe(error));
+  }
+  await reload();
+  ui.input.focus();
+}
+
+async function uploadDocument() {
+  const file = ui.uploadFile.files[0];
+  if (!file) return showAlert("Choose a file to upload first.");
+  const form = new FormData();
+  form.append("file", file, file.name);
+  setStatus(ui.status.dataset.state, `Uploading ${file.name}…`);
+  try {
+    const doc = await api("POST", "/api/documents", { form });
+    announce(`Uploaded ${file.name}.`);
+    hideAlert();
+    ui.uploadForm.reset();
+    setStatus(socketOpen() ? "online" : "offline",
+      `Uploaded ${(doc && doc.source) || file.name}`);
+  } catch (error) {
+    showAlert(`Upload failed: ${describe(error)}`);
+    setStatus(socketOpen() ? "online" : "offline", socketOpen() ? "Connected" : "Disconnected");
+  }
+  await loadDocuments();
+}
+
+// ---------------------------------------------------------------- draft, menu, keys
+
+function saveDraft() {
+  if (ui.input.value) localStorage.setItem(DRAFT_KEY, ui.input.value);
+  else localStorage.removeItem(DRAFT_KEY);
+}
+
+function closeMenu() {
+  ui.sidebar.classList.remove("open");
+  ui.menu.setAttribute("aria-expanded", "false");
+}
+
+function toggleMenu() {
+  const open = ui.sidebar.classList.toggle("open");
+  ui.menu.setAttribute("aria-expanded", String(open));
+  if (open) ui.newChat.focus();
+}
+
+function wire() {
+  ui.signinForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = ui.tokenInput.value.trim();
+    ui.tokenInput.value = "";
+    if (token) signIn(token);
+  });
+  ui.signOut.addEventListener("click", () => signOut());
+  ui.alertClose.addEventListener("click", hideAlert);
+  ui.menu.addEventListener("click", toggleMenu);
+  ui.newChat.addEventListener("click", newChat);
+  ui.composer.addEventListener("submit", (event) => {
+    event.preventDefault();
+    submitMessage();
+  });
+  ui.stop.addEventListener("click", stopReply);
+  ui.input.addEventListener("input", saveDraft);
+  ui.input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      submitMessage();
+    }
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape") return;
+    if (state.reply) stopReply();
+    else if (ui.sidebar.classList.contains("open")) {
+      closeMenu();
+      ui.menu.focus();
+    }
+  });
+  ui.memoriesPanel.addEventListener("toggle", () => {
+    if (ui.memoriesPanel.open) loadMemories();
+  });
+  ui.documentsPanel.addEventListener("toggle", () => {
+    if (ui.documentsPanel.open) loadDocuments();
+  });
+  ui.uploadForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    uploadDocument();
+  });
+  setInterval(() => send({ type: "ping" }), PING_EVERY_MS);
+  window.addEventListener("online", () => {
+    if (!state.socket) connect();
+  });
+}
+
+function main() {
+  wire();
+  takeTokenFromAddress();
+  ui.input.value = localStorage.getItem(DRAFT_KEY) || "";
+  updateButtons();
+  const token = localStorage.getItem(TOKEN_KEY);
+  if (token) {
+    signIn(token);
+  } else {
+    ui.signin.hidden = false;
+    setStatus("offline", "Not signed in");
+    ui.tokenInput.focus();
+  }
+}
+
+main();
