@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import hmac
 import json
 import time
@@ -36,9 +35,9 @@ def b64(data: bytes) -> str:
 
 
 def handmade_ticket(header: dict[str, object], payload: dict[str, object], key: bytes,
-                    digest: object = hashlib.sha256) -> str:
+                    digest: str = "sha256") -> str:
     signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
-    signature = hmac.new(key, signing_input.encode(), digest).digest()  # type: ignore[arg-type]
+    signature = hmac.new(key, signing_input.encode(), digest).digest()
     return f"{signing_input}.{b64(signature)}"
 
 
@@ -222,7 +221,7 @@ async def test_alg_none_and_other_algs_are_4401(auth_server: AuthServer) -> None
     for ticket in (body + ".", body + "." + b64(b"sig")):
         assert await refused_with(auth_server, ticket=ticket) == 4401
     payload["jti"] = "hs512-1"
-    other_alg = handmade_ticket({"alg": "HS512"}, payload, SIGNING_KEY.encode(), hashlib.sha512)
+    other_alg = handmade_ticket({"alg": "HS512"}, payload, SIGNING_KEY.encode(), "sha512")
     assert await refused_with(auth_server, ticket=other_alg) == 4401
     payload["jti"] = "control-1"
     control = handmade_ticket({"alg": "HS256"}, payload, SIGNING_KEY.encode())

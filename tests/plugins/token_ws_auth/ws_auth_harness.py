@@ -10,6 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -59,15 +60,21 @@ async def stream_socket(socket: WebSocket, state: State) -> None:  # type: ignor
     await socket.close(code=4401, reason="credential expired or revoked")
 
 
-class TestSockets:
-    @hookimpl
-    def register_routes(self, runtime: Any) -> list[Any]:
-        return [echo_socket, stream_socket]
+@hookimpl
+def register_routes(runtime: Any) -> list[Any]:
+    return [echo_socket, stream_socket]
+
+
+def sockets_plugin() -> ModuleType:
+    """A plugin module that mounts the test sockets."""
+    module = ModuleType("mami_test_sockets")
+    module.register_routes = register_routes  # type: ignore[attr-defined]
+    return module
 
 
 def auth_candidates() -> list[Candidate]:
     mine = [c for c in builtin_candidates() if c.name == "token-ws-auth"]
-    return [*mine, Candidate("test-sockets", "tests", "builtin", True, lambda: TestSockets())]
+    return [*mine, Candidate("test-sockets", "tests", "builtin", True, sockets_plugin)]
 
 
 def free_port() -> int:
