@@ -42,6 +42,7 @@ class CoreSettings:
     auth: bool = True
     local_owner: str = "local"
     image_worker: bool = True
+    image_dir: str = ""  # where finished images go; empty: <data_dir>/images
     event_timeout: float = 30.0
     log_level: str = "INFO"
 

@@ -167,7 +167,9 @@ class ForgeImageGenerator:
                 return await self._attempt(body, max(0.001, remaining))
         raise AssertionError("unreachable: stamina re-raises the last fault")
 
-    async def _attempt(self, body: dict[str, Any], remaining: float) -> tuple[bytes, dict[str, Any]]:
+    async def _attempt(
+        self, body: dict[str, Any], remaining: float
+    ) -> tuple[bytes, dict[str, Any]]:
         """One HTTP call through the breaker."""
         self.breaker.acquire()
         self.attempts_total += 1

@@ -1,0 +1,398 @@
+"""The image job queue: rows of ``image_jobs`` claimed atomically by workers.
+
+A job is ``queued`` until a worker claims it (``running``, with a lease that the worker
+renews while it works), then ends ``succeeded``, ``placeholder`` (the generator could
+not make the image and returned a placeholder saying why) or ``failed``. A worker that
+dies leaves its lease to expire; the job is then claimed again, up to ``max_attempts``
+claims. Completing is conditional on still holding the lease, so a job is completed
+once even when two workers end up working on it.
+
+Completion callbacks (``add_image_callback``) and ``image_finished`` subscribers run
+after the job is final, each isolated with a timeout; their errors are recorded in
+``callback_errors`` and never touch the job's state or the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import inspect
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+
+from core.config import Config
+from core.db import Database
+from core.events import ImageFinished
+from core.models import ImageJob, utcnow
+from core.protocols import ImageRequest
+from core.runtime import Runtime
+
+log = logging.getLogger("mami.jobs")
+
+FINAL_STATES = frozenset({"succeeded", "placeholder", "failed"})
+JobCallback = Callable[[ImageJob], Awaitable[None] | None]
+CALLBACKS_KEY = "image_job_callbacks"
+WAKEUP_KEY = "image_job_wakeup"
+_jobs = ImageJob.__table__  # type: ignore[attr-defined]
+
+
+def image_dir(config: Config) -> Path:
+    """Where finished images are stored: ``[core] image_dir`` or ``<data_dir>/images``."""
+    configured = getattr(config.core, "image_dir", "")
+    return Path(configured).expanduser() if configured else config.data_dir / "images"
+
+
+def image_file(config: Config, job: ImageJob) -> Path | None:
+    """The stored PNG of a finished job, if it has one."""
+    return image_dir(config) / job.result_path if job.result_path else None
+
+
+def add_image_callback(runtime: Runtime, callback: JobCallback) -> None:
+    """Call ``callback(job)`` in this process for every job a worker here finishes."""
+    runtime.state.setdefault(CALLBACKS_KEY, []).append(callback)
+
+
+async def enqueue(
+    runtime: Runtime,
+    owner: str,
+    request: ImageRequest,
+    *,
+    conversation_id: str | None = None,
+    max_attempts: int = 3,
+) -> ImageJob:
+    """Store a new queued job and wake an in-process worker."""
+    job = ImageJob(
+        id=uuid.uuid4().hex,
+        owner_id=owner,
+        conversation_id=conversation_id,
+        request=dataclasses.asdict(request),
+        max_attempts=max_attempts,
+    )
+    async with runtime.db.session() as session:
+        session.add(job)
+        await session.commit()
+    wakeup = runtime.state.get(WAKEUP_KEY)
+    if wakeup is not None:
+        wakeup.set()
+    return job
+
+
+async def get_job(db: Database, job_id: str, owner: str | None = None) -> ImageJob | None:
+    """A job by id; with ``owner``, only if it belongs to that owner."""
+    async with db.session() as session:
+        job = await session.get(ImageJob, job_id)
+    if job is None or (owner is not None and job.owner_id != owner):
+        return None
+    return job
+
+
+async def claim(db: Database, worker_id: str, lease_seconds: float) -> ImageJob | None:
+    """Atomically take the oldest queued job, or a running one whose lease expired.
+
+    One statement: ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED)`` on
+    PostgreSQL; on SQLite the same UPDATE runs under SQLite's single-writer lock.
+    """
+    now = utcnow()
+    claimable = or_(
+        _jobs.c.state == "queued",
+        and_(_jobs.c.state == "running", _jobs.c.lease_until < now),
+    )
+    oldest = select(_jobs.c.id).where(claimable).order_by(_jobs.c.created_at).limit(1)
+    if not db.is_sqlite:
+        oldest = oldest.with_for_update(skip_locked=True)
+    statement = (
+        update(_jobs)
+        .where(_jobs.c.id == oldest.scalar_subquery(), claimable)
+        .values(
+            state="running",
+            lease_owner=worker_id,
+            lease_until=now + timedelta(seconds=lease_seconds),
+            attempts=_jobs.c.attempts + 1,
+            progress=0.0,
+            started_at=func.coalesce(_jobs.c.started_at, now),
+            updated_at=now,
+        )
+        .returning(*_jobs.c)
+    )
+    async with db.session() as session:
+        row = (await session.execute(statement)).mappings().first()
+        await session.commit()
+    return ImageJob(**row) if row is not None else None
+
+
+async def renew(
+    db: Database, job_id: str, worker_id: str, lease_seconds: float, progress: float
+) -> bool:
+    """Extend our lease and store progress; False when the lease is no longer ours."""
+    now = utcnow()
+    statement = (
+        update(_jobs)
+        .where(_jobs.c.id == job_id, _jobs.c.state == "running", _jobs.c.lease_owner == worker_id)
+        .values(lease_until=now + timedelta(seconds=lease_seconds), progress=progress,
+                updated_at=now)
+    )
+    async with db.session() as session:
+        result = await session.execute(statement)
+        await session.commit()
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+async def complete(
+    db: Database,
+    job_id: str,
+    worker_id: str,
+    state: str,
+    *,
+    result_path: str | None = None,
+    placeholder_reason: str | None = None,
+    error: str | None = None,
+) -> ImageJob | None:
+    """Move a job we hold to a final state; ``None`` if the lease is no longer ours."""
+    assert state in FINAL_STATES, state
+    now = utcnow()
+    statement = (
+        update(_jobs)
+        .where(_jobs.c.id == job_id, _jobs.c.state == "running", _jobs.c.lease_owner == worker_id)
+        .values(
+            state=state,
+            result_path=result_path,
+            placeholder_reason=placeholder_reason,
+            error=error,
+            progress=1.0 if state != "failed" else _jobs.c.progress,
+            lease_until=None,
+            finished_at=now,
+            updated_at=now,
+        )
+        .returning(*_jobs.c)
+    )
+    async with db.session() as session:
+        row = (await session.execute(statement)).mappings().first()
+        await session.commit()
+    return ImageJob(**row) if row is not None else None
+
+
+async def record_callback_errors(db: Database, job_id: str, errors: list[dict[str, str]]) -> None:
+    """Append callback errors to a job (the job's state is left alone)."""
+    async with db.session() as session:
+        job = await session.get(ImageJob, job_id, with_for_update=not db.is_sqlite)
+        if job is None:
+            return
+        job.callback_errors = [*job.callback_errors, *errors]
+        session.add(job)
+        await session.commit()
+
+
+async def wait_final(db: Database, job_id: str, timeout: float, poll: float = 0.2) -> ImageJob:
+    """Poll until a job is final (for processes that do not run the worker themselves).
+
+    Raises ``TimeoutError`` after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while True:
+            job = await get_job(db, job_id)
+            if job is not None and job.state in FINAL_STATES:
+                return job
+            await asyncio.sleep(poll)
+
+
+class ImageWorker:
+    """Claims jobs one at a time and runs them through the active image generator."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        worker_id: str | None = None,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 0.5,
+        callback_timeout: float | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.callback_timeout = (
+            callback_timeout if callback_timeout is not None else runtime.config.core.event_timeout
+        )
+        self.processed = 0
+        self.completed: list[str] = []  # ids this worker completed (tests, logs)
+        self._stopping = asyncio.Event()
+        self._wakeup: asyncio.Event = runtime.state.setdefault(WAKEUP_KEY, asyncio.Event())
+        self._notifications: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def run(self, *, max_jobs: int | None = None, until_idle: bool = False) -> None:
+        """Work until :meth:`stop`, or after ``max_jobs``, or (``until_idle``) when the
+        queue is empty; then wait for pending callbacks."""
+        log.info("image worker %s started", self.worker_id)
+        try:
+            while not self._stopping.is_set():
+                if max_jobs is not None and self.processed >= max_jobs:
+                    break
+                self._wakeup.clear()
+                if await self.run_once() is not None:
+                    continue
+                if until_idle:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+        finally:
+            await self.drain()
+            log.info("image worker %s stopped after %d job(s)", self.worker_id, self.processed)
+
+    def start(self) -> ImageWorker:
+        """Run in the background of the current event loop (``mami serve``)."""
+        self._task = asyncio.create_task(self.run(), name=f"image-worker {self.worker_id}")
+        return self
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop claiming; give the current job ``timeout`` seconds, then cancel it (its
+        lease expires and another worker takes it)."""
+        self._stopping.set()
+        self._wakeup.set()
+        if self._task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            if not self._task.done():
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+
+    async def drain(self) -> None:
+        """Wait for callbacks still running for finished jobs."""
+        if self._notifications:
+            await asyncio.gather(*self._notifications, return_exceptions=True)
+
+    async def run_once(self) -> ImageJob | None:
+        """Claim and run one job; returns it in its final state, or None if none was queued."""
+        job = await claim(self.runtime.db, self.worker_id, self.lease_seconds)
+        if job is None:
+            return None
+        self.processed += 1
+        if job.attempts > job.max_attempts:
+            final = await complete(
+                self.runtime.db, job.id, self.worker_id, "failed",
+                error=f"gave up: claimed {job.attempts - 1} times without finishing",
+            )
+        else:
+            final = await self._run_job(job)
+        if final is not None:
+            self.completed.append(final.id)
+            self._notify(final)
+        return final or job
+
+    async def _run_job(self, job: ImageJob) -> ImageJob | None:
+        progress = [0.0]
+        heartbeat = asyncio.create_task(self._heartbeat(job.id, progress))
+        try:
+            result = await self._generate(job, progress)
+        finally:
+            heartbeat.cancel()
+        if isinstance(result, str):
+            return await complete(self.runtime.db, job.id, self.worker_id, "failed", error=result)
+        name = f"{job.id}.{job.attempts}.png"
+        path = image_dir(self.runtime.config) / name
+        await asyncio.to_thread(_write_atomically, path, result.png)
+        final = await complete(
+            self.runtime.db, job.id, self.worker_id,
+            "placeholder" if result.placeholder else "succeeded",
+            result_path=name,
+            placeholder_reason=result.reason if result.placeholder else None,
+            error=(result.info.get("detail") if result.placeholder else None),
+        )
+        if final is None:
+            log.warning("job %s: lease lost to another worker; result discarded", job.id)
+            path.unlink(missing_ok=True)
+        return final
+
+    async def _generate(self, job: ImageJob, progress: list[float]) -> Any:
+        """The generator's result, or an error message for a failed job."""
+        generator = self.runtime.images
+        if generator is None:
+            return "no image generator plugin is enabled and running"
+        try:
+            request = ImageRequest(**job.request)
+        except TypeError as exc:
+            return f"invalid request: {exc}"
+        try:
+            return await generator.generate(request, progress=lambda v: progress.__setitem__(0, v))
+        except Exception as exc:
+            log.exception("job %s: image generator %s raised", job.id, generator.name)
+            return f"{type(exc).__name__}: {exc}"
+
+    async def _heartbeat(self, job_id: str, progress: list[float]) -> None:
+        interval = max(0.05, min(self.lease_seconds / 3, 1.0))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if not await renew(self.runtime.db, job_id, self.worker_id, self.lease_seconds,
+                                   progress[0]):
+                    log.warning("job %s: lease lost", job_id)
+                    return
+            except Exception as exc:  # a database hiccup must not kill the job
+                log.warning("job %s: lease renewal failed: %s", job_id, exc)
+
+    def _notify(self, job: ImageJob) -> None:
+        task = asyncio.create_task(self._run_callbacks(job))
+        self._notifications.add(task)
+        task.add_done_callback(self._notifications.discard)
+
+    async def _run_callbacks(self, job: ImageJob) -> None:
+        """Callbacks, then ``image_finished`` subscribers, each isolated; errors recorded."""
+        errors: list[dict[str, str]] = []
+        for callback in self.runtime.state.get(CALLBACKS_KEY, []):
+            name = getattr(callback, "__qualname__", repr(callback))
+            error = await _call_isolated(callback, job, self.callback_timeout)
+            if error is not None:
+                log.error("job %s: callback %s failed: %s", job.id, name, error)
+                errors.append({"callback": name, "error": error})
+        event = ImageFinished(
+            owner=job.owner_id, job_id=job.id, state=job.state,
+            conversation_id=job.conversation_id, placeholder_reason=job.placeholder_reason,
+            error=job.error,
+        )
+        try:
+            failed = await self.runtime.fire("image_finished", event=event)
+        except Exception as exc:
+            failed = [("?", f"{type(exc).__name__}: {exc}")]
+        errors.extend({"plugin": plugin, "error": error} for plugin, error in failed)
+        if errors:
+            try:
+                await record_callback_errors(self.runtime.db, job.id, errors)
+            except Exception as exc:
+                log.error("job %s: could not record callback errors: %s", job.id, exc)
+
+
+async def _call_isolated(callback: JobCallback, job: ImageJob, timeout: float) -> str | None:
+    try:
+        result = callback(job)
+        if inspect.isawaitable(result):
+            await asyncio.wait_for(result, timeout)
+    except TimeoutError:
+        return f"timed out after {timeout:g}s"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def start_image_worker(runtime: Runtime) -> ImageWorker | None:
+    """The in-process worker of ``mami serve``: on unless ``[core] image_worker`` is
+    false, and never on Lambda (nothing may run after a response there)."""
+    if runtime.serverless or not runtime.config.core.image_worker:
+        return None
+    return ImageWorker(runtime).start()
