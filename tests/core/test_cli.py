@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def mami(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "MAMI_DATA_DIR": str(cwd / "data"), **env}
+    full_env = {**os.environ, "MAMI_DATA_DIR": str(cwd / "data"), "PYTHONPATH": str(ROOT), **env}
     full_env.pop("MAMI_CONFIG", None)
     return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=cwd, env=full_env,
                           text=True, capture_output=True, timeout=180)
@@ -63,7 +63,7 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
 def test_serve_starts_and_health_lists_every_enabled_plugin(tmp_path: Path) -> None:
     shutil.copy(ROOT / "plugins.toml", tmp_path / "plugins.toml")
     port = free_port()
-    env = {**os.environ, "MAMI_DATA_DIR": str(tmp_path / "data")}
+    env = {**os.environ, "MAMI_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "core.cli", "serve", "--port", str(port)], cwd=tmp_path,
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

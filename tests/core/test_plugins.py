@@ -89,7 +89,9 @@ def test_each_app_has_its_own_plugin_manager(make_config: Any) -> None:
 
 
 def _mami(args: list[str], cwd: Path, site: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(site), "MAMI_DATA_DIR": str(cwd / "data")}
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{site}",
+           "MAMI_DATA_DIR": str(cwd / "data")}
     env.pop("MAMI_CONFIG", None)
     return subprocess.run(
         [sys.executable, "-m", "core.cli", *args], cwd=cwd, env=env, text=True,
