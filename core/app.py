@@ -13,6 +13,7 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers import WebsocketRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
@@ -78,6 +79,8 @@ def collect_routes(runtime: Runtime) -> list[Any]:
         handlers.extend(importlib.import_module(module_name).routes)
     for _plugin, extra in runtime.plugins.call_each("register_routes", runtime=runtime):
         handlers.extend(extra or [])
+    if runtime.serverless:  # Mangum speaks HTTP only: no WebSocket routes on Lambda
+        handlers = [h for h in handlers if not isinstance(h, WebsocketRouteHandler)]
     return handlers
 
 

@@ -163,6 +163,9 @@ async def chat_completions(
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     chat = parse_request(body, request.headers)
+    if body.get("stream") and runtime.serverless:
+        raise BadRequest("streaming needs the server deployment (mami serve); "
+                         "on AWS Lambda send stream: false")
     turn = await start_turn(runtime, principal, chat)
     headers = {CONVERSATION_HEADER: turn.conversation_id} if turn.conversation_id else {}
     meta = {

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,3 +48,31 @@ def invoke(lambda_env: Callable[..., None]) -> Iterator[Invoker]:
             loop.run_until_complete(invoker.runtime.stop())
         asyncio.set_event_loop(None)
         loop.close()
+
+
+def mami(*args: str, database_url: str, cwd: Path) -> str:
+    env = {**os.environ, "MAMI_DATABASE_URL": database_url}
+    done = subprocess.run([sys.executable, "-m", "core.cli", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="session")
+def seeded_database(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A migrated SQLite file holding one API token for ``alice``, made once."""
+    folder = tmp_path_factory.mktemp("seed")
+    url = f"sqlite:///{folder / 'seed.db'}"
+    mami("db", "upgrade", database_url=url, cwd=folder)
+    output = mami("token", "create", "--owner", "alice", database_url=url, cwd=folder)
+    return folder / "seed.db", output.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def token(lambda_env: Any, tmp_path: Path, seeded_database: tuple[Path, str]) -> str:
+    """The function's database is a copy of the seeded one; returns alice's token."""
+    seed, token = seeded_database
+    shutil.copy(seed, tmp_path / "auth.db")
+    lambda_env(MAMI__CORE__AUTH="true", MAMI_DATABASE_URL=f"sqlite:///{tmp_path / 'auth.db'}")
+    return token

@@ -33,6 +33,10 @@ SHAPES = ("http-api-v2", "rest-api-v1", "alb", "function-url")
 SOURCE_IP = "198.51.100.7"
 
 
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
 @dataclass
 class LambdaResponse:
     status: int

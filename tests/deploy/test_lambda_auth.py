@@ -4,50 +4,10 @@ operator makes them for a Lambda deployment: ``mami token create`` against its d
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.deploy.lambda_events import SHAPES, Invoker
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def mami(*args: str, database_url: str, cwd: Path) -> str:
-    env = {**os.environ, "MAMI_DATABASE_URL": database_url}
-    done = subprocess.run([sys.executable, "-m", "core.cli", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=120,
-                          check=False)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-@pytest.fixture(scope="module")
-def seeded_database(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A migrated SQLite file holding one API token for ``alice``, made once."""
-    folder = tmp_path_factory.mktemp("seed")
-    url = f"sqlite:///{folder / 'seed.db'}"
-    mami("db", "upgrade", database_url=url, cwd=folder)
-    output = mami("token", "create", "--owner", "alice", database_url=url, cwd=folder)
-    return folder / "seed.db", output.strip().splitlines()[-1]
-
-
-@pytest.fixture
-def token(lambda_env: Any, tmp_path: Path, seeded_database: tuple[Path, str]) -> str:
-    """The function's database is a copy of the seeded one; returns alice's token."""
-    seed, token = seeded_database
-    shutil.copy(seed, tmp_path / "auth.db")
-    lambda_env(MAMI__CORE__AUTH="true", MAMI_DATABASE_URL=f"sqlite:///{tmp_path / 'auth.db'}")
-    return token
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
+from tests.deploy.lambda_events import SHAPES, Invoker, bearer
 
 
 @pytest.mark.parametrize("shape", SHAPES)
