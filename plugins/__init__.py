@@ -6,5 +6,6 @@ BUILTINS: dict[str, tuple[str, bool]] = {
     "openai-llm": ("plugins.openai_llm", False),
     "forge-image": ("plugins.forge_image", True),
     "token-ws-auth": ("plugins.token_ws_auth", True),
+    "chroma-rag": ("plugins.chroma_rag", True),
     "web-ui": ("plugins.web_ui", True),
 }

@@ -1,0 +1,90 @@
+"""chroma-rag: owner-scoped retrieval (RAG) over Chroma.
+
+Documents are split into overlapping token chunks, embedded with all-MiniLM-L6-v2
+(dynamic padding) and stored in one Chroma collection per owner and scope, so a
+search is exact about whose documents it reads and needs no slow filtered query.
+Shared documents live in the ``global`` scope under a sentinel owner. The embedder
+(:mod:`.embeddings`) and the client factory (:func:`.store.open_client`) are meant to
+be reused by other plugins.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from core import hookimpl
+from core.errors import ConfigError
+from core.protocols import Retriever
+from core.runtime import Runtime
+
+PLUGIN = "chroma-rag"
+GLOBAL_OWNER = "__global__"
+"""Sentinel owner of the shared ``global`` scope (Chroma rejects ``None``)."""
+GLOBAL_SCOPE = "global"
+SCOPE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+@dataclass
+class Settings:
+    """``[plugins.chroma-rag]``."""
+
+    chroma_url: str = ""
+    """Chroma server (``http://host:8000``); empty: embedded Chroma under ``path``."""
+    chroma_token: str = ""
+    """Token for the Chroma server, sent as ``X-Chroma-Token`` (use ``{ env = ... }``)."""
+    path: str = ""
+    """Directory of the embedded Chroma; empty: ``<data_dir>/chroma``. One process only."""
+    collection_prefix: str = "mami-rag"
+    """Prefix of the per-owner-and-scope collection names."""
+    embedder: str = "minilm"
+    """``minilm`` (all-MiniLM-L6-v2, Chroma's default model, dynamically padded) or
+    ``module:factory`` returning an embedder (see plugins.chroma_rag.embeddings)."""
+    model_dir: str = ""
+    """Directory of the MiniLM ONNX files; empty: Chroma's cache
+    (~/.cache/chroma/onnx_models/all-MiniLM-L6-v2/onnx)."""
+    chunk_tokens: int = 200
+    """Tokens per chunk (at most the model's limit minus 2)."""
+    chunk_overlap: int = 40
+    """Tokens shared by neighbouring chunks."""
+    scopes: list[str] = field(default_factory=lambda: ["default", "work", "personal"])
+    """Scopes an owner may file documents under. ``global`` (shared, read by every
+    owner, written only with ``mami ingest --scope global``) always exists."""
+    search_global: bool = True
+    """Whether a search without explicit scopes also reads the ``global`` scope."""
+    max_k: int = 20
+    """Most passages one search may return."""
+    max_bytes: int = 2_000_000
+    """Largest document accepted, in bytes of UTF-8."""
+
+    def __post_init__(self) -> None:
+        where = "[plugins.chroma-rag]"
+        if not 1 <= self.chunk_tokens <= 8192:
+            raise ConfigError(f"{where} chunk_tokens: must be between 1 and 8192")
+        if not 0 <= self.chunk_overlap < self.chunk_tokens:
+            raise ConfigError(f"{where} chunk_overlap: must be >= 0 and < chunk_tokens")
+        for scope in self.scopes:
+            if not SCOPE_NAME.match(scope) or scope == GLOBAL_SCOPE:
+                raise ConfigError(
+                    f"{where} scopes: {scope!r} must be lowercase letters, digits, - or _ "
+                    "and not 'global'"
+                )
+        if self.max_k < 1 or self.max_bytes < 1:
+            raise ConfigError(f"{where} max_k and max_bytes must be positive")
+
+
+@hookimpl
+def register_retrievers(register: Callable[[Retriever], None], runtime: Runtime) -> None:
+    """Register the retriever; Chroma and the model are opened on first use."""
+    from plugins.chroma_rag.retriever import ChromaRetriever
+
+    retriever = ChromaRetriever(runtime.settings(PLUGIN) or Settings(), runtime)
+    runtime.state[PLUGIN] = retriever
+    register(retriever)
+
+
+def retriever_of(runtime: Runtime) -> Any:
+    """This plugin's retriever in ``runtime`` (after the runtime started)."""
+    return runtime.state[PLUGIN]

@@ -1,0 +1,226 @@
+"""The chroma-rag retriever: documents in SQL, their chunks' vectors in Chroma.
+
+The ``documents`` table is the index of what each owner has (scope, source, chunk
+count); it makes listing cheap and tells a search which collections to query. Chunk
+vectors live in one Chroma collection per (owner, scope) (see :mod:`.store`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, func, or_, select
+
+from core.errors import AuthError, BadRequest, PayloadTooLarge
+from core.models import Document, utcnow
+from core.protocols import DocumentInfo, Passage
+from core.runtime import Runtime
+from plugins.chroma_rag import GLOBAL_OWNER, GLOBAL_SCOPE, Settings
+from plugins.chroma_rag.chunking import chunk_text
+from plugins.chroma_rag.embeddings import Embedder, aembed, get_embedder
+from plugins.chroma_rag.store import VectorStore, open_client
+
+
+def document_id(owner: str, scope: str, source: str) -> str:
+    """Deterministic: the same owner, scope and source always give the same id."""
+    return hashlib.sha256(f"{owner}\x1f{scope}\x1f{source}".encode()).hexdigest()[:32]
+
+
+def _info(row: Document) -> DocumentInfo:
+    return DocumentInfo(row.id, row.owner_id, row.scope, row.source, row.chunks, row.created_at)
+
+
+class ChromaRetriever:
+    """The :class:`core.protocols.Retriever` of chroma-rag."""
+
+    name = "chroma-rag"
+
+    def __init__(self, settings: Settings, runtime: Runtime, embedder: Embedder | None = None):
+        self.settings = settings
+        self.db = runtime.db
+        path = settings.path or str(Path(runtime.config.data_dir) / "chroma")
+        self.store = VectorStore(
+            lambda: open_client(settings.chroma_url, path, settings.chroma_token),
+            settings.collection_prefix,
+        )
+        self.embedder = embedder or get_embedder(settings.embedder, settings.model_dir)
+
+    def check_scope(self, scope: str) -> str:
+        """``scope`` if it is ``global`` or configured; else a 400 naming the choices."""
+        if scope == GLOBAL_SCOPE or scope in self.settings.scopes:
+            return scope
+        allowed = ", ".join([*self.settings.scopes, GLOBAL_SCOPE])
+        raise BadRequest(f"unknown scope {scope!r} (allowed: {allowed})")
+
+    async def ingest(
+        self, owner: str, source: str, text: str, scope: str = "default"
+    ) -> DocumentInfo:
+        """Chunk, embed and store ``text``, replacing the owner's document with the same
+        scope and source. Scope ``global`` stores it under the shared sentinel owner.
+        Everything is checked and embedded before the first write; if a write fails,
+        the document is removed entirely rather than left half-replaced."""
+        self.check_scope(scope)
+        if not owner:
+            raise AuthError("no owner")
+        if not source.strip() or len(source) > 1024:
+            raise BadRequest("source must be 1 to 1024 characters")
+        size = len(text.encode("utf-8"))
+        if size > self.settings.max_bytes:
+            raise PayloadTooLarge(
+                f"{source}: {size} bytes is more than the limit of {self.settings.max_bytes}"
+            )
+        if not text.strip():
+            raise BadRequest(f"{source}: the document is empty")
+        owner = GLOBAL_OWNER if scope == GLOBAL_SCOPE else owner
+        doc_id = document_id(owner, scope, source)
+        tokens = min(self.settings.chunk_tokens, self.embedder.max_tokens - 2)
+        overlap = min(self.settings.chunk_overlap, tokens - 1)
+        chunks = await asyncio.to_thread(
+            chunk_text, text, self.embedder.token_spans, tokens, overlap
+        )
+        if not chunks:
+            raise BadRequest(f"{source}: no text to index")
+        vectors = await aembed(self.embedder, [c.text for c in chunks])
+        ids = [f"{doc_id}:{c.index}" for c in chunks]
+        metas = [
+            {"owner": owner, "scope": scope, "doc": doc_id, "source": source, "chunk": c.index}
+            for c in chunks
+        ]
+        try:
+            await asyncio.to_thread(
+                self.store.upsert, owner, scope, ids, vectors, [c.text for c in chunks], metas
+            )
+            await asyncio.to_thread(self.store.delete_document, owner, scope, doc_id, len(chunks))
+            row = await self._record(doc_id, owner, scope, source, text, len(chunks), size)
+        except BaseException:
+            await self._forget(owner, scope, doc_id)
+            raise
+        return _info(row)
+
+    async def _record(
+        self, doc_id: str, owner: str, scope: str, source: str, text: str, chunks: int, size: int
+    ) -> Document:
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        for _attempt in range(2):
+            try:
+                async with self.db.session() as session:
+                    row = await session.get(Document, doc_id)
+                    if row is None:
+                        row = Document(id=doc_id, owner_id=owner, scope=scope, source=source,
+                                       sha256=digest)
+                    row.sha256, row.chunks, row.bytes = digest, chunks, size
+                    row.created_at = utcnow()
+                    session.add(row)
+                    await session.commit()
+                    return row
+            except IntegrityError:  # a concurrent ingest of the same document won the insert
+                continue
+        raise BadRequest(f"{source}: concurrent updates, try again")
+
+    async def _forget(self, owner: str, scope: str, doc_id: str) -> None:
+        """Best-effort removal of a document whose write failed part-way."""
+        try:
+            await asyncio.to_thread(self.store.delete_document, owner, scope, doc_id)
+        finally:
+            async with self.db.session() as session:
+                await session.execute(delete(Document).where(col(Document.id) == doc_id))
+                await session.commit()
+
+    async def search(
+        self, owner: str, query: str, k: int = 5, scopes: Sequence[str] | None = None
+    ) -> list[Passage]:
+        """The ``k`` passages most similar to ``query`` among ``owner``'s documents in
+        ``scopes`` (default: all of the owner's, plus ``global`` when ``search_global``).
+        ``global`` in ``scopes`` reads the shared documents."""
+        if not owner:
+            raise AuthError("no owner")
+        if not query.strip():
+            raise BadRequest("the query is empty")
+        if not 1 <= k <= self.settings.max_k:
+            raise BadRequest(f"k must be between 1 and {self.settings.max_k}")
+        wanted = None if scopes is None else [self.check_scope(s) for s in scopes]
+        own, shared = await self._stored(owner, wanted)
+        if not own and not shared:
+            return []
+        vector = (await aembed(self.embedder, [query]))[0]
+
+        def nearest() -> list[Any]:
+            hits = self.store.query(owner, own, vector, k)
+            if shared:
+                hits += self.store.query(GLOBAL_OWNER, shared, vector, k)
+            return sorted(hits, key=lambda h: h.score, reverse=True)[:k]
+
+        return [
+            Passage(h.text, str(h.metadata["doc"]), str(h.metadata["source"]),
+                    int(h.metadata["chunk"]), str(h.metadata["scope"]), h.score)
+            for h in await asyncio.to_thread(nearest)
+        ]
+
+    async def _stored(
+        self, owner: str, scopes: list[str] | None
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """Chunks stored per scope: the owner's (in ``scopes``) and the shared ones."""
+        read_global = GLOBAL_SCOPE in scopes if scopes is not None else self.settings.search_global
+        mine = col(Document.owner_id) == owner
+        if scopes is not None:
+            mine = mine & col(Document.scope).in_([s for s in scopes if s != GLOBAL_SCOPE])
+        condition = mine
+        if read_global:
+            shared = col(Document.owner_id) == GLOBAL_OWNER
+            condition = or_(mine, shared & (col(Document.scope) == GLOBAL_SCOPE))
+        statement = (
+            select(Document.owner_id, Document.scope, func.sum(Document.chunks))
+            .where(condition)
+            .group_by(col(Document.owner_id), col(Document.scope))
+        )
+        own: dict[str, int] = {}
+        shared_counts: dict[str, int] = {}
+        async with self.db.session() as session:
+            for row_owner, scope, chunks in (await session.exec(statement)).all():
+                target = shared_counts if row_owner == GLOBAL_OWNER else own
+                target[scope] = int(chunks or 0)
+        if owner == GLOBAL_OWNER:
+            own.update(shared_counts)
+            shared_counts = {}
+        return own, shared_counts
+
+    async def list_documents(self, owner: str) -> list[DocumentInfo]:
+        """The owner's documents, newest first (``__global__`` lists the shared ones)."""
+        statement = (
+            select(Document).where(col(Document.owner_id) == owner)
+            .order_by(col(Document.created_at).desc(), col(Document.source))
+        )
+        async with self.db.session() as session:
+            return [_info(row) for row in (await session.exec(statement)).all()]
+
+    async def delete_document(self, owner: str, document_id: str) -> bool:
+        """Delete one of the owner's documents; False if the owner has no such document."""
+        async with self.db.session() as session:
+            row = await session.get(Document, document_id)
+        if row is None or row.owner_id != owner:
+            return False
+        await self._forget(owner, row.scope, row.id)
+        return True
+
+    async def erase_owner(self, owner: str) -> int:
+        """Remove everything of ``owner`` (every collection of theirs, then the rows);
+        returns the number of documents that were recorded."""
+        if not owner:
+            raise AuthError("no owner")
+        async with self.db.session() as session:
+            rows = (await session.exec(
+                select(Document.scope).where(col(Document.owner_id) == owner)
+            )).all()
+        scopes = {*rows, *self.settings.scopes, GLOBAL_SCOPE}
+        for scope in sorted(scopes):
+            await asyncio.to_thread(self.store.drop, owner, scope)
+        async with self.db.session() as session:
+            await session.execute(delete(Document).where(col(Document.owner_id) == owner))
+            await session.commit()
+        return len(rows)
