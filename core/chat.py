@@ -181,11 +181,12 @@ class TurnRun:
         parts: list[str] = []
         status, error, code, finish = "error", None, None, None
         try:
-            async for piece, reason in self._generate():
-                finish = reason or finish
-                if piece:
-                    parts.append(piece)
-                    yield piece
+            async with contextlib.aclosing(self._generate()) as generated:
+                async for piece, reason in generated:
+                    finish = reason or finish
+                    if piece:
+                        parts.append(piece)
+                        yield piece
             status = "complete"
         except ProviderError as exc:
             status = "interrupted" if parts or isinstance(exc, StreamInterrupted) else "error"

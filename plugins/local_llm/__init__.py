@@ -9,6 +9,7 @@ thread, and one reply is generated at a time: other requests wait in line (at mo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import threading
@@ -126,8 +127,11 @@ class LocalLLM:
         finally:
             self._waiting -= 1
         try:
-            async for delta in self._generate(messages, params):
-                yield delta
+            # Close the inner generator explicitly: its cleanup waits for the worker thread,
+            # which must end before the lock lets the next reply use the model.
+            async with contextlib.aclosing(self._generate(messages, params)) as deltas:
+                async for delta in deltas:
+                    yield delta
         finally:
             self._turn.release()
 

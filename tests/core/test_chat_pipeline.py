@@ -1,0 +1,349 @@
+"""The chat pipeline against the real local model, a stand-in OpenAI-compatible server
+for faults, and SQLite plus PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from sqlmodel import col, select
+
+from core import hookimpl, migrations
+from core.chat import COMMANDS, ChatRequest, Conflict, Finished, TurnRun, start_turn
+from core.db import is_sqlite
+from core.errors import NotFound, PayloadTooLarge
+from core.models import Conversation, Message, Owner
+from core.plugins import Candidate
+from core.protocols import ChatMessage, GenerationParams, Memory, Passage, Principal
+from core.runtime import Runtime
+from tests.chat_support import LOCAL, OPENAI, Recorder, StandIn, plugin_object
+
+FAST = GenerationParams(max_tokens=8, temperature=0.0)
+ALICE = Principal("alice")
+
+
+@pytest.fixture
+async def make_runtime(make_config: Any) -> AsyncIterator[Any]:
+    runtimes: list[Runtime] = []
+
+    async def build(*candidates: Candidate, database_url: str | None = None,
+                    **tables: Any) -> Runtime:
+        if database_url:
+            tables.setdefault("core", {})["database_url"] = database_url
+            if not is_sqlite(database_url):
+                await asyncio.to_thread(migrations.upgrade, database_url)
+        runtime = Runtime(make_config(**tables), list(candidates))
+        await runtime.ensure_started()
+        runtimes.append(runtime)
+        return runtime
+
+    yield build
+    for runtime in runtimes:
+        await runtime.stop()
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    server = StandIn().start()
+    yield server
+    server.stop()
+
+
+def openai_table(standin: StandIn, **extra: Any) -> dict[str, Any]:
+    return {"openai-llm": {"base_url": standin.url, "model": "standin", "read_timeout": 1.0,
+                           "connect_timeout": 1.0, "attempts": 2, "retry_budget": 5.0, **extra}}
+
+
+async def drain(turn: TurnRun) -> tuple[list[str], Finished]:
+    pieces: list[str] = []
+    finished = None
+    async for item in turn.run():
+        if isinstance(item, Finished):
+            finished = item
+        else:
+            pieces.append(item)
+    assert finished is not None
+    return pieces, finished
+
+
+async def rows(runtime: Runtime, conversation_id: str) -> list[Message]:
+    async with runtime.db.session() as session:
+        found = await session.exec(select(Message).where(
+            Message.conversation_id == conversation_id).order_by(col(Message.seq)))
+        return list(found.all())
+
+
+async def test_a_turn_is_stored_and_fires_message_completed_once(
+    make_runtime: Any, database_url: str
+) -> None:
+    recorder = Recorder()
+    runtime = await make_runtime(LOCAL, plugin_object("recorder", recorder),
+                                 database_url=database_url)
+    turn = await start_turn(runtime, ALICE, ChatRequest("Say hello.", params=FAST))
+    pieces, finished = await drain(turn)
+    assert finished.status == "complete" and finished.text == "".join(pieces) != ""
+    stored = await rows(runtime, turn.conversation_id or "")
+    assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "complete")]
+    assert stored[0].content == "Say hello." and stored[1].content == finished.text
+    assert stored[1].reply_to == stored[0].id and stored[1].id == finished.message_id
+    assert finished.usage.prompt_tokens > 0
+    assert finished.usage.completion_tokens == runtime.require("llm").count_tokens(finished.text)
+    assert [(e.message_id, e.user_message_id, e.owner, e.assistant_text)
+            for e in recorder.events] == [(stored[1].id, stored[0].id, "alice", finished.text)]
+    async with runtime.db.session() as session:
+        assert await session.get(Owner, "alice") is not None
+
+
+async def test_a_retried_client_message_id_replays_without_generating(
+    make_runtime: Any, database_url: str
+) -> None:
+    recorder = Recorder()
+    runtime = await make_runtime(LOCAL, plugin_object("recorder", recorder),
+                                 database_url=database_url)
+    request = ChatRequest("Tell me a word.", client_message_id="m-1",
+                          params=GenerationParams(max_tokens=12, temperature=1.5))
+    first = await start_turn(runtime, ALICE, request)
+    _, done = await drain(first)
+    # The retry does not know the conversation id: it is derived from the client id.
+    again = await start_turn(runtime, ALICE, request)
+    assert again.replay is not None and again.conversation_id == first.conversation_id
+    pieces, replayed = await drain(again)
+    assert replayed.text == done.text and replayed.message_id == done.message_id
+    assert pieces == [done.text]
+    explicit = ChatRequest("Tell me a word.", conversation_id=first.conversation_id,
+                           client_message_id="m-1")
+    _, third = await drain(await start_turn(runtime, ALICE, explicit))
+    assert third.message_id == done.message_id
+    assert len(await rows(runtime, first.conversation_id or "")) == 2
+    assert len(recorder.events) == 1
+    with pytest.raises(Conflict):
+        await start_turn(runtime, ALICE, ChatRequest("Something else", client_message_id="m-1"))
+    assert len(await rows(runtime, first.conversation_id or "")) == 2
+
+
+async def test_a_cut_stream_is_stored_interrupted_and_a_retry_completes_it(
+    make_runtime: Any, standin: StandIn, database_url: str
+) -> None:
+    recorder = Recorder()
+    runtime = await make_runtime(OPENAI, plugin_object("recorder", recorder),
+                                 database_url=database_url, plugins=openai_table(standin))
+    standin.mode = "cut"
+    request = ChatRequest("hi", client_message_id="c-1", params=FAST)
+    turn = await start_turn(runtime, ALICE, request)
+    pieces, finished = await drain(turn)
+    assert pieces == ["Hello", " from"]
+    assert finished.status == "interrupted" and finished.text == "Hello from"
+    assert finished.error and "broke" in finished.error
+    stored = await rows(runtime, turn.conversation_id or "")
+    assert (stored[1].status, stored[1].content) == ("interrupted", "Hello from")
+    assert recorder.events == []
+
+    standin.mode = "ok"
+    retry = await start_turn(runtime, ALICE, request)
+    assert retry.replay is None and retry.message_id == turn.message_id
+    _, done = await drain(retry)
+    assert done.status == "complete" and done.text == "Hello from the stand-in."
+    stored = await rows(runtime, turn.conversation_id or "")
+    assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "complete")]
+    assert [e.message_id for e in recorder.events] == [turn.message_id]
+
+
+async def test_a_provider_error_before_any_token_is_stored_as_error(
+    make_runtime: Any, standin: StandIn
+) -> None:
+    recorder = Recorder()
+    runtime = await make_runtime(OPENAI, plugin_object("recorder", recorder),
+                                 plugins=openai_table(standin))
+    standin.mode = "status400"
+    turn = await start_turn(runtime, ALICE, ChatRequest("hi", params=FAST))
+    pieces, finished = await drain(turn)
+    assert pieces == [] and finished.status == "error" and finished.error_code == 502
+    assert "stand-in says 400" in (finished.error or "")
+    stored = await rows(runtime, turn.conversation_id or "")
+    assert (stored[1].status, stored[1].error) == ("error", finished.error)
+    assert recorder.events == []
+
+
+async def test_closing_the_stream_early_stores_what_arrived_as_interrupted(
+    make_runtime: Any,
+) -> None:
+    recorder = Recorder()
+    runtime = await make_runtime(LOCAL, plugin_object("recorder", recorder))
+    turn = await start_turn(runtime, ALICE, ChatRequest(
+        "Write a long story about a dragon.", params=GenerationParams(max_tokens=200)))
+    items = turn.run()
+    got = [await anext(items), await anext(items)]
+    await items.aclose()  # type: ignore[attr-defined]
+    stored = await rows(runtime, turn.conversation_id or "")
+    assert (stored[1].status, stored[1].content) == ("interrupted", "".join(got))  # type: ignore[arg-type]
+    assert recorder.events == []
+    # The model was released: the next turn runs.
+    _, finished = await drain(await start_turn(runtime, ALICE, ChatRequest("Hi", params=FAST)))
+    assert finished.status == "complete"
+
+
+async def test_a_message_too_large_is_413_and_writes_nothing(make_runtime: Any) -> None:
+    runtime = await make_runtime(LOCAL)
+    with pytest.raises(PayloadTooLarge) as err:
+        await start_turn(runtime, ALICE, ChatRequest("lorem ipsum " * 6000))
+    assert "tokens" in err.value.message
+    async with runtime.db.session() as session:
+        assert (await session.exec(select(Message))).all() == []
+        assert (await session.exec(select(Conversation))).all() == []
+
+
+async def test_another_owners_conversation_is_not_found(make_runtime: Any) -> None:
+    runtime = await make_runtime(LOCAL)
+    turn = await start_turn(runtime, ALICE, ChatRequest("hi", params=FAST))
+    await drain(turn)
+    with pytest.raises(NotFound):
+        await start_turn(runtime, Principal("bob"),
+                         ChatRequest("hi", conversation_id=turn.conversation_id))
+    assert len(await rows(runtime, turn.conversation_id or "")) == 2
+
+
+async def test_history_of_the_conversation_is_sent_to_the_model(
+    make_runtime: Any, standin: StandIn
+) -> None:
+    runtime = await make_runtime(OPENAI, plugins=openai_table(standin))
+    first = await start_turn(runtime, ALICE, ChatRequest("my name is Ada", params=FAST))
+    await drain(first)
+    second = await start_turn(runtime, ALICE, ChatRequest(
+        "what is my name?", conversation_id=first.conversation_id, params=FAST))
+    await drain(second)
+    sent = standin.requests[-1][1]["messages"]
+    assert [(m["role"], m["content"]) for m in sent[1:]] == [
+        ("user", "my name is Ada"), ("assistant", "Hello from the stand-in."),
+        ("user", "what is my name?")]
+    assert sent[0]["role"] == "system" and "mami" in sent[0]["content"]
+
+
+class BrokenRecall:
+    name = "broken-memory"
+
+    async def recall(self, owner: str, query: str, k: int = 5) -> list[Memory]:
+        raise RuntimeError("memory backend down")
+
+
+class BrokenSearch:
+    name = "broken-rag"
+
+    async def search(self, owner: str, query: str, k: int = 5, scopes: Any = None
+                     ) -> list[Passage]:
+        raise RuntimeError("vector store down")
+
+
+class Remembering:
+    name = "fixed-memory"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, int]] = []
+
+    async def recall(self, owner: str, query: str, k: int = 5) -> list[Memory]:
+        self.calls.append((owner, query, k))
+        return [Memory(id="m1", owner=owner, text="The user's cat is called Mochi.")]
+
+
+class ProviderPlugin:
+    def __init__(self, memory: Any = None, retriever: Any = None) -> None:
+        self.memory, self.retriever = memory, retriever
+
+    @hookimpl
+    def register_memory_stores(self, register: Any, runtime: Any) -> None:
+        if self.memory:
+            register(self.memory)
+
+    @hookimpl
+    def register_retrievers(self, register: Any, runtime: Any) -> None:
+        if self.retriever:
+            register(self.retriever)
+
+
+async def test_failing_memory_and_rag_providers_are_skipped(
+    make_runtime: Any, standin: StandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    plugin = ProviderPlugin(BrokenRecall(), BrokenSearch())
+    runtime = await make_runtime(OPENAI, plugin_object("broken", plugin),
+                                 plugins=openai_table(standin))
+    _, finished = await drain(await start_turn(runtime, ALICE, ChatRequest("hi", params=FAST)))
+    assert finished.status == "complete"
+    assert "memory backend down" in caplog.text and "vector store down" in caplog.text
+
+
+async def test_recalled_memories_reach_the_prompt_for_the_callers_owner(
+    make_runtime: Any, standin: StandIn
+) -> None:
+    memory = Remembering()
+    runtime = await make_runtime(OPENAI, plugin_object("mem", ProviderPlugin(memory)),
+                                 plugins=openai_table(standin))
+    await drain(await start_turn(runtime, ALICE, ChatRequest("what is my cat called?",
+                                                             params=FAST)))
+    assert memory.calls == [("alice", "what is my cat called?", 5)]
+    assert "Mochi" in standin.requests[-1][1]["messages"][0]["content"]
+
+
+async def test_dropped_turns_are_folded_into_a_running_summary(
+    make_runtime: Any, standin: StandIn
+) -> None:
+    runtime = await make_runtime(
+        OPENAI, plugins=openai_table(standin, context_window=260),
+        budget={"summarize": True, "reply_tokens": 40, "summary_tokens": 40},
+    )
+    conversation: str | None = None
+    for i in range(6):
+        turn = await start_turn(runtime, ALICE, ChatRequest(
+            f"message {i} " + "padding " * 12, conversation_id=conversation, params=FAST))
+        conversation = turn.conversation_id
+        await drain(turn)
+    async with runtime.db.session() as session:
+        stored = await session.get(Conversation, conversation)
+    assert stored is not None and stored.summary == "Hello from the stand-in."
+    assert stored.summary_upto > 0
+    bodies = [body for _, body in standin.requests]
+    summaries = [b for b in bodies if "Update the summary" in b["messages"][-1]["content"]]
+    assert summaries, "no summary was requested"
+    # Incremental: a later summary request starts from the previous summary.
+    assert "Summary so far:\n(none)" in summaries[0]["messages"][-1]["content"]
+    assert len(summaries) >= 2
+    assert "Summary so far:\nHello from the stand-in." in summaries[-1]["messages"][-1]["content"]
+    chats = [b for b in bodies if "Update the summary" not in b["messages"][-1]["content"]]
+    assert "Summary of the earlier conversation" in chats[-1]["messages"][0]["content"]
+    assert "message 0 " not in str(chats[-1]["messages"])
+
+
+async def test_stateless_turns_store_nothing(make_runtime: Any, standin: StandIn) -> None:
+    runtime = await make_runtime(OPENAI, plugins=openai_table(standin))
+    turn = await start_turn(runtime, ALICE, ChatRequest(
+        "and now?", history=[ChatMessage("user", "before"), ChatMessage("assistant", "ok")],
+        system_prompt="Custom system.", params=FAST))
+    _, finished = await drain(turn)
+    assert finished.status == "complete" and finished.message_id is None
+    sent = standin.requests[-1][1]["messages"]
+    assert sent[0] == {"role": "system", "content": "Custom system."}
+    assert [m["content"] for m in sent[1:]] == ["before", "ok", "and now?"]
+    async with runtime.db.session() as session:
+        assert (await session.exec(select(Message))).all() == []
+
+
+async def test_a_slash_command_is_answered_by_its_handler(
+    make_runtime: Any, standin: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = Recorder()
+
+    async def shout(runtime: Runtime, principal: Principal, argument: str) -> str:
+        return f"{principal.owner}: {argument.upper()}"
+
+    monkeypatch.setitem(COMMANDS, "shout", shout)
+    runtime = await make_runtime(OPENAI, plugin_object("recorder", recorder),
+                                 plugins=openai_table(standin))
+    turn = await start_turn(runtime, ALICE, ChatRequest("/shout hello there"))
+    _, finished = await drain(turn)
+    assert finished.text == "alice: HELLO THERE" and standin.requests == []
+    stored = await rows(runtime, turn.conversation_id or "")
+    assert [m.content for m in stored] == ["/shout hello there", "alice: HELLO THERE"]
+    assert recorder.events == []
+    # An unknown command goes to the model like any text.
+    await drain(await start_turn(runtime, ALICE, ChatRequest("/unknown x", params=FAST)))
+    assert len(standin.requests) == 1
