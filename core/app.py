@@ -100,9 +100,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await runtime.ensure_started()
+        from core.jobs import start_image_worker
+
+        worker = start_image_worker(runtime)  # None unless [core] image_worker
         try:
             yield
         finally:
+            if worker is not None:
+                await worker.stop()
             await runtime.stop()
 
     async def start_lazily(request: Request[Any, Any, Any]) -> None:

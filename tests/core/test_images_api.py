@@ -1,0 +1,183 @@
+"""``/api/images`` under uvicorn with the in-process worker and the stand-in Forge."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from core import hookimpl
+from core.app import create_app, runtime_of
+from core.errors import AuthError
+from core.models import Conversation, ImageJob, Owner
+from core.plugins import Candidate, builtin_candidates
+from core.protocols import Principal
+from tests.forge_standin import ForgeStandIn
+
+ANN = {"X-Owner": "ann"}
+BOB = {"X-Owner": "bob"}
+FORGE_QUICK = dict(connect_timeout=0.5, read_timeout=2.0, deadline=3.0, attempts=1,
+                   progress_interval=0.05)
+
+
+class HeaderAuth:
+    """Trusts an ``X-Owner`` header: enough to test owner scoping, never for real use."""
+
+    name = "header-auth"
+
+    async def authenticate_http(self, headers: Mapping[str, str], client: str | None) -> Principal:
+        owner = {k.lower(): v for k, v in headers.items()}.get("x-owner")
+        if not owner:
+            raise AuthError("missing X-Owner")
+        return Principal(owner=owner)
+
+    async def accept_websocket(self, socket: Any) -> Principal | None:
+        return None
+
+    async def still_valid(self, principal: Principal) -> bool:
+        return True
+
+
+class HeaderAuthPlugin:
+    @hookimpl
+    def register_authenticators(self, register: Any, runtime: Any) -> None:
+        register(HeaderAuth())
+
+
+def candidates(with_forge: bool = True) -> list[Candidate]:
+    found = [c for c in builtin_candidates() if with_forge and c.name == "forge-image"]
+    plugin: Any = HeaderAuthPlugin()
+    return [*found, Candidate("header-auth", "tests", "builtin", True, lambda: plugin)]
+
+
+@pytest.fixture
+def forge() -> Iterator[ForgeStandIn]:
+    standin = ForgeStandIn().start()
+    yield standin
+    standin.gate.set()
+    standin.stop()
+
+
+@pytest.fixture
+def server(make_config: Any, forge: ForgeStandIn, live_server: Any) -> Any:
+    config = make_config(core={"auth": True, "image_worker": True},
+                         plugins={"forge-image": {"url": forge.url, **FORGE_QUICK}})
+    app = create_app(config, candidates=candidates())
+    return live_server(app), runtime_of(app)
+
+
+@pytest.fixture
+async def http(server: Any) -> AsyncIterator[httpx.AsyncClient]:
+    live, _runtime = server
+    async with httpx.AsyncClient(base_url=live.url, timeout=10) as client:
+        yield client
+
+
+async def wait_final(http: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+    for _ in range(200):
+        body: dict[str, Any] = (await http.get(f"/api/images/{job_id}", headers=ANN)).json()
+        if body["state"] in ("succeeded", "placeholder", "failed"):
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError("job never finished")
+
+
+async def test_create_follow_and_fetch(http: httpx.AsyncClient, forge: ForgeStandIn) -> None:
+    created = await http.post("/api/images", headers=ANN,
+                              json={"prompt": "a lighthouse", "width": 96, "height": 64})
+    assert created.status_code == 202, created.text
+    job = created.json()
+    assert job["state"] == "queued" and job["url"] == f"/api/images/{job['id']}"
+    final = await wait_final(http, job["id"])
+    assert final["state"] == "succeeded" and final["progress"] == 1.0
+    assert final["placeholder"] is False and final["image_url"] == f"/api/images/{job['id']}.png"
+    png = await http.get(final["image_url"], headers=ANN)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert "x-mami-placeholder" not in png.headers
+    with Image.open(io.BytesIO(png.content)) as image:
+        assert image.size == (96, 64)
+    assert forge.prompts["a lighthouse"] == 1
+
+    for path in (final["url"], final["image_url"]):
+        other = await http.get(path, headers=BOB)
+        assert other.status_code == 404
+        assert other.json()["error"]["message"] == "image job not found"
+    assert (await http.get(final["url"])).status_code == 401
+
+
+async def test_placeholder_is_marked(http: httpx.AsyncClient, forge: ForgeStandIn) -> None:
+    forge.set_mode("oom")
+    job = (await http.post("/api/images", headers=ANN, json={"prompt": "too big"})).json()
+    final = await wait_final(http, job["id"])
+    assert final["state"] == "placeholder" and final["placeholder"] is True
+    assert final["placeholder_reason"] == "out_of_memory"
+    png = await http.get(final["image_url"], headers=ANN)
+    assert png.status_code == 200 and png.headers["x-mami-placeholder"] == "out_of_memory"
+    with Image.open(io.BytesIO(png.content)) as image:
+        assert image.info["mami:placeholder"] == "out_of_memory"
+
+
+async def test_image_of_unfinished_job_is_409(http: httpx.AsyncClient, forge: ForgeStandIn) -> None:
+    forge.gate.clear()
+    job = (await http.post("/api/images", headers=ANN, json={"prompt": "wait"})).json()
+    for _ in range(100):
+        if forge.calls["txt2img"]:
+            break
+        await asyncio.sleep(0.05)
+    status = (await http.get(f"/api/images/{job['id']}", headers=ANN)).json()
+    assert status["state"] == "running" and status["image_url"] is None
+    early = await http.get(f"/api/images/{job['id']}.png", headers=ANN)
+    assert early.status_code == 409 and "running" in early.json()["error"]["message"]
+    forge.gate.set()
+    assert (await wait_final(http, job["id"]))["state"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"prompt": "   "}, "prompt: must not be empty"),
+        ({"prompt": "x", "width": 65}, "width: must be a multiple of 8"),
+        ({"prompt": "x", "height": 4096}, "height: must be a multiple of 8"),
+        ({"prompt": "x", "steps": 0}, "steps: must be from 1 to 150"),
+        ({"prompt": "x" * 2001}, "prompt: at most 2000 characters"),
+        ({"prompt": "x", "conversation_id": "someone-elses"}, "conversation not found"),
+        ({"width": 64}, "Validation failed"),
+        ({"prompt": 5}, "Validation failed"),
+    ],
+)
+async def test_bad_requests_write_nothing(
+    http: httpx.AsyncClient, server: Any, body: dict[str, Any], message: str
+) -> None:
+    _live, runtime = server
+    async with runtime.db.session() as session:
+        session.add(Owner(id="bob"))
+        await session.commit()
+        session.add(Conversation(id="someone-elses", owner_id="bob"))
+        await session.commit()
+    response = await http.post("/api/images", headers=ANN, json=body)
+    assert response.status_code in (400, 404), response.text
+    assert message in response.json()["error"]["message"]
+    async with runtime.db.session() as session:
+        assert await session.get(ImageJob, "x") is None
+        from sqlmodel import func, select
+
+        assert (await session.exec(select(func.count()).select_from(ImageJob))).one() == 0
+
+
+async def test_health_shows_the_breaker(http: httpx.AsyncClient) -> None:
+    health = (await http.get("/health")).json()
+    forge = health["plugins"]["forge-image"]["health"]
+    assert forge["status"] == "ok" and forge["breaker"]["state"] == "closed"
+
+
+async def test_no_image_plugin_is_503(make_config: Any, live_server: Any) -> None:
+    app = create_app(make_config(core={"auth": True}), candidates=candidates(with_forge=False))
+    live = live_server(app)
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        response = await client.post("/api/images", headers=ANN, json={"prompt": "x"})
+    assert response.status_code == 503 and "images" in response.json()["error"]["message"]
