@@ -112,8 +112,14 @@ class ChatSocket:
             await asyncio.gather(*helpers, return_exceptions=True)
 
     async def _read(self) -> None:
+        # An authenticator may limit message size and rate (token-ws-auth does).
+        check = getattr(self.runtime.authenticator, "check_message", None)
         while True:
             raw = await self.socket.receive_text()
+            code = check(self.socket, len(raw.encode())) if check is not None else None
+            if code is not None:
+                await self.socket.close(code=code, reason="message too large or too frequent")
+                return
             try:
                 message = json.loads(raw)
                 kind = message.get("type") if isinstance(message, dict) else None

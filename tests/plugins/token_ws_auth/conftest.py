@@ -8,7 +8,21 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from tests.plugins.token_ws_auth.ws_auth_harness import SIGNING_KEY, AuthServer, start_server
+from tests.plugins.token_ws_auth.ws_auth_harness import (
+    ALL_SECRETS,
+    CAPTURE,
+    SIGNING_KEY,
+    AuthServer,
+    start_server,
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_the_log() -> Iterator[None]:
+    """After all token-ws-auth tests: no token or ticket they used was ever logged."""
+    yield
+    leaked = [secret[:12] for secret in ALL_SECRETS if secret in CAPTURE.text]
+    assert not leaked, f"secrets in the log: {leaked}"
 
 
 @pytest.fixture(scope="session", autouse=True)

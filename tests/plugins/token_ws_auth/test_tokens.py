@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,10 +26,10 @@ KEY = b"k" * 32
 
 
 @pytest.fixture
-async def db(database_url: str) -> Database:
+async def db(database_url: str) -> AsyncIterator[Database]:
     migrations.upgrade(database_url)
     database = Database(database_url)
-    yield database  # type: ignore[misc]
+    yield database
     await database.close()
 
 

@@ -8,6 +8,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +24,7 @@ from core.app import create_app, runtime_of
 from core.config import config_from_dict
 from core.db import Database
 from core.plugins import Candidate, builtin_candidates
+from core.protocols import ChatMessage, Delta, GenerationParams
 from plugins.token_ws_auth import tokens
 
 SIGNING_KEY = "test-signing-key-0123456789abcdef-0123456789"
@@ -72,9 +74,45 @@ def sockets_plugin() -> ModuleType:
     return module
 
 
+class PacedLLM:
+    """A stand-in model for the auth tests: a few deltas, or deltas without end when the
+    prompt says ``forever`` (so a reply is surely running when a token is revoked)."""
+
+    name = "paced"
+    context_window = 4096
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split()) + 1
+
+    async def stream(self, messages: Sequence[ChatMessage],
+                     params: GenerationParams) -> AsyncIterator[Delta]:
+        endless = "forever" in messages[-1].content
+        count = 0
+        while endless or count < 5:
+            count += 1
+            await asyncio.sleep(0.02)
+            yield Delta(f"w{count} ")
+        yield Delta("", finish_reason="stop")
+
+    async def aclose(self) -> None:
+        return None
+
+
+@hookimpl
+def register_llm_providers(register: Any, runtime: Any) -> None:
+    register(PacedLLM())
+
+
+def paced_llm_plugin() -> ModuleType:
+    module = ModuleType("mami_paced_llm")
+    module.register_llm_providers = register_llm_providers  # type: ignore[attr-defined]
+    return module
+
+
 def auth_candidates() -> list[Candidate]:
     mine = [c for c in builtin_candidates() if c.name == "token-ws-auth"]
-    return [*mine, Candidate("test-sockets", "tests", "builtin", True, sockets_plugin)]
+    return [*mine, Candidate("test-sockets", "tests", "builtin", True, sockets_plugin),
+            Candidate("paced-llm", "tests", "builtin", True, paced_llm_plugin)]
 
 
 def free_port() -> int:

@@ -1,0 +1,108 @@
+"""token-ws-auth on the real chat socket ``/ws/chat`` (with a paced stand-in model)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel import select
+from websockets.exceptions import ConnectionClosed
+
+from core.db import Database
+from core.models import Message
+from tests.plugins.token_ws_auth.ws_auth_harness import AuthServer
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def events_until(ws: Any, kind: str) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    async with asyncio.timeout(10):
+        while not seen or seen[-1]["type"] != kind:
+            seen.append(json.loads(await ws.recv()))
+    return seen
+
+
+async def test_chat_with_a_ticket(auth_server: AuthServer) -> None:
+    token, _ = await auth_server.token("uma")
+    async with auth_server.ws("/ws/chat", ticket=await auth_server.ticket(token)) as ws:
+        assert ws.subprotocol == "mami.v1"
+        await ws.send(json.dumps({"type": "message", "content": "hello"}))
+        events = await events_until(ws, "end")
+    assert events[0]["type"] == "start" and events[-1]["status"] == "complete"
+    assert "".join(e["text"] for e in events if e["type"] == "delta") == "w1 w2 w3 w4 w5 "
+
+
+async def test_chat_socket_refuses_without_ticket(auth_server: AuthServer) -> None:
+    async with auth_server.ws("/ws/chat") as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4408
+
+
+async def test_revoked_while_streaming_closes_4401_and_stores_interrupted(
+    auth_server: AuthServer, http: httpx.AsyncClient
+) -> None:
+    token, token_id = await auth_server.token("victor-stream")
+    async with auth_server.ws("/ws/chat", ticket=await auth_server.ticket(token)) as ws:
+        await ws.send(json.dumps({"type": "message", "content": "talk forever"}))
+        first = await events_until(ws, "delta")
+        message_id = first[0]["message_id"]
+        revoked = await http.delete(f"/api/tokens/{token_id}", headers=bearer(token))
+        assert revoked.status_code == 204
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(10):
+                while True:
+                    await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    db = Database(auth_server.database_url)
+    try:
+        async with db.session() as session:
+            stored = (await session.exec(select(Message).where(Message.id == message_id))).one()
+    finally:
+        await db.close()
+    assert stored.status == "interrupted"
+
+
+async def test_chat_oversized_message_is_1008(auth_server: AuthServer) -> None:
+    token, _ = await auth_server.token("wendy")
+    async with auth_server.ws("/ws/chat", ticket=await auth_server.ticket(token)) as ws:
+        await ws.send(json.dumps({"type": "message", "content": "x" * 2000}))
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+async def test_chat_flood_is_1008(auth_server: AuthServer) -> None:
+    token, _ = await auth_server.token("xena")
+    async with auth_server.ws("/ws/chat", ticket=await auth_server.ticket(token)) as ws:
+        for _ in range(25):
+            await ws.send(json.dumps({"type": "ping"}))
+        pongs = 0
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(10):
+                while True:
+                    assert json.loads(await ws.recv()) == {"type": "pong"}
+                    pongs += 1
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert pongs <= 20  # the close may overtake queued replies, never more than the limit
+
+
+async def test_another_owners_conversation_is_not_reachable_by_socket(
+    auth_server: AuthServer,
+) -> None:
+    alice, _ = await auth_server.token("alice-ws")
+    bob, _ = await auth_server.token("bob-ws")
+    async with auth_server.ws("/ws/chat", ticket=await auth_server.ticket(alice)) as ws:
+        await ws.send(json.dumps({"type": "message", "content": "alice's secret plan"}))
+        conversation_id = (await events_until(ws, "end"))[0]["conversation_id"]
+    async with auth_server.ws("/ws/chat", ticket=await auth_server.ticket(bob)) as ws:
+        await ws.send(json.dumps({"type": "message", "content": "hi",
+                                  "conversation_id": conversation_id}))
+        error = (await events_until(ws, "error"))[-1]
+    assert error["code"] == 404 and "secret" not in json.dumps(error)
