@@ -1,7 +1,164 @@
-"""Routes: documents (not built yet)."""
+"""Documents for retrieval (RAG), always the caller's own.
+
+``POST /api/documents``: JSON ``{"source", "text", "scope"}`` or a multipart form with
+one or more ``file`` parts (and an optional ``scope`` field); every file is checked
+before the first is stored. ``GET /api/documents``, ``DELETE /api/documents/{id}``,
+``DELETE /api/documents`` (erase all of the caller's), and ``POST /api/search`` to see
+what retrieval finds. The owner is the authenticated principal, never the body.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-routes: list[Any] = []
+from litestar import Controller, Request, delete, get, post
+from litestar.datastructures import UploadFile
+
+from core.errors import BadRequest, NotFound
+from core.protocols import DocumentInfo, Principal, Retriever
+from core.runtime import Runtime
+
+
+@dataclass
+class DocumentOut:
+    id: str
+    scope: str
+    source: str
+    chunks: int
+    created_at: datetime | None = None
+
+
+@dataclass
+class SearchRequest:
+    query: str
+    k: int = 5
+    scopes: list[str] | None = None
+
+
+@dataclass
+class PassageOut:
+    text: str
+    document_id: str
+    source: str
+    chunk_index: int
+    scope: str
+    score: float
+
+
+@dataclass
+class Erased:
+    deleted: int
+
+
+@dataclass(frozen=True)
+class Upload:
+    source: str
+    text: str
+
+
+def decode_text(name: str, data: bytes) -> str:
+    """The text of an uploaded or ingested file, or a 400 naming it: empty, binary
+    (a NUL byte) and invalid UTF-8 files are refused. A UTF-8 BOM is dropped."""
+    if b"\x00" in data:
+        raise BadRequest(f"{name}: binary file (contains NUL bytes); only UTF-8 text is accepted")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"{name}: not valid UTF-8 (at byte {exc.start})") from exc
+    if not text.strip():
+        raise BadRequest(f"{name}: the file is empty")
+    return text
+
+
+def _out(info: DocumentInfo) -> DocumentOut:
+    return DocumentOut(info.id, info.scope, info.source, info.chunks, info.created_at)
+
+
+async def _uploads(request: Request[Any, Any, Any]) -> tuple[list[Upload], str]:
+    """The documents of a JSON or multipart request and the scope they go to."""
+    if request.content_type[0] == "multipart/form-data":
+        form = await request.form()
+        scope = form.get("scope") or "default"
+        uploads: list[Upload] = []
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                name = value.filename or key
+                uploads.append(Upload(name, decode_text(name, await value.read())))
+        if isinstance(form.get("text"), str):
+            source = str(form.get("source") or "")
+            uploads.append(Upload(source, decode_text(source or "text", form["text"].encode())))
+        if not uploads:
+            raise BadRequest("no file in the form (send one or more 'file' parts)")
+        return uploads, str(scope)
+    try:
+        body = await request.json()
+    except Exception as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("text"), str) or not isinstance(
+        body.get("source"), str
+    ):
+        raise BadRequest('expected JSON {"source": str, "text": str, "scope": str}')
+    scope = body.get("scope", "default")
+    if not isinstance(scope, str):
+        raise BadRequest("scope must be a string")
+    source = body["source"]
+    return [Upload(source, decode_text(source or "text", body["text"].encode()))], scope
+
+
+class DocumentController(Controller):
+    path = "/api/documents"
+    tags = ["documents"]
+
+    @post("/", status_code=201)
+    async def upload(self, request: Request[Any, Any, Any], runtime: Runtime,
+                     principal: Principal) -> list[DocumentOut]:
+        """Store documents for retrieval. The same source and scope again replaces the
+        document. 400 for an empty, binary or non-UTF-8 file or an unknown scope."""
+        retriever: Retriever = runtime.require("retriever")
+        uploads, scope = await _uploads(request)
+        sources = [u.source for u in uploads]
+        if len(set(sources)) != len(sources):
+            raise BadRequest("two files have the same name")
+        validate = getattr(retriever, "validate", None)  # optional: check all, then write
+        if validate is not None:
+            for u in uploads:
+                validate(principal.owner, u.source, u.text, scope)
+        return [
+            _out(await retriever.ingest(principal.owner, u.source, u.text, scope))
+            for u in uploads
+        ]
+
+    @get("/")
+    async def list_documents(self, runtime: Runtime, principal: Principal) -> list[DocumentOut]:
+        """The caller's documents, newest first."""
+        retriever: Retriever = runtime.require("retriever")
+        return [_out(info) for info in await retriever.list_documents(principal.owner)]
+
+    @delete("/{document_id:str}", status_code=204)
+    async def remove(self, runtime: Runtime, principal: Principal, document_id: str) -> None:
+        """Delete one of the caller's documents (404 if the caller has none by that id)."""
+        retriever: Retriever = runtime.require("retriever")
+        if not await retriever.delete_document(principal.owner, document_id):
+            raise NotFound(f"document {document_id} not found")
+
+    @delete("/", status_code=200)
+    async def erase(self, runtime: Runtime, principal: Principal) -> Erased:
+        """Erase every document of the caller (the right to be forgotten)."""
+        retriever: Retriever = runtime.require("retriever")
+        return Erased(await retriever.erase_owner(principal.owner))
+
+
+@post("/api/search", status_code=200, tags=["documents"],
+      summary="Search the caller's documents (for debugging retrieval)")
+async def search(runtime: Runtime, principal: Principal, data: SearchRequest) -> list[PassageOut]:
+    """The passages retrieval finds for ``query`` among the caller's documents (and
+    the shared ones), best first. 400 for an empty query or an unknown scope."""
+    retriever: Retriever = runtime.require("retriever")
+    found = await retriever.search(principal.owner, data.query, data.k, data.scopes)
+    return [PassageOut(p.text, p.document_id, p.source, p.chunk_index, p.scope, p.score)
+            for p in found]
+
+
+routes: list[Any] = [DocumentController, search]

@@ -1,1 +1,108 @@
-"""The `mami ingest` command (not built yet)."""
+"""``mami ingest PATH... --owner NAME [--scope S]``: store text and Markdown files for
+retrieval. Every file is read and checked before the first one is stored, so a bad
+file (empty, binary, not UTF-8) stops the command with its name and nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from core.cli import core_command
+from core.errors import BadRequest
+
+TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Ingest files (directories: their .txt/.md/.markdown/.rst files) for one owner."""
+    return asyncio.run(_ingest(args))
+
+
+def find_files(paths: list[str]) -> list[Path]:
+    """The files named, plus the text files under each directory named, in order and
+    without repeats. A path that does not exist is an error naming it."""
+    found: dict[Path, None] = {}
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and child.suffix.lower() in TEXT_SUFFIXES:
+                    found.setdefault(child, None)
+        elif path.is_file():
+            found.setdefault(path, None)
+        else:
+            raise BadRequest(f"{raw}: no such file or directory")
+    if not found:
+        raise BadRequest(f"no text files found in {', '.join(paths)}")
+    return list(found)
+
+
+def read_documents(files: list[Path]) -> list[tuple[str, str]]:
+    """``(source, text)`` for each file; the source is the path as normalised."""
+    from core.api.documents import decode_text
+
+    documents = []
+    for path in files:
+        source = os.path.normpath(str(path))
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BadRequest(f"{source}: cannot read: {exc.strerror}") from exc
+        documents.append((source, decode_text(source, data)))
+    return documents
+
+
+def progress(out: TextIO, done: int, total: int, chunks: int, name: str) -> None:
+    """A one-line progress bar on a terminal; one line per file otherwise."""
+    if out.isatty():
+        filled = int(30 * done / total)
+        bar = "#" * filled + "-" * (30 - filled)
+        out.write(f"\r[{bar}] {done}/{total} files, {chunks} chunks {name[-40:]:<40}")
+        if done == total:
+            out.write("\n")
+    else:
+        out.write(f"[{done}/{total}] {name}: {chunks} chunks so far\n")
+    out.flush()
+
+
+async def _ingest(args: argparse.Namespace) -> int:
+    from core.config import load_config
+    from core.runtime import Runtime
+
+    documents = read_documents(find_files(args.paths))
+    runtime = Runtime(load_config(args.config))
+    await runtime.ensure_started()
+    try:
+        retriever = runtime.require("retriever")
+        validate = getattr(retriever, "validate", None)
+        if validate is not None:
+            for source, text in documents:
+                validate(args.owner, source, text, args.scope)
+        started, chunks = time.perf_counter(), 0
+        for done, (source, text) in enumerate(documents, 1):
+            info = await retriever.ingest(args.owner, source, text, args.scope)
+            chunks += info.chunks
+            progress(sys.stderr, done, len(documents), chunks, source)
+        seconds = time.perf_counter() - started
+        print(f"ingested {len(documents)} files, {chunks} chunks in {seconds:.2f} s "
+              f"(owner {args.owner}, scope {args.scope})", flush=True)
+    finally:
+        await runtime.stop()
+    return 0
+
+
+@core_command
+def register(sub: Any) -> None:
+    parser = sub.add_parser("ingest", help="store text/Markdown files for retrieval (RAG)",
+                            description=cmd_ingest.__doc__)
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="files or directories")
+    parser.add_argument("--owner", required=True, help="owner of the documents")
+    parser.add_argument("--scope", default="default",
+                        help="scope to file them under (default: default)")
+    parser.set_defaults(func=cmd_ingest)

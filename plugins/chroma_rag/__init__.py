@@ -51,7 +51,9 @@ class Settings:
     """Tokens shared by neighbouring chunks."""
     scopes: list[str] = field(default_factory=lambda: ["default", "work", "personal"])
     """Scopes an owner may file documents under. ``global`` (shared, read by every
-    owner, written only with ``mami ingest --scope global``) always exists."""
+    owner, written only by ``global_writers``) always exists."""
+    global_writers: list[str] = field(default_factory=lambda: ["admin"])
+    """Owners allowed to write, list and delete the shared ``global`` scope."""
     search_global: bool = True
     """Whether a search without explicit scopes also reads the ``global`` scope."""
     max_k: int = 20

@@ -58,16 +58,18 @@ class ChromaRetriever:
         allowed = ", ".join([*self.settings.scopes, GLOBAL_SCOPE])
         raise BadRequest(f"unknown scope {scope!r} (allowed: {allowed})")
 
-    async def ingest(
-        self, owner: str, source: str, text: str, scope: str = "default"
-    ) -> DocumentInfo:
-        """Chunk, embed and store ``text``, replacing the owner's document with the same
-        scope and source. Scope ``global`` stores it under the shared sentinel owner.
-        Everything is checked and embedded before the first write; if a write fails,
-        the document is removed entirely rather than left half-replaced."""
+    def validate(self, owner: str, source: str, text: str, scope: str) -> int:
+        """Raise what :meth:`ingest` would raise for this input (400, 403 or 413), before
+        anything is written; returns the size in bytes. Callers storing several
+        documents check them all first."""
         self.check_scope(scope)
         if not owner:
             raise AuthError("no owner")
+        if scope == GLOBAL_SCOPE and owner not in self.settings.global_writers:
+            raise AuthError(
+                f"only {', '.join(self.settings.global_writers) or 'nobody'} may write the "
+                "shared 'global' scope ([plugins.chroma-rag] global_writers)", status_code=403
+            )
         if not source.strip() or len(source) > 1024:
             raise BadRequest("source must be 1 to 1024 characters")
         size = len(text.encode("utf-8"))
@@ -77,6 +79,17 @@ class ChromaRetriever:
             )
         if not text.strip():
             raise BadRequest(f"{source}: the document is empty")
+        return size
+
+    async def ingest(
+        self, owner: str, source: str, text: str, scope: str = "default"
+    ) -> DocumentInfo:
+        """Chunk, embed and store ``text``, replacing the owner's document with the same
+        scope and source. Scope ``global`` (for ``global_writers`` only) stores it under
+        the shared sentinel owner.
+        Everything is checked and embedded before the first write; if a write fails,
+        the document is removed entirely rather than left half-replaced."""
+        size = self.validate(owner, source, text, scope)
         owner = GLOBAL_OWNER if scope == GLOBAL_SCOPE else owner
         doc_id = document_id(owner, scope, source)
         tokens = min(self.settings.chunk_tokens, self.embedder.max_tokens - 2)
@@ -191,21 +204,25 @@ class ChromaRetriever:
         return own, shared_counts
 
     async def list_documents(self, owner: str) -> list[DocumentInfo]:
-        """The owner's documents, newest first (``__global__`` lists the shared ones)."""
+        """The owner's documents, newest first; a global writer also sees the shared ones."""
         statement = (
-            select(Document).where(col(Document.owner_id) == owner)
+            select(Document).where(col(Document.owner_id).in_(self._writable_owners(owner)))
             .order_by(col(Document.created_at).desc(), col(Document.source))
         )
         async with self.db.session() as session:
             return [_info(row) for row in (await session.exec(statement)).all()]
 
+    def _writable_owners(self, owner: str) -> list[str]:
+        shared = owner in self.settings.global_writers
+        return [owner, GLOBAL_OWNER] if shared else [owner]
+
     async def delete_document(self, owner: str, document_id: str) -> bool:
         """Delete one of the owner's documents; False if the owner has no such document."""
         async with self.db.session() as session:
             row = await session.get(Document, document_id)
-        if row is None or row.owner_id != owner:
+        if row is None or row.owner_id not in self._writable_owners(owner):
             return False
-        await self._forget(owner, row.scope, row.id)
+        await self._forget(row.owner_id, row.scope, row.id)
         return True
 
     async def erase_owner(self, owner: str) -> int:
