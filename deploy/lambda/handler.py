@@ -45,7 +45,8 @@ ALIASES: dict[str, tuple[str, str]] = {
     "MAMI_LLM_BASE_URL": ("openai-llm", "base_url"),
     "MAMI_LLM_API_KEY": ("openai-llm", "api_key"),
     "MAMI_LLM_MODEL": ("openai-llm", "model"),
-    "MAMI_CHROMA_URL": ("chroma-rag", "url"),
+    "MAMI_CHROMA_URL": ("chroma-rag", "chroma_url"),
+    "MAMI_CHROMA_TOKEN": ("chroma-rag", "chroma_token"),
     "MAMI_FORGE_URL": ("forge-image", "url"),
     "MAMI_FORGE_USERNAME": ("forge-image", "username"),
     "MAMI_FORGE_PASSWORD": ("forge-image", "password"),
@@ -59,10 +60,11 @@ CORE_TABLES: dict[str, type] = {
     "budget": BudgetSettings,
 }
 
-# What a Lambda execution environment cannot do: write outside /tmp, run work after the
-# response, or load a local model in reasonable time.
+# What a Lambda execution environment cannot do: keep files (only /tmp, per instance),
+# run work after the response, serve WebSockets, or load a local model in time. Plugins
+# that need these are off unless enabled, or (chroma-rag) until a server is configured.
 LAMBDA_CORE_DEFAULTS: dict[str, Any] = {"data_dir": "/tmp/mami", "image_worker": False}
-LAMBDA_DISABLED_PLUGINS = ("local-llm",)
+LAMBDA_DISABLED_PLUGINS = ("local-llm", "chroma-rag", "web-ui")
 
 _mangum: Mangum | None = None
 
@@ -93,9 +95,6 @@ def config_from_env(environ: Mapping[str, str]) -> Config:
     """
     candidates = {c.name: c for c in builtin_candidates() + entrypoint_candidates()}
     raw: dict[str, Any] = {"core": dict(LAMBDA_CORE_DEFAULTS), "plugins": {}}
-    for name in LAMBDA_DISABLED_PLUGINS:
-        if name in candidates:
-            raw["plugins"][name] = {"enabled": False}
     for variable, value in sorted(environ.items()):
         target = _target_of(variable, candidates)
         if target is None:
@@ -108,6 +107,9 @@ def config_from_env(environ: Mapping[str, str]) -> Config:
     for variable, (plugin, _key) in ALIASES.items():
         if environ.get(variable) and plugin in candidates:
             raw["plugins"][plugin].setdefault("enabled", True)
+    for name in LAMBDA_DISABLED_PLUGINS:
+        if name in candidates:
+            raw["plugins"].setdefault(name, {}).setdefault("enabled", False)
     return config_from_dict(raw)
 
 

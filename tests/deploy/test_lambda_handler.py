@@ -58,6 +58,35 @@ def test_lambda_defaults_turn_off_the_image_worker(lambda_env: Any) -> None:
     assert config.core.data_dir == "/tmp/mami"
 
 
+def test_plugins_needing_local_state_are_off_until_configured(lambda_env: Any) -> None:
+    module = load_handler_module()
+    plugins = module.config_from_env({}).plugins
+    for name in ("local-llm", "chroma-rag", "web-ui"):
+        assert plugins[name]["enabled"] is False
+
+    plugins = module.config_from_env({"MAMI_CHROMA_URL": "http://chroma.internal:8000",
+                                      "MAMI_LLM_BASE_URL": "http://llm.internal/v1",
+                                      "MAMI__PLUGINS__WEB_UI__ENABLED": "true"}).plugins
+    assert plugins["chroma-rag"] == {"enabled": True, "chroma_url": "http://chroma.internal:8000"}
+    assert plugins["openai-llm"] == {"enabled": True, "base_url": "http://llm.internal/v1"}
+    assert plugins["web-ui"]["enabled"] is True
+
+    plugins = module.config_from_env({"MAMI_CHROMA_URL": "http://chroma.internal:8000",
+                                      "MAMI__PLUGINS__CHROMA_RAG__ENABLED": "false"}).plugins
+    assert plugins["chroma-rag"]["enabled"] is False
+
+
+def test_plugin_settings_are_converted_to_their_declared_types() -> None:
+    config = load_handler_module().config_from_env({
+        "MAMI__PLUGINS__CHROMA_RAG__SCOPES": '["work", "home"]',
+        "MAMI__PLUGINS__CHROMA_RAG__MAX_K": "5",
+        "MAMI__PLUGINS__FORGE_IMAGE__DEADLINE": "60",
+    })
+    assert config.plugins["chroma-rag"]["scopes"] == ["work", "home"]
+    assert config.plugins["chroma-rag"]["max_k"] == 5
+    assert config.plugins["forge-image"]["deadline"] == 60.0
+
+
 def test_settings_come_from_the_environment_with_their_types() -> None:
     module = load_handler_module()
     config = module.config_from_env({
@@ -82,6 +111,7 @@ def test_settings_come_from_the_environment_with_their_types() -> None:
         ({"MAMI__BUDGET__RAG_K": "many"}, ["MAMI__BUDGET__RAG_K", "number"]),
         ({"MAMI__CORE__NO_SUCH_KEY": "1"}, ["[core]", "no_such_key", "unknown setting"]),
         ({"MAMI__CORE": "x"}, ["MAMI__CORE", "MAMI__PLUGINS__<PLUGIN>__<KEY>"]),
+        ({"MAMI__PLUGINS__CHROMA_RAG__SCOPES": "work"}, ["CHROMA_RAG__SCOPES", "JSON"]),
     ],
 )
 def test_bad_environment_is_named_in_the_error(environ: dict[str, str], names: list[str]) -> None:
