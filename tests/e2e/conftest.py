@@ -1,0 +1,100 @@
+"""Fixtures for the browser tests: the stand-in Forge, ``mami serve`` subprocesses and
+Debian's Chromium driven by Playwright (never ``playwright install``)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import free_port
+from tests.e2e.server import MamiServer
+from tests.forge_standin import ForgeStandIn
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "output" / "screenshots"
+
+
+def server_config(data_dir: Path, forge_url: str, extra: str = "") -> str:
+    """plugins.toml for a test server: auth on, the local model with a fixed seed, the
+    stand-in Forge with short timeouts, WebSocket messages limited to 4000 bytes."""
+    return f"""
+[core]
+data_dir = "{data_dir}"
+
+[server]
+host = "127.0.0.1"
+
+[plugins.local-llm]
+seed = 7
+n_threads = 2
+
+[plugins.forge-image]
+url = "{forge_url}"
+connect_timeout = 1.0
+read_timeout = 20.0
+deadline = 30.0
+attempts = 1
+progress_interval = 0.2
+
+[plugins.token-ws-auth]
+max_message_bytes = 4000
+{extra}
+"""
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
+        pytest.skip("Debian's chromium is not installed (see .ci/apt-packages)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def forge() -> Iterator[ForgeStandIn]:
+    standin = ForgeStandIn(mode="ok", delay=1.5).start()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture(scope="module")
+def mami(tmp_path_factory: pytest.TempPathFactory, forge: ForgeStandIn) -> Iterator[MamiServer]:
+    """``mami serve`` with the local model and the stand-in Forge, signed-in token known."""
+    workdir = tmp_path_factory.mktemp("mami-e2e")
+    server = MamiServer(workdir, server_config(workdir / "data", forge.url), free_port())
+    server.start()
+    assert server.token, f"no first-start token URL printed:\n{server.output}"
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh browser context (own storage) at desktop size; console errors and CSP
+    violations are collected in ``page.problems``."""
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    tab = context.new_page()
+    problems: list[str] = []
+    tab.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    tab.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    tab.problems = problems
+    yield tab
+    context.close()
+
+
+def screenshot(page: Any, name: str) -> None:
+    """Save a screenshot for people to look at (tests/output/ is not committed)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)

@@ -1,0 +1,222 @@
+"""The chat page in headless Chromium against ``mami serve`` with the local model:
+sign-in, streamed replies, stop, errors in words, keyboard, phone size, restart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from tests.e2e.conftest import screenshot
+from tests.e2e.server import MamiServer
+
+pytestmark = pytest.mark.slow
+
+REPLY_TIMEOUT = 90_000  # ms; the shared machine may be busy, the model is small
+
+# Records every text the assistant bubble showed while it was still streaming.
+WATCH_STREAM = """() => {
+  window.__streamed = [];
+  new MutationObserver(() => {
+    const busy = document.querySelector('#messages li[aria-busy="true"] .text');
+    if (busy && busy.textContent) window.__streamed.push(busy.textContent);
+  }).observe(document.getElementById('messages'),
+             {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def sign_in(page: Any, server: MamiServer) -> None:
+    page.goto(server.token_url)
+    expect(page.locator("#status")).to_have_text("Connected", timeout=30_000)
+
+
+def last_reply(page: Any) -> Any:
+    return page.locator("#messages li.message.assistant").last
+
+
+def wait_reply_done(page: Any) -> Any:
+    reply = last_reply(page)
+    expect(reply).to_be_visible(timeout=REPLY_TIMEOUT)
+    expect(page.locator('#messages li[aria-busy="true"]')).to_have_count(0, timeout=REPLY_TIMEOUT)
+    return reply
+
+
+def stored_messages(server: MamiServer, conversation_id: str) -> list[dict[str, Any]]:
+    with server.api() as client:
+        response = client.get(f"/api/conversations/{conversation_id}/messages")
+    response.raise_for_status()
+    return list(response.json())
+
+
+def current_conversation(page: Any) -> str:
+    return str(page.evaluate("localStorage.getItem('mami.conversation')"))
+
+
+def test_page_is_served_with_a_self_only_policy(mami: MamiServer) -> None:
+    page = httpx.get(f"{mami.url}/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "script-src 'self'" in policy
+    assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+    assert '<script type="module" src="/ui/app.js">' in page.text
+    assert httpx.get(f"{mami.url}/ui/app.js").headers["content-type"].startswith("text/javascript")
+    missing = httpx.get(f"{mami.url}/ui/secret.py")
+    assert missing.status_code == 404
+    assert "secret.py" in missing.json()["error"]["message"]
+    assert httpx.get(f"{mami.url}/ui/..%2F__init__.py").status_code == 404
+
+
+def test_sign_in_takes_the_token_out_of_the_address(page: Any, mami: MamiServer) -> None:
+    sign_in(page, mami)
+    assert "token" not in page.url
+    assert page.evaluate("localStorage.getItem('mami.token')") == mami.token
+    expect(page.locator("#signin")).to_be_hidden()
+    expect(page.locator("#composer-input")).to_be_focused()
+    screenshot(page, "01-signed-in")
+    page.reload()  # the stored token signs in again
+    expect(page.locator("#status")).to_have_text("Connected", timeout=30_000)
+    assert page.problems == []
+
+
+def test_a_wrong_token_says_unauthorized(page: Any, mami: MamiServer) -> None:
+    page.goto(f"{mami.url}/?token=mami_0000000000000000_not-a-real-token")
+    expect(page.locator("#alert")).to_contain_text("Unauthorized", timeout=30_000)
+    expect(page.locator("#signin")).to_be_visible()
+    assert "token" not in page.url
+    assert page.evaluate("localStorage.getItem('mami.token')") is None
+    screenshot(page, "02-unauthorized")
+    page.fill("#token-input", mami.token)
+    page.keyboard.press("Enter")
+    expect(page.locator("#status")).to_have_text("Connected", timeout=30_000)
+    expect(page.locator("#alert")).to_be_hidden()
+
+
+def test_a_reply_streams_into_the_page_and_is_stored(page: Any, mami: MamiServer) -> None:
+    sign_in(page, mami)
+    page.evaluate(WATCH_STREAM)
+    page.fill("#composer-input", "Hello! Please introduce yourself in two sentences.")
+    page.keyboard.press("Enter")
+    expect(page.locator("#composer-input")).to_have_value("")
+    reply = wait_reply_done(page)
+    text = reply.locator(".text").text_content()
+    assert text
+    streamed = page.evaluate("window.__streamed")
+    partial = [s for s in streamed if s != text]
+    assert partial, "the reply appeared in one piece instead of streaming"
+    assert all(text.startswith(s) for s in streamed)
+    screenshot(page, "03-streamed-reply")
+
+    conversation = current_conversation(page)
+    messages = stored_messages(mami, conversation)
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[1]["content"] == text and messages[1]["status"] == "complete"
+    expect(page.locator(f'#conversations li[data-conversation="{conversation}"]')).to_be_visible()
+
+    page.reload()  # the conversation comes back from the server
+    expect(last_reply(page).locator(".text")).to_have_text(text, timeout=30_000)
+    assert page.problems == []
+
+
+def test_stop_ends_a_reply_and_keeps_what_arrived(page: Any, mami: MamiServer) -> None:
+    sign_in(page, mami)
+    page.fill("#composer-input",
+              "Write a very long story, at least 600 words, about a dragon who learns to cook.")
+    page.click("#send")
+    busy = page.locator('#messages li[aria-busy="true"] .text')
+    expect(busy).not_to_have_text("", timeout=REPLY_TIMEOUT)
+    expect(page.locator("#stop")).to_be_enabled()
+    page.click("#stop")
+    reply = wait_reply_done(page)
+    expect(reply.locator(".note")).to_have_text("Stopped before the end.")
+    expect(page.locator("#send")).to_be_enabled()
+    screenshot(page, "04-stopped-reply")
+    messages = stored_messages(mami, current_conversation(page))
+    assert messages[-1]["status"] == "interrupted"
+    assert messages[-1]["content"] == reply.locator(".text").text_content()
+
+
+def test_keyboard_alone_is_enough(page: Any, mami: MamiServer) -> None:
+    sign_in(page, mami)
+    page.keyboard.type("Line one")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("Line two: say hi")
+    expect(page.locator("#composer-input")).to_have_value("Line one\nLine two: say hi")
+    page.keyboard.press("Enter")
+    expect(page.locator("#messages li.user .text").last).to_have_text(
+        "Line one\nLine two: say hi")
+    expect(page.locator('#messages li[aria-busy="true"]')).to_have_count(1, timeout=REPLY_TIMEOUT)
+    page.keyboard.press("Escape")  # stops the reply
+    wait_reply_done(page)
+    expect(page.locator("#stop")).to_be_disabled()
+
+    # Tab from the top of the page reaches "New chat" and the panels.
+    page.locator("body").focus()
+    reached = []
+    for _ in range(6):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate("document.activeElement.id"))
+        if reached[-1] == "new-chat":
+            break
+    assert "new-chat" in reached, reached
+    page.keyboard.press("Enter")
+    expect(page.locator("#messages li")).to_have_count(0)
+    expect(page.locator("#composer-input")).to_be_focused()
+
+
+def test_phone_sized_screen(browser: Any, mami: MamiServer) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 760}, is_mobile=True,
+                                  has_touch=True)
+    page = context.new_page()
+    try:
+        sign_in(page, mami)
+        expect(page.locator("#sidebar")).to_be_hidden()
+        expect(page.locator("#composer-input")).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        screenshot(page, "05-phone")
+        page.click("#menu-button")
+        expect(page.locator("#sidebar")).to_be_visible()
+        expect(page.locator("#menu-button")).to_have_attribute("aria-expanded", "true")
+        screenshot(page, "06-phone-menu")
+        page.keyboard.press("Escape")
+        expect(page.locator("#sidebar")).to_be_hidden()
+    finally:
+        context.close()
+
+
+def test_a_message_over_the_limit_is_refused_in_words_and_kept(
+    page: Any, mami: MamiServer
+) -> None:
+    sign_in(page, mami)
+    too_long = "x" * 5000  # the server allows 4000 bytes per WebSocket message
+    page.fill("#composer-input", too_long)
+    page.keyboard.press("Enter")
+    expect(page.locator("#alert")).to_contain_text("Rate limited", timeout=30_000)
+    expect(page.locator("#alert")).to_contain_text("message too large or too frequent")
+    expect(page.locator("#composer-input")).to_have_value(too_long)
+    expect(page.locator("#messages li.user")).to_have_count(0)
+    screenshot(page, "07-rate-limited")
+    expect(page.locator("#status")).to_have_text("Connected", timeout=30_000)
+
+
+def test_the_page_reconnects_after_a_restart_and_keeps_the_draft(
+    page: Any, mami: MamiServer
+) -> None:
+    sign_in(page, mami)
+    mami.stop()
+    expect(page.locator("#alert")).to_contain_text("Disconnected", timeout=30_000)
+    expect(page.locator("#status")).to_contain_text("reconnecting")
+    page.fill("#composer-input", "Are you back? Answer in one word.")
+    page.keyboard.press("Enter")  # refused politely while offline: the text stays
+    expect(page.locator("#composer-input")).to_have_value("Are you back? Answer in one word.")
+    screenshot(page, "08-disconnected")
+
+    mami.start()
+    expect(page.locator("#status")).to_have_text("Connected", timeout=60_000)
+    expect(page.locator("#composer-input")).to_have_value("Are you back? Answer in one word.")
+    page.keyboard.press("Enter")
+    reply = wait_reply_done(page)
+    assert reply.locator(".text").text_content()
+    screenshot(page, "09-after-restart")
