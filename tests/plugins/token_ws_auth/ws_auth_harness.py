@@ -109,8 +109,8 @@ def paced_llm_plugin() -> ModuleType:
     return module
 
 
-def auth_candidates() -> list[Candidate]:
-    mine = [c for c in builtin_candidates() if c.name == "token-ws-auth"]
+def auth_candidates(builtins: Sequence[str] = ()) -> list[Candidate]:
+    mine = [c for c in builtin_candidates() if c.name in ("token-ws-auth", *builtins)]
     return [*mine, Candidate("test-sockets", "tests", "builtin", True, sockets_plugin),
             Candidate("paced-llm", "tests", "builtin", True, paced_llm_plugin)]
 
@@ -220,17 +220,22 @@ CAPTURE = Capture()
 ALL_SECRETS: set[str] = set()
 
 
-def start_server(tmp: Path, database_url: str, **settings: Any) -> tuple[AuthServer, Serving]:
+def start_server(
+    tmp: Path, database_url: str, *, builtins: Sequence[str] = (),
+    tables: dict[str, Any] | None = None, **settings: Any,
+) -> tuple[AuthServer, Serving]:
+    """Serve token-ws-auth (``settings`` on top of test defaults), the test sockets, the
+    paced model and the named ``builtins`` (with their ``tables``)."""
     table = {"allowed_origins": [GOOD_ORIGIN], "max_failed_attempts": 1000,
              "ticket_wait": 1.0, "messages_per_minute": 20, "max_message_bytes": 1024,
              "bootstrap_admin": False}
     table.update(settings)
     config = config_from_dict({
         "core": {"auth": True, "data_dir": str(tmp), "database_url": database_url,
-                 "image_worker": False},
-        "plugins": {"token-ws-auth": table},
+                 "image_worker": False, "llm": "paced"},
+        "plugins": {"token-ws-auth": table, **(tables or {})},
     })
-    app = create_app(config, candidates=auth_candidates())
+    app = create_app(config, candidates=auth_candidates(builtins))
     serving = Serving(app)
     url = f"http://127.0.0.1:{serving.port}"
     server = AuthServer(app, url, f"ws://127.0.0.1:{serving.port}", database_url,
