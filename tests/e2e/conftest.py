@@ -4,6 +4,8 @@ Debian's Chromium driven by Playwright (never ``playwright install``)."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,14 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "output" / "screenshots"
 
 
-def server_config(data_dir: Path, forge_url: str, extra: str = "") -> str:
-    """plugins.toml for a test server: auth on, the local model with a fixed seed, the
-    stand-in Forge with short timeouts, WebSocket messages limited to 4000 bytes."""
+def server_config(data_dir: Path, forge_url: str, llm: str = "") -> str:
+    """plugins.toml for a test server: auth on, the local model with a fixed seed (or
+    the model named ``llm``), the stand-in Forge with short timeouts, WebSocket
+    messages limited to 4000 bytes."""
     return f"""
 [core]
 data_dir = "{data_dir}"
+llm = "{llm}"
 
 [server]
 host = "127.0.0.1"
@@ -46,7 +50,6 @@ progress_interval = 0.2
 
 [plugins.token-ws-auth]
 max_message_bytes = 4000
-{extra}
 """
 
 
@@ -78,6 +81,21 @@ def mami(tmp_path_factory: pytest.TempPathFactory, forge: ForgeStandIn) -> Itera
     assert server.token, f"no first-start token URL printed:\n{server.output}"
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def echo_plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``context-echo`` model plugin (tests/e2e/echo_plugin), installed with pip
+    into a private directory that only the servers that want it put on their path."""
+    target = tmp_path_factory.mktemp("echo-site")
+    build = tmp_path_factory.mktemp("echo-build") / "src"
+    shutil.copytree(Path(__file__).parent / "echo_plugin", build)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(build)],
+        check=True,
+    )
+    return target
 
 
 @pytest.fixture

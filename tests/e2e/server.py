@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+REPO = Path(__file__).resolve().parents[2]
 TOKEN_URL = re.compile(r"(http://\S+/\?token=(\S+))")
 
 
@@ -27,6 +28,9 @@ class MamiServer:
         self.config_path = workdir / "plugins.toml"
         self.config_path.write_text(config, encoding="utf-8")
         self.env = {**os.environ, **(env or {})}
+        # Import this checkout (and any extra plugin directories), not another install.
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO), self.env.get("PYTHONPATH", "")) if p)
         self.env.pop("MAMI_DATABASE_URL", None)
         self.env.pop("MAMI_DATA_DIR", None)
         self.lines: list[str] = []

@@ -515,9 +515,7 @@ function showImage(event) {
   if (!event.job_id) return;
   const card = imageCard(event.job_id);
   if (card.final) return;
-  const job = { state: event.state, url: event.url, placeholder_reason: event.placeholder_reason,
-                progress: event.progress, error: event.error };
-  updateCard(card, job);
+  updateCard(card, event);
   if (!card.final && !card.polling) pollImage(card);
 }
 
@@ -546,8 +544,8 @@ function updateCard(card, job) {
     ? `The image could not be made: ${job.placeholder_reason || "unknown reason"}. ` +
       "This picture only says why."
     : "Image ready.";
-  const url = job.url || `/api/images/${encodeURIComponent(card.jobId)}.png`;
-  fetchBlob(url).then((blob) => {
+  // The PNG's address is fixed by the API; "url" in events may be the job's status URL.
+  fetchBlob(`/api/images/${encodeURIComponent(card.jobId)}.png`).then((blob) => {
     const img = element("img", {
       src: URL.createObjectURL(blob),
       alt: placeholder ? `Placeholder: ${job.placeholder_reason || "no image"}` : "Generated image",
@@ -611,7 +609,7 @@ async function loadDocuments() {
   ui.documents.replaceChildren();
   if (!list.length) ui.documents.append(element("li", { class: "empty", text: "No documents." }));
   for (const doc of list) {
-    const chunks = doc.chunks === undefined ? "" : ` (${doc.chunks} parts)`;
+    const chunks = doc.chunks === undefined ? "" : ` (${parts(doc.chunks)})`;
     ui.documents.append(element(
       "li", { class: "item", "data-document": doc.id },
       element("span", { class: "grow", text: `${doc.source}${chunks}` }),
@@ -623,6 +621,10 @@ async function loadDocuments() {
       }),
     ));
   }
+}
+
+function parts(count) {
+  return count === 1 ? "1 part" : `${count} parts`;
 }
 
 async function removeItem(path, reload, done) {
@@ -643,12 +645,12 @@ async function uploadDocument() {
   form.append("file", file, file.name);
   setStatus(ui.status.dataset.state, `Uploading ${file.name}…`);
   try {
-    const doc = await api("POST", "/api/documents", { form });
-    announce(`Uploaded ${file.name}.`);
+    const [doc] = listOf(await api("POST", "/api/documents", { form }));
+    const done = `Uploaded ${file.name}${doc ? ` (${parts(doc.chunks)})` : ""}.`;
+    announce(done);
     hideAlert();
     ui.uploadForm.reset();
-    setStatus(socketOpen() ? "online" : "offline",
-      `Uploaded ${(doc && doc.source) || file.name}`);
+    setStatus(socketOpen() ? "online" : "offline", done);
   } catch (error) {
     showAlert(`Upload failed: ${describe(error)}`);
     setStatus(socketOpen() ? "online" : "offline", socketOpen() ? "Connected" : "Disconnected");

@@ -1,0 +1,41 @@
+"""context-echo: a deterministic chat model for the browser tests.
+
+It answers with the document passages mami put into its system prompt, so a test can
+see that an uploaded document reached the model, whatever a real model would say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from core import hookimpl
+from core.protocols import ChatMessage, Delta, GenerationParams
+
+MARKER = "Passages from the user's documents that may help:"
+
+
+class ContextEcho:
+    name = "context-echo"
+    context_window = 4096
+
+    def count_tokens(self, text: str) -> int:
+        return len(text) // 2 + 1  # over-estimates: never overfills the window
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> AsyncIterator[Delta]:
+        system = messages[0].content if messages and messages[0].role == "system" else ""
+        _, found, passages = system.partition(MARKER)
+        answer = f"From your documents: {passages.strip()}" if found else "No passages."
+        for word in answer.split(" "):
+            yield Delta(word + " ")
+        yield Delta("", finish_reason="stop")
+
+    async def aclose(self) -> None:
+        return None
+
+
+@hookimpl
+def register_llm_providers(register: Callable[[Any], None], runtime: Any) -> None:
+    register(ContextEcho())
