@@ -7,5 +7,6 @@ BUILTINS: dict[str, tuple[str, bool]] = {
     "forge-image": ("plugins.forge_image", True),
     "token-ws-auth": ("plugins.token_ws_auth", True),
     "chroma-rag": ("plugins.chroma_rag", True),
+    "memory": ("plugins.memory", True),
     "web-ui": ("plugins.web_ui", True),
 }

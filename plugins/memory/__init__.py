@@ -1,0 +1,85 @@
+# ruff: noqa: RUF002  (Turkish letters and typographic quotes are intended)
+"""memory: remembered facts about each owner, without duplicates, written once per reply.
+
+Memories live in the ``memories`` table (the source of truth, with a deterministic id
+and a unique normalised text per owner) and, for the semantic part, in one Chroma
+collection per owner, embedded with chroma-rag's embedder. Every decision (added,
+updated, skipped) goes to ``memory_decisions``.
+
+Facts come from the ``message_completed`` event only: explicit requests ("remember
+that ...", "... hatırla") always, and LLM-extracted facts when ``llm_extraction`` is
+on. Each assistant message is handled at most once (``runtime.claim_once``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from core import hookimpl
+from core.errors import ConfigError
+from core.events import MessageCompleted
+from core.protocols import MemoryStore
+from core.runtime import Runtime
+
+PLUGIN = "memory"
+
+
+@dataclass
+class Settings:
+    """``[plugins.memory]``."""
+
+    duplicate_threshold: float = 0.77
+    """Cosine similarity from which a new fact counts as a paraphrase of an existing
+    memory and updates it instead of adding one. Measured on
+    tests/plugins/memory/dedup_pairs.jsonl by bench/memory_dedup.py."""
+    llm_extraction: bool = False
+    """Also ask the active LLM for durable facts about the user after each reply."""
+    extraction_max_tokens: int = 200
+    """Reply tokens allowed for the LLM's JSON list of facts."""
+    max_facts: int = 5
+    """Most facts taken from one message."""
+    max_chars: int = 500
+    """Longest fact accepted, in characters."""
+    max_k: int = 50
+    """Most memories one recall may return."""
+    chroma_url: str = ""
+    """Chroma server (``http://host:8000``); empty: chroma-rag's setting, else embedded."""
+    chroma_token: str = ""
+    """Token for the Chroma server (use ``{ env = ... }``); empty: chroma-rag's."""
+    path: str = ""
+    """Directory of the embedded Chroma; empty: chroma-rag's, else ``<data_dir>/chroma``."""
+    collection_prefix: str = "mami-mem"
+    """Prefix of the per-owner collection names."""
+    embedder: str = "minilm"
+    """Embedder spec, as in chroma-rag (the same spec shares one loaded model)."""
+    model_dir: str = ""
+    """Directory of the MiniLM ONNX files; empty: Chroma's cache."""
+
+    def __post_init__(self) -> None:
+        where = "[plugins.memory]"
+        if not 0.0 < self.duplicate_threshold <= 1.0:
+            raise ConfigError(f"{where} duplicate_threshold: must be in (0, 1]")
+        for name in ("extraction_max_tokens", "max_facts", "max_chars", "max_k"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where} {name}: must be at least 1")
+        if self.max_chars > 1000:
+            raise ConfigError(f"{where} max_chars: at most 1000 (the normalised text column)")
+
+
+@hookimpl
+def register_memory_stores(register: Callable[[MemoryStore], None], runtime: Runtime) -> None:
+    """Register the store; Chroma and the embedding model are opened on first use."""
+    from plugins.memory.store import ChromaMemoryStore
+
+    register(ChromaMemoryStore(runtime.settings(PLUGIN) or Settings(), runtime))
+
+
+@hookimpl
+def message_completed(event: MessageCompleted, runtime: Runtime) -> Awaitable[None] | None:
+    """Remember the facts of a completed exchange, once per assistant message."""
+    if runtime.memory is None:
+        return None
+    from plugins.memory.extract import remember_from
+
+    return remember_from(event, runtime, runtime.settings(PLUGIN) or Settings())

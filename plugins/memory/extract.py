@@ -1,0 +1,165 @@
+# ruff: noqa: RUF001, RUF002, RUF003  (Turkish letters and typographic quotes are intended)
+"""Finding facts to remember in a completed exchange, and remembering them once.
+
+Explicit requests are found with patterns, in English ("remember that ...", "don't
+forget: ...", "... Remember this.") and Turkish ("hatırla ki ...", "şunu hatırla:
+...", "..., bunu hatırla"). With ``llm_extraction`` on, the active LLM is also asked
+for durable facts as JSON; output that is not such JSON is logged and ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+from typing import Any
+
+from core.chat import ready
+from core.errors import BadRequest, ProviderError
+from core.events import MessageCompleted
+from core.protocols import ChatMessage, GenerationParams
+from core.runtime import Runtime
+from plugins.memory import Settings
+from plugins.memory.normalize import normalize
+
+log = logging.getLogger("mami.memory")
+
+CONSUMER = "memory"
+"""The ``claim_once`` consumer name: one receipt per assistant message id."""
+
+_FLAGS = re.IGNORECASE  # with IGNORECASE, Python's re also equates ı/I/İ/i
+_SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
+_LEADING = [
+    re.compile(r"^(?:(?:please|ok|okay|hey)[,\s]+)?(?:(?:can|could|would|will) you\s+)?"
+               r"(?:please\s+)?(?:remember|don'?t forget|do not forget)(?:\s+that|\s*:)\s+"
+               r"(?P<fact>.+)$", _FLAGS),
+    re.compile(r"^(?:l[üu]tfen\s+)?(?:[şs]unu\s+)?(?:hat[ıi]rla|unutma)(?:\s+ki|\s*:)\s+"
+               r"(?P<fact>.+)$", _FLAGS),
+]
+_TRAILING = [
+    re.compile(r"^(?P<fact>.+?)\s*[,;:\-–—]\s*(?:(?:please\s+)?remember(?: this| that)?"
+               r"(?:,? please)?)\s*[.!]*$", _FLAGS),
+    re.compile(r"^(?P<fact>.+?)(?:\s*[,;:\-–—]\s*|\s+(?=(?:[bş]unu|l[üu]tfen)\s))"
+               r"(?:(?:[bşs]unu|l[üu]tfen)\s+)*(?:hat[ıi]rla(?:r\s*m[ıi]s[ıi]n|y[ıi]n)?|unutma)"
+               r"(?:\s+l[üu]tfen)?\s*[.!?]*$", _FLAGS),
+]
+_BARE = re.compile(
+    r"^(?:please\s+)?(?:remember|don'?t forget) (?:this|that)(?:,? please)?\s*[.!]*$"
+    r"|^(?:l[üu]tfen\s+)?(?:[bşs]unu\s+)?(?:hat[ıi]rla(?:r\s*m[ıi]s[ıi]n|y[ıi]n)?|unutma)"
+    r"(?:\s+l[üu]tfen)?\s*[.!?]*$", _FLAGS)
+_NOT_A_FACT = {"bunu", "şunu", "sunu", "beni", "onu", "this", "that", "it", "me"}
+
+
+def explicit_facts(text: str) -> list[str]:
+    """The facts the user explicitly asked to be remembered in ``text``, in order.
+
+    A sentence that is only "Remember this." / "Bunu hatırla." refers to the sentence
+    before it. Questions ("do you remember ...?") are not requests.
+    """
+    sentences = [s.strip() for s in _SENTENCES.split(text) if s.strip()]
+    facts: list[str] = []
+    for i, sentence in enumerate(sentences):
+        found: str | None = None
+        for pattern in (*_LEADING, *_TRAILING):
+            match = pattern.match(sentence)
+            if match:
+                found = match["fact"]
+                break
+        if found is None and i > 0 and _BARE.match(sentence):
+            found = sentences[i - 1]
+        fact = _tidy(found or "")
+        if fact and normalize(fact) not in _NOT_A_FACT:
+            facts.append(fact)
+    return facts
+
+
+def _tidy(fact: str) -> str:
+    return fact.strip().strip("\"'“”‘’«»").strip().rstrip(".!?,;: ").strip()
+
+
+EXTRACTION_PROMPT = """\
+You extract durable facts about the user from one chat exchange, for a long-term memory.
+A fact is one short sentence about the user: name, family, pets, home, work, health,
+preferences, plans, or instructions on how to answer them. Write each fact in the
+user's language, in the first person as the user would ("My cat is called Pamuk").
+Leave out questions, small talk, facts about the assistant and anything temporary.
+Reply with JSON only, exactly like {"facts": ["..."]}; use {"facts": []} when there
+is nothing durable."""
+
+
+def parse_facts(output: str) -> list[str] | None:
+    """The facts in an LLM's reply: a JSON object ``{"facts": [str, ...]}`` or a JSON
+    list of strings, possibly inside a Markdown code fence or after some prose.
+    ``None`` when there is no such JSON (the caller logs and skips it)."""
+    start = min((i for i in (output.find("{"), output.find("[")) if i >= 0), default=-1)
+    if start < 0:
+        return None
+    try:
+        value, _end = json.JSONDecoder().raw_decode(output[start:])
+    except ValueError:
+        return None
+    if isinstance(value, dict):
+        value = value.get("facts")
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        return None
+    return [fact for fact in (_tidy(item) for item in value) if fact]
+
+
+async def llm_facts(event: MessageCompleted, runtime: Runtime, settings: Settings) -> list[str]:
+    """Durable facts the active LLM finds in the exchange; [] when it fails or its
+    output is malformed (logged, never raised)."""
+    provider = runtime.llm
+    if provider is None:
+        return []
+    messages = [
+        ChatMessage("system", EXTRACTION_PROMPT),
+        ChatMessage("user", f"User: {event.user_text}\n\nAssistant: {event.assistant_text}"),
+    ]
+    params = GenerationParams(max_tokens=settings.extraction_max_tokens, temperature=0.0)
+    pieces: list[str] = []
+    try:
+        await ready(provider)
+        deltas: Any = provider.stream(messages, params)
+        async with contextlib.aclosing(deltas):
+            async for delta in deltas:
+                pieces.append(delta.text)
+    except ProviderError as exc:
+        log.warning("memory extraction for message %s failed: %s", event.message_id, exc)
+        return []
+    output = "".join(pieces)
+    facts = parse_facts(output)
+    if facts is None:
+        log.warning("memory extraction for message %s: not a JSON list of facts, skipped: %.200r",
+                    event.message_id, output)
+        return []
+    return facts
+
+
+async def remember_from(event: MessageCompleted, runtime: Runtime, settings: Settings) -> None:
+    """Remember the facts of one completed exchange, at most once per assistant message.
+
+    The facts are found first; only then is the message claimed (``claim_once``), so
+    a message with nothing to remember costs no write, and a second delivery, a retry
+    or a racing worker finds the claim taken and does nothing.
+    """
+    store = runtime.memory
+    if store is None:
+        return
+    facts = explicit_facts(event.user_text)
+    if settings.llm_extraction:
+        facts += await llm_facts(event, runtime, settings)
+    unique: dict[str, str] = {}
+    for fact in facts:
+        unique.setdefault(normalize(fact), fact)
+    unique.pop("", None)
+    chosen = list(unique.values())[: settings.max_facts]
+    if not chosen or not await runtime.claim_once(CONSUMER, event.message_id):
+        return
+    for fact in chosen:
+        try:
+            decision = await store.remember(event.owner, fact, event.message_id)
+        except BadRequest as exc:
+            log.info("not remembering %.80r: %s", fact, exc.message)
+            continue
+        log.info("memory %s %s for %s", decision.action, decision.memory_id, event.owner)
