@@ -62,9 +62,15 @@ CORE_TABLES: dict[str, type] = {
 
 # What a Lambda execution environment cannot do: keep files (only /tmp, per instance),
 # run work after the response, serve WebSockets, or load a local model in time. Plugins
-# that need these are off unless enabled, or (chroma-rag) until a server is configured.
+# that need these are off unless MAMI__PLUGINS__<PLUGIN>__ENABLED says otherwise, or
+# until the variable named here (their server) is set.
 LAMBDA_CORE_DEFAULTS: dict[str, Any] = {"data_dir": "/tmp/mami", "image_worker": False}
-LAMBDA_DISABLED_PLUGINS = ("local-llm", "chroma-rag", "web-ui")
+LAMBDA_OFF_UNLESS: dict[str, str | None] = {
+    "local-llm": None,
+    "web-ui": None,
+    "chroma-rag": "MAMI_CHROMA_URL",
+    "memory": "MAMI_CHROMA_URL",  # uses chroma-rag's server unless given its own
+}
 
 _mangum: Mangum | None = None
 
@@ -107,9 +113,10 @@ def config_from_env(environ: Mapping[str, str]) -> Config:
     for variable, (plugin, _key) in ALIASES.items():
         if environ.get(variable) and plugin in candidates:
             raw["plugins"][plugin].setdefault("enabled", True)
-    for name in LAMBDA_DISABLED_PLUGINS:
+    for name, switch in LAMBDA_OFF_UNLESS.items():
         if name in candidates:
-            raw["plugins"].setdefault(name, {}).setdefault("enabled", False)
+            wanted = bool(switch and environ.get(switch))
+            raw["plugins"].setdefault(name, {}).setdefault("enabled", wanted)
     return config_from_dict(raw)
 
 

@@ -61,13 +61,14 @@ def test_lambda_defaults_turn_off_the_image_worker(lambda_env: Any) -> None:
 def test_plugins_needing_local_state_are_off_until_configured(lambda_env: Any) -> None:
     module = load_handler_module()
     plugins = module.config_from_env({}).plugins
-    for name in ("local-llm", "chroma-rag", "web-ui"):
+    for name in ("local-llm", "chroma-rag", "memory", "web-ui"):
         assert plugins[name]["enabled"] is False
 
     plugins = module.config_from_env({"MAMI_CHROMA_URL": "http://chroma.internal:8000",
                                       "MAMI_LLM_BASE_URL": "http://llm.internal/v1",
                                       "MAMI__PLUGINS__WEB_UI__ENABLED": "true"}).plugins
     assert plugins["chroma-rag"] == {"enabled": True, "chroma_url": "http://chroma.internal:8000"}
+    assert plugins["memory"] == {"enabled": True}
     assert plugins["openai-llm"] == {"enabled": True, "base_url": "http://llm.internal/v1"}
     assert plugins["web-ui"]["enabled"] is True
 
