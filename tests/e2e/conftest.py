@@ -65,18 +65,31 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def forge() -> Iterator[ForgeStandIn]:
     standin = ForgeStandIn(mode="ok", delay=1.5).start()
     yield standin
     standin.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mami(tmp_path_factory: pytest.TempPathFactory, forge: ForgeStandIn) -> Iterator[MamiServer]:
     """``mami serve`` with the local model and the stand-in Forge, signed-in token known."""
     workdir = tmp_path_factory.mktemp("mami-e2e")
     server = MamiServer(workdir, server_config(workdir / "data", forge.url), free_port())
+    server.start()
+    assert server.token, f"no first-start token URL printed:\n{server.output}"
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def echo_mami(tmp_path_factory: pytest.TempPathFactory, forge: ForgeStandIn,
+              echo_plugin_site: Path) -> Iterator[MamiServer]:
+    """``mami serve`` whose model is ``context-echo``: replies are known in advance."""
+    workdir = tmp_path_factory.mktemp("mami-echo")
+    server = MamiServer(workdir, server_config(workdir / "data", forge.url, llm="context-echo"),
+                        free_port(), env={"PYTHONPATH": str(echo_plugin_site)})
     server.start()
     assert server.token, f"no first-start token URL printed:\n{server.output}"
     yield server

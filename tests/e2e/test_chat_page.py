@@ -10,11 +10,18 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.e2e.conftest import screenshot
+from tests.e2e.pages import (
+    REPLY_TIMEOUT,
+    current_conversation,
+    finished,
+    replies,
+    send,
+    sign_in,
+    stored_messages,
+)
 from tests.e2e.server import MamiServer
 
 pytestmark = pytest.mark.slow
-
-REPLY_TIMEOUT = 90_000  # ms; the shared machine may be busy, the model is small
 
 # Records every text the assistant bubble showed while it was still streaming.
 WATCH_STREAM = """() => {
@@ -25,33 +32,6 @@ WATCH_STREAM = """() => {
   }).observe(document.getElementById('messages'),
              {subtree: true, childList: true, characterData: true});
 }"""
-
-
-def sign_in(page: Any, server: MamiServer) -> None:
-    page.goto(server.token_url)
-    expect(page.locator("#status")).to_have_text("Connected", timeout=30_000)
-
-
-def last_reply(page: Any) -> Any:
-    return page.locator("#messages li.message.assistant").last
-
-
-def wait_reply_done(page: Any) -> Any:
-    reply = last_reply(page)
-    expect(reply).to_be_visible(timeout=REPLY_TIMEOUT)
-    expect(page.locator('#messages li[aria-busy="true"]')).to_have_count(0, timeout=REPLY_TIMEOUT)
-    return reply
-
-
-def stored_messages(server: MamiServer, conversation_id: str) -> list[dict[str, Any]]:
-    with server.api() as client:
-        response = client.get(f"/api/conversations/{conversation_id}/messages")
-    response.raise_for_status()
-    return list(response.json())
-
-
-def current_conversation(page: Any) -> str:
-    return str(page.evaluate("localStorage.getItem('mami.conversation')"))
 
 
 def test_page_is_served_with_a_self_only_policy(mami: MamiServer) -> None:
@@ -97,12 +77,11 @@ def test_a_wrong_token_says_unauthorized(page: Any, mami: MamiServer) -> None:
 def test_a_reply_streams_into_the_page_and_is_stored(page: Any, mami: MamiServer) -> None:
     sign_in(page, mami)
     page.evaluate(WATCH_STREAM)
-    page.fill("#composer-input", "Hello! Please introduce yourself in two sentences.")
-    page.keyboard.press("Enter")
+    reply = send(page, "Hello! Please introduce yourself in two sentences.")
     expect(page.locator("#composer-input")).to_have_value("")
-    reply = wait_reply_done(page)
-    text = reply.locator(".text").text_content()
+    text = finished(reply)
     assert text
+    expect(reply).to_have_attribute("data-status", "complete")
     streamed = page.evaluate("window.__streamed")
     partial = [s for s in streamed if s != text]
     assert partial, "the reply appeared in one piece instead of streaming"
@@ -116,20 +95,18 @@ def test_a_reply_streams_into_the_page_and_is_stored(page: Any, mami: MamiServer
     expect(page.locator(f'#conversations li[data-conversation="{conversation}"]')).to_be_visible()
 
     page.reload()  # the conversation comes back from the server
-    expect(last_reply(page).locator(".text")).to_have_text(text, timeout=30_000)
+    expect(replies(page).last.locator(".text")).to_have_text(text, timeout=30_000)
     assert page.problems == []
 
 
 def test_stop_ends_a_reply_and_keeps_what_arrived(page: Any, mami: MamiServer) -> None:
     sign_in(page, mami)
-    page.fill("#composer-input",
-              "Write a very long story, at least 600 words, about a dragon who learns to cook.")
-    page.click("#send")
-    busy = page.locator('#messages li[aria-busy="true"] .text')
-    expect(busy).not_to_have_text("", timeout=REPLY_TIMEOUT)
+    reply = send(page, "Write a very long story, at least 600 words, about a dragon who cooks.")
+    expect(reply.locator(".text")).not_to_have_text("", timeout=REPLY_TIMEOUT)
     expect(page.locator("#stop")).to_be_enabled()
     page.click("#stop")
-    reply = wait_reply_done(page)
+    finished(reply)
+    expect(reply).to_have_attribute("data-status", "interrupted")
     expect(reply.locator(".note")).to_have_text("Stopped before the end.")
     expect(page.locator("#send")).to_be_enabled()
     screenshot(page, "04-stopped-reply")
@@ -147,9 +124,10 @@ def test_keyboard_alone_is_enough(page: Any, mami: MamiServer) -> None:
     page.keyboard.press("Enter")
     expect(page.locator("#messages li.user .text").last).to_have_text(
         "Line one\nLine two: say hi")
-    expect(page.locator('#messages li[aria-busy="true"]')).to_have_count(1, timeout=REPLY_TIMEOUT)
+    reply = replies(page).first
+    expect(reply).to_have_attribute("aria-busy", "true", timeout=REPLY_TIMEOUT)
     page.keyboard.press("Escape")  # stops the reply
-    wait_reply_done(page)
+    finished(reply)
     expect(page.locator("#stop")).to_be_disabled()
 
     # Tab from the top of the page reaches "New chat" and the panels.
@@ -205,6 +183,8 @@ def test_the_page_reconnects_after_a_restart_and_keeps_the_draft(
     page: Any, mami: MamiServer
 ) -> None:
     sign_in(page, mami)
+    assert finished(send(page, "Hi! Say hello."))
+    conversation = current_conversation(page)
     mami.stop()
     expect(page.locator("#alert")).to_contain_text("Disconnected", timeout=30_000)
     expect(page.locator("#status")).to_contain_text("reconnecting")
@@ -217,6 +197,9 @@ def test_the_page_reconnects_after_a_restart_and_keeps_the_draft(
     expect(page.locator("#status")).to_have_text("Connected", timeout=60_000)
     expect(page.locator("#composer-input")).to_have_value("Are you back? Answer in one word.")
     page.keyboard.press("Enter")
-    reply = wait_reply_done(page)
-    assert reply.locator(".text").text_content()
+    assert finished(replies(page).nth(1))
+    assert current_conversation(page) == conversation
+    stored = stored_messages(mami, conversation)
+    assert [m["role"] for m in stored] == ["user", "assistant", "user", "assistant"]
+    assert stored[2]["content"] == "Are you back? Answer in one word."
     screenshot(page, "09-after-restart")

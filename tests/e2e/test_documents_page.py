@@ -5,18 +5,15 @@ the passages mami put into its prompt: what reaches the model is checked exactly
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import free_port
-from tests.e2e.conftest import screenshot, server_config
+from tests.e2e.conftest import screenshot
+from tests.e2e.pages import ask, sign_in
 from tests.e2e.server import MamiServer
-from tests.e2e.test_chat_page import sign_in, wait_reply_done
-from tests.forge_standin import ForgeStandIn
 
 pytestmark = pytest.mark.slow
 
@@ -27,24 +24,6 @@ NOTES = (
 )
 
 
-@pytest.fixture(scope="module")
-def rag_mami(tmp_path_factory: pytest.TempPathFactory, forge: ForgeStandIn,
-             echo_plugin_site: Path) -> Iterator[MamiServer]:
-    workdir = tmp_path_factory.mktemp("mami-rag")
-    server = MamiServer(workdir, server_config(workdir / "data", forge.url, llm="context-echo"),
-                        free_port(), env={"PYTHONPATH": str(echo_plugin_site)})
-    server.start()
-    assert server.token, server.output
-    yield server
-    server.stop()
-
-
-def ask(page: Any, question: str) -> str:
-    page.fill("#composer-input", question)
-    page.keyboard.press("Enter")
-    return str(wait_reply_done(page).locator(".text").text_content())
-
-
 def document_names(server: MamiServer) -> list[str]:
     with server.api() as client:
         response = client.get("/api/documents")
@@ -53,11 +32,11 @@ def document_names(server: MamiServer) -> list[str]:
 
 
 def test_upload_a_document_and_get_an_answer_from_it(
-    page: Any, rag_mami: MamiServer, tmp_path: Path
+    page: Any, echo_mami: MamiServer, tmp_path: Path
 ) -> None:
     notes = tmp_path / "garden-notes.md"
     notes.write_text(NOTES, encoding="utf-8")
-    sign_in(page, rag_mami)
+    sign_in(page, echo_mami)
     page.click("#documents-panel summary")
     expect(page.locator("#documents")).to_have_text("No documents.")
 
@@ -65,7 +44,7 @@ def test_upload_a_document_and_get_an_answer_from_it(
     page.click("#upload-form button[type=submit]")
     expect(page.locator("#documents li.item")).to_have_count(1, timeout=60_000)
     expect(page.locator("#documents li.item")).to_contain_text("garden-notes.md")
-    assert document_names(rag_mami) == ["garden-notes.md"]
+    assert document_names(echo_mami) == ["garden-notes.md"]
     screenshot(page, "10-document-uploaded")
 
     answer = ask(page, "Which password opens the blue door?")
@@ -74,14 +53,14 @@ def test_upload_a_document_and_get_an_answer_from_it(
 
 
 def test_bad_files_are_refused_in_words_and_nothing_is_stored(
-    page: Any, rag_mami: MamiServer, tmp_path: Path
+    page: Any, echo_mami: MamiServer, tmp_path: Path
 ) -> None:
-    before = document_names(rag_mami)
+    before = document_names(echo_mami)
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
     binary = tmp_path / "photo.txt"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
-    sign_in(page, rag_mami)
+    sign_in(page, echo_mami)
     page.click("#documents-panel summary")
     for bad, reason in ((empty, "the file is empty"), (binary, "binary file")):
         page.set_input_files("#upload-file", str(bad))
@@ -92,15 +71,15 @@ def test_bad_files_are_refused_in_words_and_nothing_is_stored(
     page.set_input_files("#upload-file", [])
     page.click("#upload-form button[type=submit]")
     expect(page.locator("#alert")).to_contain_text("Choose a file")
-    assert document_names(rag_mami) == before
+    assert document_names(echo_mami) == before
 
 
-def test_deleting_a_document_takes_it_out_of_answers(page: Any, rag_mami: MamiServer) -> None:
-    sign_in(page, rag_mami)
+def test_deleting_a_document_takes_it_out_of_answers(page: Any, echo_mami: MamiServer) -> None:
+    sign_in(page, echo_mami)
     page.click("#documents-panel summary")
     item = page.locator("#documents li.item", has_text="garden-notes.md")
     expect(item).to_be_visible(timeout=30_000)
     item.get_by_role("button", name="Delete document: garden-notes.md").click()
     expect(page.locator("#documents")).to_have_text("No documents.", timeout=30_000)
-    assert document_names(rag_mami) == []
+    assert document_names(echo_mami) == []
     assert ask(page, "Which password opens the blue door?").strip() == "No passages."

@@ -470,6 +470,7 @@ function closedReply(note) {
   state.reply = null;
   if (reply.bubble) {
     reply.bubble.removeAttribute("aria-busy");
+    reply.bubble.dataset.status = "interrupted";
     reply.bubble.querySelector(".note")?.remove();
     reply.bubble.append(element("span", { class: "note", text: note }));
   } else if (!ui.input.value.trim()) {
@@ -501,7 +502,7 @@ function imageCard(jobId) {
   const progress = element("progress", { max: "100", "aria-label": "Image progress" });
   const figure = element("figure", {}, progress, caption);
   const item = element(
-    "li", { class: "message assistant image-card", "data-job": jobId },
+    "li", { class: "message image-card", "data-job": jobId },
     element("span", { class: "who", text: "mami · image" }), figure,
   );
   ui.messages.append(item);
