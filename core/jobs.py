@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import inspect
 import logging
 import os
@@ -95,11 +96,15 @@ async def get_job(db: Database, job_id: str, owner: str | None = None) -> ImageJ
     return job
 
 
-async def claim(db: Database, worker_id: str, lease_seconds: float) -> ImageJob | None:
+async def claim(
+    db: Database, worker_id: str, lease_seconds: float, *, look_first: bool = True
+) -> ImageJob | None:
     """Atomically take the oldest queued job, or a running one whose lease expired.
 
     One statement: ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED)`` on
     PostgreSQL; on SQLite the same UPDATE runs under SQLite's single-writer lock.
+    ``look_first`` reads before writing, so an idle poll never takes SQLite's write
+    lock from an enqueuer; skip it when a job is known to be waiting.
     """
     now = utcnow()
     claimable = or_(
@@ -124,6 +129,11 @@ async def claim(db: Database, worker_id: str, lease_seconds: float) -> ImageJob 
         .returning(*_jobs.c)
     )
     async with db.session() as session:
+        if look_first:
+            found = (await session.execute(select(_jobs.c.id).where(claimable).limit(1))).first()
+            await session.commit()
+            if found is None:
+                return None
         row = (await session.execute(statement)).mappings().first()
         await session.commit()
     return ImageJob(**row) if row is not None else None
@@ -233,17 +243,22 @@ class ImageWorker:
         """Work until :meth:`stop`, or after ``max_jobs``, or (``until_idle``) when the
         queue is empty; then wait for pending callbacks."""
         log.info("image worker %s started", self.worker_id)
+        woken = False
         try:
             while not self._stopping.is_set():
                 if max_jobs is not None and self.processed >= max_jobs:
                     break
                 self._wakeup.clear()
-                if await self.run_once() is not None:
+                if await self.run_once(look_first=not woken) is not None:
+                    woken = False
                     continue
                 if until_idle:
                     break
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+                    woken = True  # an enqueue in this process has committed a job
+                except TimeoutError:
+                    woken = False
         finally:
             await self.drain()
             log.info("image worker %s stopped after %d job(s)", self.worker_id, self.processed)
@@ -271,9 +286,10 @@ class ImageWorker:
         if self._notifications:
             await asyncio.gather(*self._notifications, return_exceptions=True)
 
-    async def run_once(self) -> ImageJob | None:
+    async def run_once(self, *, look_first: bool = True) -> ImageJob | None:
         """Claim and run one job; returns it in its final state, or None if none was queued."""
-        job = await claim(self.runtime.db, self.worker_id, self.lease_seconds)
+        job = await claim(self.runtime.db, self.worker_id, self.lease_seconds,
+                          look_first=look_first)
         if job is None:
             return None
         self.processed += 1
@@ -298,9 +314,7 @@ class ImageWorker:
             heartbeat.cancel()
         if isinstance(result, str):
             return await complete(self.runtime.db, job.id, self.worker_id, "failed", error=result)
-        name = f"{job.id}.{job.attempts}.png"
-        path = image_dir(self.runtime.config) / name
-        await asyncio.to_thread(_write_atomically, path, result.png)
+        name, path = await self._store(job, result.png, shared=result.placeholder)
         final = await complete(
             self.runtime.db, job.id, self.worker_id,
             "placeholder" if result.placeholder else "succeeded",
@@ -310,8 +324,23 @@ class ImageWorker:
         )
         if final is None:
             log.warning("job %s: lease lost to another worker; result discarded", job.id)
-            path.unlink(missing_ok=True)
+            if not result.placeholder:
+                path.unlink(missing_ok=True)
         return final
+
+    async def _store(self, job: ImageJob, png: bytes, *, shared: bool) -> tuple[str, Path]:
+        """Write a result; placeholders are identical per reason and size, so they are
+        stored once under their content hash (failing fast stays cheap)."""
+        if shared:
+            name = f"placeholder-{hashlib.sha256(png).hexdigest()[:24]}.png"
+            path = image_dir(self.runtime.config) / name
+            if not path.exists():
+                _write_atomically(path, png)
+            return name, path
+        name = f"{job.id}.{job.attempts}.png"
+        path = image_dir(self.runtime.config) / name
+        await asyncio.to_thread(_write_atomically, path, png)
+        return name, path
 
     async def _generate(self, job: ImageJob, progress: list[float]) -> Any:
         """The generator's result, or an error message for a failed job."""

@@ -161,6 +161,7 @@ class ForgeStandIn:
 class _Handler(BaseHTTPRequestHandler):
     owner: ForgeStandIn
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -79,6 +79,12 @@ class ForgeImageGenerator:
         self._background: set[asyncio.Task[Any]] = set()
 
     @property
+    def budget(self) -> float:
+        """Seconds for the HTTP work: the deadline minus a reserve for storing the
+        result, so a job is final within its deadline."""
+        return self.s.deadline - min(0.25, 0.05 * self.s.deadline)
+
+    @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
             auth = httpx.BasicAuth(self.s.username, self.s.password) if self.s.username else None
@@ -129,7 +135,7 @@ class ForgeImageGenerator:
             return self._placeholder(request, "circuit_open", str(exc), started)
         poller = asyncio.create_task(self._poll_progress(progress)) if progress else None
         try:
-            async with asyncio.timeout(self.s.deadline):
+            async with asyncio.timeout(self.budget):
                 png, info = await self._txt2img_with_retries(request, started)
         except TimeoutError:
             self._spawn(self._interrupt())
@@ -157,13 +163,13 @@ class ForgeImageGenerator:
         async for attempt in stamina.retry_context(
             on=is_transient,
             attempts=self.s.attempts,
-            timeout=self.s.deadline,
+            timeout=self.budget,
             wait_initial=self.s.backoff_initial,
             wait_max=self.s.backoff_max,
             wait_jitter=self.s.backoff_jitter,
         ):
             with attempt:
-                remaining = self.s.deadline - (time.monotonic() - started)
+                remaining = self.budget - (time.monotonic() - started)
                 return await self._attempt(body, max(0.001, remaining))
         raise AssertionError("unreachable: stamina re-raises the last fault")
 
@@ -230,7 +236,9 @@ class ForgeImageGenerator:
     def _placeholder(
         self, request: ImageRequest, reason: str, detail: str, started: float
     ) -> ImageResult:
-        log.warning("placeholder image (%s): %s", reason, detail)
+        # An open circuit is logged once, when it opens; not for every job it refuses.
+        level = logging.DEBUG if reason == "circuit_open" else logging.WARNING
+        log.log(level, "placeholder image (%s): %s", reason, detail)
         return ImageResult(
             png=placeholder_png(reason, request.width, request.height),
             placeholder=True,
