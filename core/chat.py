@@ -28,7 +28,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -83,7 +83,7 @@ class ChatRequest:
     history: Sequence[ChatMessage] | None = None
     system_prompt: str | None = None
     model: str | None = None
-    params: GenerationParams = field(default_factory=GenerationParams)
+    params: GenerationParams | None = None  # None: sampling defaults, [budget] reply_tokens
 
 
 @dataclass(slots=True)
@@ -203,13 +203,14 @@ class TurnRun:
         if status == "complete" and self.stored and self.command is None:
             await self._after_complete(finished)
 
-    async def _generate(self) -> AsyncIterator[tuple[str, str | None]]:
+    async def _generate(self) -> AsyncGenerator[tuple[str, str | None], None]:
         if self.command is not None:
             handler, argument = self.command
             yield await handler(self.runtime, self.principal, argument), "stop"
             return
         assert self.context is not None
-        params = self.request.params
+        params = self.request.params or GenerationParams(
+            max_tokens=self.runtime.config.budget.reply_tokens)
         max_tokens = min(params.max_tokens, self.context.reply_tokens)
         if max_tokens != params.max_tokens:
             params = GenerationParams(max_tokens, params.temperature, params.top_p, params.stop)

@@ -91,7 +91,7 @@ def _number(body: dict[str, Any], key: str, default: float, low: float, high: fl
     return float(value)
 
 
-def parse_params(body: dict[str, Any]) -> GenerationParams:
+def parse_params(body: dict[str, Any], default_max_tokens: int) -> GenerationParams:
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None and (
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
@@ -105,15 +105,16 @@ def parse_params(body: dict[str, Any]) -> GenerationParams:
     if body.get("n", 1) != 1:
         raise BadRequest("only n = 1 is supported")
     return GenerationParams(
-        max_tokens=max_tokens or GenerationParams().max_tokens,
+        max_tokens=max_tokens or default_max_tokens,
         temperature=_number(body, "temperature", 0.7, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
         stop=tuple(stop or ()),
     )
 
 
-def parse_request(body: dict[str, Any], headers: Any) -> ChatRequest:
-    """The chat request an OpenAI body (plus mami's headers) describes."""
+def parse_request(body: dict[str, Any], headers: Any, default_max_tokens: int) -> ChatRequest:
+    """The chat request an OpenAI body (plus mami's headers) describes; without
+    ``max_tokens`` the reply may take ``default_max_tokens``."""
     messages = parse_messages(body.get("messages"))
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, dict):
@@ -126,7 +127,8 @@ def parse_request(body: dict[str, Any], headers: Any) -> ChatRequest:
     for name, value in (("conversation_id", conversation), ("client_message_id", client_id)):
         if value is not None and not isinstance(value, str):
             raise BadRequest(f"metadata.{name} must be a string")
-    common: dict[str, Any] = {"model": model or None, "params": parse_params(body)}
+    params = parse_params(body, default_max_tokens)
+    common: dict[str, Any] = {"model": model or None, "params": params}
     if conversation:
         return ChatRequest(
             messages[-1].content,
@@ -162,7 +164,7 @@ async def chat_completions(
         raise BadRequest("the body must be JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
-    chat = parse_request(body, request.headers)
+    chat = parse_request(body, request.headers, runtime.config.budget.reply_tokens)
     if body.get("stream") and runtime.serverless:
         raise BadRequest("streaming needs the server deployment (mami serve); "
                          "on AWS Lambda send stream: false")

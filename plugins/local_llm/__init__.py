@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ class Settings:
     n_ctx: int = 0
     """Context window in tokens; 0: the window the model was trained with."""
     n_threads: int = 0
-    """CPU threads for generation; 0: llama.cpp's default."""
+    """CPU threads for prompt processing and generation; 0: half the CPUs."""
     max_waiting: int = 32
     """Requests allowed to wait for the model; more are refused as busy (503)."""
     seed: int = -1
@@ -87,9 +88,11 @@ class LocalLLM:
                 if self._model is None:
                     from llama_cpp import Llama
 
-                    kwargs: dict[str, Any] = {"n_ctx": self.settings.n_ctx, "verbose": False}
-                    if self.settings.n_threads:
-                        kwargs["n_threads"] = self.settings.n_threads
+                    # Prompt processing gets the same thread count as generation: more
+                    # threads than free cores make batched prefill ten times slower.
+                    threads = self.settings.n_threads or max(1, (os.cpu_count() or 2) // 2)
+                    kwargs: dict[str, Any] = {"n_ctx": self.settings.n_ctx, "verbose": False,
+                                              "n_threads": threads, "n_threads_batch": threads}
                     if self.settings.seed >= 0:
                         kwargs["seed"] = self.settings.seed
                     log.info("loading %s", self.path)
