@@ -31,10 +31,11 @@ CONSUMER = "memory"
 _FLAGS = re.IGNORECASE  # with IGNORECASE, Python's re also equates ı/I/İ/i
 _SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
 _LEADING = [
-    re.compile(r"^(?:(?:please|ok|okay|hey)[,\s]+)?(?:(?:can|could|would|will) you\s+)?"
+    re.compile(r"^(?:(?:please|ok|okay|hey|also|and)[,\s]+)*(?:(?:can|could|would|will) you\s+)?"
                r"(?:please\s+)?(?:remember|don'?t forget|do not forget)(?:\s+that|\s*:)\s+"
                r"(?P<fact>.+)$", _FLAGS),
-    re.compile(r"^(?:l[üu]tfen\s+)?(?:[şs]unu\s+)?(?:hat[ıi]rla|unutma)(?:\s+ki|\s*:)\s+"
+    re.compile(r"^(?:(?:l[üu]tfen|ayr[ıi]ca|bir de)[,\s]+)*(?:[şs]unu\s+)?(?:hat[ıi]rla|unutma)"
+               r"(?:\s+ki|\s*:)\s+"
                r"(?P<fact>.+)$", _FLAGS),
 ]
 _TRAILING = [
