@@ -1,21 +1,36 @@
 """``/api/images``: create image jobs, follow them, fetch their PNGs. Owner-scoped: a job
-of another owner does not exist for the caller (404)."""
+of another owner does not exist for the caller (404).
+
+Also the chat command ``/image <prompt>``: it queues a job and answers at once; when
+the job is final, ``{"type": "image", "job_id", "state", "url", "placeholder_reason"}``
+is pushed to the owner's open chat sockets (the worker may run in this process or in
+``mami worker`` elsewhere: an in-process completion wakes the watcher at once, otherwise
+it notices by polling).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 from litestar import Response, get, post
 
 from core import jobs
-from core.errors import BadRequest, NotFound
+from core.api.ws import push_event
+from core.chat import register_command
+from core.errors import BadRequest, MamiError, NotFound
 from core.models import Conversation, ImageJob
 from core.protocols import ImageRequest, Principal
 from core.runtime import Runtime
 
 MAX_PROMPT = 2000
 MAX_SIDE = 2048
+WATCH_POLL = 1.0
+WATCH_LIMIT = 3600.0
+SIGNALS = "images.finished_signals"
+WATCHERS = "images.watchers"
 
 
 @dataclass
@@ -115,5 +130,63 @@ async def read_image(ref: str, principal: Principal, runtime: Runtime) -> Respon
         headers["X-Mami-Placeholder"] = job.placeholder_reason or "unknown"
     return Response(content, media_type="image/png", headers=headers)
 
+
+def image_event(job: ImageJob) -> dict[str, Any]:
+    """The WebSocket event announcing a finished job."""
+    view = job_view(job)
+    return {"type": "image", "job_id": job.id, "state": job.state, "url": view["image_url"],
+            "placeholder_reason": job.placeholder_reason}
+
+
+async def image_command(runtime: Runtime, principal: Principal, argument: str) -> str:
+    """``/image <prompt>`` in chat: queue a job and say so at once."""
+    try:
+        request = image_request(ImageJobCreate(prompt=argument))
+        runtime.require("images")
+    except MamiError as exc:
+        return f"I can't make that image: {exc.message}. Usage: /image <prompt>"
+    job = await jobs.enqueue(runtime, principal.owner, request)
+    if not runtime.serverless:  # nothing may run after a response on Lambda
+        _watch(runtime, job)
+    return (f"Creating an image of \"{request.prompt}\" (job {job.id}). It will appear here "
+            f"when it is ready, and at /api/images/{job.id}.png.")
+
+
+def _watch(runtime: Runtime, job: ImageJob) -> None:
+    if not runtime.state.get(SIGNALS):
+        runtime.state[SIGNALS] = {}
+        jobs.add_image_callback(runtime, _signal_finished(runtime))
+    runtime.state[SIGNALS][job.id] = asyncio.Event()
+    watchers: set[asyncio.Task[None]] = runtime.state.setdefault(WATCHERS, set())
+    task = asyncio.create_task(_push_when_final(runtime, job.id, job.owner_id))
+    watchers.add(task)
+    task.add_done_callback(watchers.discard)
+
+
+def _signal_finished(runtime: Runtime) -> jobs.JobCallback:
+    def signal(job: ImageJob) -> None:
+        event = runtime.state[SIGNALS].get(job.id)
+        if event is not None:
+            event.set()
+
+    return signal
+
+
+async def _push_when_final(runtime: Runtime, job_id: str, owner: str) -> None:
+    signal: asyncio.Event = runtime.state[SIGNALS][job_id]
+    try:
+        async with asyncio.timeout(WATCH_LIMIT):
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(signal.wait(), WATCH_POLL)
+                job = await jobs.get_job(runtime.db, job_id)
+                if job is not None and job.state in jobs.FINAL_STATES:
+                    push_event(runtime, owner, image_event(job))
+                    return
+    finally:
+        runtime.state[SIGNALS].pop(job_id, None)
+
+
+register_command("image", image_command)
 
 routes = [create_image, read_image]

@@ -181,3 +181,83 @@ async def test_no_image_plugin_is_503(make_config: Any, live_server: Any) -> Non
     async with httpx.AsyncClient(base_url=live.url) as client:
         response = await client.post("/api/images", headers=ANN, json={"prompt": "x"})
     assert response.status_code == 503 and "images" in response.json()["error"]["message"]
+
+
+async def chat_image(ws_url: str, prompt: str) -> tuple[str, dict[str, Any]]:
+    """Send ``/image <prompt>`` on a chat socket: the reply text and the pushed event."""
+    import json
+
+    from websockets.asyncio.client import connect
+
+    async with connect(ws_url + "/ws/chat") as ws:
+        await ws.send(json.dumps({"type": "message", "content": f"/image {prompt}"}))
+        text = ""
+        while True:
+            event = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            if event["type"] == "delta":
+                text += event["text"]
+            elif event["type"] == "end":
+                assert event["status"] == "complete"
+                break
+        pushed = json.loads(await asyncio.wait_for(ws.recv(), 30))
+    return text, pushed
+
+
+@pytest.mark.parametrize("worker", ["in-process", "separate"])
+async def test_image_command_in_chat_pushes_the_result(
+    make_config: Any, live_server: Any, forge: ForgeStandIn, worker: str
+) -> None:
+    """The reply comes at once; the finished image reaches the socket, whether the
+    server's own worker or another worker (here: another runtime) did the job."""
+    from core.jobs import ImageWorker
+    from core.runtime import Runtime
+    from tests.chat_support import LOCAL
+
+    forge_only = [c for c in builtin_candidates() if c.name == "forge-image"]
+    config = make_config(core={"image_worker": worker == "in-process"},
+                         plugins={"forge-image": {"url": forge.url, **FORGE_QUICK}})
+    live = live_server(create_app(config, candidates=[LOCAL, *forge_only]))
+    other: ImageWorker | None = None
+    if worker == "separate":
+        runtime = Runtime(config, forge_only)
+        await runtime.ensure_started()
+        other = ImageWorker(runtime, poll_interval=0.05)
+        other.start()
+    try:
+        text, pushed = await chat_image(live.ws_url, "a blue whale")
+    finally:
+        if other is not None:
+            await other.stop()
+            await other.runtime.stop()
+    assert text.startswith('Creating an image of "a blue whale" (job ')
+    job_id = pushed["job_id"]
+    assert job_id in text
+    assert pushed == {"type": "image", "job_id": job_id, "state": "succeeded",
+                      "url": f"/api/images/{job_id}.png", "placeholder_reason": None}
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        png = await client.get(pushed["url"])
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    assert forge.prompts["a blue whale"] == 1
+    if other is not None:
+        assert other.completed == [job_id]  # the server's own worker was off
+
+
+async def test_image_command_without_prompt_explains(make_config: Any, live_server: Any) -> None:
+    import json
+
+    from websockets.asyncio.client import connect
+
+    from tests.chat_support import LOCAL
+
+    forge_only = [c for c in builtin_candidates() if c.name == "forge-image"]
+    live = live_server(create_app(make_config(), candidates=[LOCAL, *forge_only]))
+    async with connect(live.ws_url + "/ws/chat") as ws:
+        await ws.send(json.dumps({"type": "message", "content": "/image   "}))
+        text = ""
+        while (event := json.loads(await ws.recv()))["type"] != "end":
+            text += event.get("text", "")
+    assert text == ("I can't make that image: prompt: must not be empty. "
+                    "Usage: /image <prompt>")
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        health = (await client.get("/health")).json()
+    assert health["plugins"]["forge-image"]["status"] == "ok"
