@@ -1,6 +1,7 @@
 """AWS Lambda entry point: the mami app behind Mangum.
 
-Lambda handler setting: ``deploy/lambda/handler.handler``. The app is built on the first
+Lambda handler settings: ``deploy/lambda/handler.handler`` (the HTTP API) and
+``deploy/lambda/handler.worker`` (image jobs, on a schedule). The app is built on the first
 invocation and kept for the life of the execution environment; Mangum runs with
 ``lifespan="off"`` because it would otherwise enter the app's lifespan on every
 invocation. The runtime starts lazily on the first request (``serverless=True``).
@@ -21,6 +22,7 @@ Configuration comes only from environment variables:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import types
@@ -29,13 +31,13 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import fields
 from typing import Any
 
-from litestar import Litestar
 from mangum import Mangum
 
 from core.app import create_app
 from core.config import BudgetSettings, Config, CoreSettings, ServerSettings, config_from_dict
 from core.errors import ConfigError
 from core.plugins import Candidate, builtin_candidates, entrypoint_candidates
+from core.runtime import Runtime
 
 PREFIX = "MAMI__"
 SIGNING_KEY_ARN = "MAMI_SIGNING_KEY_SECRET_ARN"
@@ -72,26 +74,66 @@ LAMBDA_OFF_UNLESS: dict[str, str | None] = {
     "memory": "MAMI_CHROMA_URL",  # uses chroma-rag's server unless given its own
 }
 
+# Forge's own deadline for one image plus a margin: the worker claims no job it could
+# not finish before Lambda stops it (a job cut off would wait for its lease to expire).
+WORKER_JOB_SECONDS = 200.0
+
 _mangum: Mangum | None = None
+_worker_runtime: Runtime | None = None
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The Lambda handler: build the app on first use, then let Mangum serve ``event``."""
     global _mangum
     if _mangum is None:
-        _mangum = Mangum(build_app(os.environ), lifespan="off")  # type: ignore[arg-type]  # Litestar's scope types are narrower
+        app = create_app(lambda_config(os.environ), serverless=True)
+        _mangum = Mangum(app, lifespan="off")  # type: ignore[arg-type]  # narrower scope types
     return _mangum(event, context)
 
 
-def build_app(environ: MutableMapping[str, str]) -> Litestar:
-    """The serverless app configured from ``environ``. A signing key read from Secrets
-    Manager is stored in ``environ`` under the name token-ws-auth reads."""
+def worker(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The scheduled image worker: run queued image jobs until the queue is empty or
+    the time left could not fit another job. Returns what it did (for the logs)."""
+    global _worker_runtime
+    if _worker_runtime is None:
+        _worker_runtime = Runtime(lambda_config(os.environ), serverless=True)
+    return _event_loop().run_until_complete(run_image_jobs(_worker_runtime, context))
+
+
+async def run_image_jobs(runtime: Runtime, context: Any) -> dict[str, Any]:
+    from core.jobs import ImageWorker
+
+    await runtime.ensure_started()
+    runtime.require("images")
+    image_worker = ImageWorker(runtime)
+    while context.get_remaining_time_in_millis() / 1000 > WORKER_JOB_SECONDS:
+        if await image_worker.run_once() is None:
+            break
+    await image_worker.drain()
+    return {"processed": image_worker.processed, "completed": image_worker.completed}
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """The loop Mangum uses too: the current one, made once per execution environment."""
+    try:
+        loop = asyncio.get_event_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+    return loop
+
+
+def lambda_config(environ: MutableMapping[str, str]) -> Config:
+    """:func:`config_from_env`, plus the signing key: one read from Secrets Manager is
+    stored in ``environ`` under the name token-ws-auth reads."""
     config = config_from_env(environ)
     key = signing_key(environ)
     if key:
         auth_table = config.plugins.get(AUTH_PLUGIN, {})
         environ[auth_table.get("signing_key_env", DEFAULT_SIGNING_KEY_ENV)] = key
-    return create_app(config, serverless=True)
+    return config
 
 
 def config_from_env(environ: Mapping[str, str]) -> Config:

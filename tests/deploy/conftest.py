@@ -46,6 +46,8 @@ def invoke(lambda_env: Callable[..., None]) -> Iterator[Invoker]:
     finally:
         if invoker.module._mangum is not None:
             loop.run_until_complete(invoker.runtime.stop())
+        if invoker.module._worker_runtime is not None:
+            loop.run_until_complete(invoker.module._worker_runtime.stop())
         asyncio.set_event_loop(None)
         loop.close()
 

@@ -33,6 +33,31 @@ SHAPES = ("http-api-v2", "rest-api-v1", "alb", "function-url")
 SOURCE_IP = "198.51.100.7"
 
 
+SCHEDULED_EVENT = {
+    "version": "0",
+    "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+    "detail-type": "Scheduled Event",
+    "source": "aws.events",
+    "account": "123456789012",
+    "time": "2026-11-28T19:03:58Z",
+    "region": "eu-west-1",
+    "resources": ["arn:aws:events:eu-west-1:123456789012:rule/mami-image-worker"],
+    "detail": {},
+}
+
+
+@dataclass
+class LambdaContext:
+    """The parts of the Lambda context object the handlers read."""
+
+    remaining_ms: int = 900_000
+    aws_request_id: str = "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
+    function_name: str = "mami-image-worker"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
@@ -197,3 +222,7 @@ class Invoker:
     @property
     def runtime(self) -> Any:
         return self.module._mangum.app.state.runtime
+
+    def worker(self, context: LambdaContext | None = None) -> dict[str, Any]:
+        """The scheduled worker function, in the same execution environment."""
+        return self.module.worker(dict(SCHEDULED_EVENT), context or LambdaContext())  # type: ignore[no-any-return]

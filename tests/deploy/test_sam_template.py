@@ -21,6 +21,16 @@ def template() -> dict[str, Any]:
     return load(str(TEMPLATE))  # type: ignore[no-any-return]
 
 
+@pytest.fixture(scope="module")
+def handler() -> Any:
+    """The handler module, imported by its dotted path as the Lambda runtime does."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        return importlib.import_module("deploy.lambda.handler")
+    finally:
+        sys.path.remove(str(ROOT))
+
+
 def _functions(template: dict[str, Any]) -> dict[str, Any]:
     return {
         name: resource for name, resource in template["Resources"].items()
@@ -52,12 +62,9 @@ def test_every_function_command_imports_like_the_lambda_runtime(
         sys.modules.pop(module_path.replace("/", "."), None)
 
 
-def test_environment_only_uses_variables_the_handler_reads(template: dict[str, Any]) -> None:
-    sys.path.insert(0, str(ROOT))
-    try:
-        handler = importlib.import_module("deploy.lambda.handler")
-    finally:
-        sys.path.remove(str(ROOT))
+def test_environment_only_uses_variables_the_handler_reads(
+    template: dict[str, Any], handler: Any
+) -> None:
     known = set(handler.ALIASES) | {
         "MAMI_DATABASE_URL", "MAMI_DATA_DIR", handler.SIGNING_KEY_ARN, "HOME",
     }
@@ -71,8 +78,15 @@ def test_environment_only_uses_variables_the_handler_reads(template: dict[str, A
     assert not unknown
 
 
-def test_api_timeout_is_under_api_gateway_limit(template: dict[str, Any]) -> None:
-    assert _functions(template)["ApiFunction"]["Properties"]["Timeout"] <= 29
+def test_timeouts_fit_api_gateway_and_one_image_job(
+    template: dict[str, Any], handler: Any
+) -> None:
+    functions = _functions(template)
+    assert functions["ApiFunction"]["Properties"]["Timeout"] <= 29
+    worker = functions["ImageWorkerFunction"]["Properties"]
+    assert worker["Timeout"] > handler.WORKER_JOB_SECONDS
+    assert worker["ImageConfig"]["Command"] == ["deploy/lambda/handler.worker"]
+    assert [e["Type"] for e in worker["Events"].values()] == ["Schedule"]
 
 
 def test_image_copies_what_the_handler_needs() -> None:

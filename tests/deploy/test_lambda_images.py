@@ -1,0 +1,89 @@
+"""Images on Lambda: the API function queues a job (202), the scheduled worker function
+runs it against a Forge stand-in, and the PNG comes back base64-encoded through every
+event shape. Both functions share the database and the image directory (EFS)."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.deploy.lambda_events import SHAPES, Invoker, LambdaContext, bearer
+from tests.forge_standin import ForgeStandIn
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def forge() -> Iterator[ForgeStandIn]:
+    server = ForgeStandIn("ok").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def image_env(lambda_env: Any, token: str, forge: ForgeStandIn, tmp_path: Path) -> str:
+    lambda_env(MAMI_FORGE_URL=forge.url, MAMI__CORE__IMAGE_DIR=str(tmp_path / "efs" / "images"))
+    return token
+
+
+def queue_image(invoke: Invoker, shape: str, token: str, **fields: Any) -> dict[str, Any]:
+    body = {"prompt": "a lighthouse at dusk", "width": 64, "height": 96, "steps": 4, **fields}
+    response = invoke(shape, "POST", "/api/images", body=json.dumps(body),
+                      headers={**bearer(token), "content-type": "application/json"})
+    assert response.status == 202, response.body
+    return response.json()  # type: ignore[no-any-return]
+
+
+def test_png_comes_back_base64_encoded_through_each_event_shape(
+    invoke: Invoker, image_env: str, tmp_path: Path, forge: ForgeStandIn
+) -> None:
+    job = queue_image(invoke, "http-api-v2", image_env, prompt="a lighthouse, seed 7", seed=7)
+    assert job["state"] == "queued"
+    assert invoke.runtime.config.core.image_worker is False
+
+    ran = invoke.worker()
+    assert ran == {"processed": 1, "completed": [job["id"]]}
+    assert forge.prompts["a lighthouse, seed 7"] == 1
+
+    stored = next((tmp_path / "efs" / "images").rglob("*.png")).read_bytes()
+    for shape in SHAPES:
+        response = invoke(shape, "GET", f"/api/images/{job['id']}.png", headers=bearer(image_env))
+        assert response.status == 200, response.body
+        assert response.base64
+        assert response.headers["content-type"] == "image/png"
+        assert response.body == stored
+        assert response.body.startswith(PNG_SIGNATURE)
+        assert Image.open(io.BytesIO(response.body)).size == (64, 96)
+
+
+def test_png_before_the_worker_ran_is_a_409(invoke: Invoker, image_env: str) -> None:
+    job = queue_image(invoke, "rest-api-v1", image_env)
+    response = invoke("alb", "GET", f"/api/images/{job['id']}.png", headers=bearer(image_env))
+    assert response.status == 409
+    assert "queued" in response.json()["error"]["message"]
+
+
+def test_worker_claims_nothing_it_could_not_finish_in_time(
+    invoke: Invoker, image_env: str, forge: ForgeStandIn
+) -> None:
+    job = queue_image(invoke, "function-url", image_env, prompt="a job for later")
+    ran = invoke.worker(LambdaContext(remaining_ms=60_000))
+    assert ran == {"processed": 0, "completed": []}
+    status = invoke("http-api-v2", "GET", f"/api/images/{job['id']}", headers=bearer(image_env))
+    assert status.json()["state"] == "queued"
+    assert forge.prompts["a job for later"] == 0
+
+
+def test_bad_image_request_is_a_400_and_queues_nothing(invoke: Invoker, image_env: str) -> None:
+    response = invoke("http-api-v2", "POST", "/api/images",
+                      body=json.dumps({"prompt": "x", "width": 65}),
+                      headers={**bearer(image_env), "content-type": "application/json"})
+    assert response.status == 400
+    assert "width" in response.json()["error"]["message"]
+    assert invoke.worker() == {"processed": 0, "completed": []}
