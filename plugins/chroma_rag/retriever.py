@@ -8,6 +8,7 @@ vectors live in one Chroma collection per (owner, scope) (see :mod:`.store`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,7 +113,8 @@ class ChromaRetriever:
             await asyncio.to_thread(self.store.delete_document, owner, scope, doc_id, len(chunks))
             row = await self._record(doc_id, owner, scope, source, text, len(chunks), size)
         except BaseException:
-            await self._forget(owner, scope, doc_id)
+            with contextlib.suppress(Exception):  # keep the original error
+                await self._forget(owner, scope, doc_id)
             raise
         return _info(row)
 

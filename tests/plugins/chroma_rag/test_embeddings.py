@@ -53,7 +53,7 @@ def test_get_embedder_is_shared_and_pluggable() -> None:
 
 
 def test_missing_model_dir_is_a_config_error(tmp_path: object) -> None:
-    with pytest.raises(ConfigError, match="model.onnx"):
+    with pytest.raises(ConfigError, match=r"model\.onnx"):
         MiniLMEmbedder(str(tmp_path)).embed(["x"])
 
 
