@@ -203,4 +203,7 @@ def _load_core_commands() -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the importable core.cli, not this __main__ copy: core commands register with it.
+    from core.cli import main as _main
+
+    raise SystemExit(_main())
