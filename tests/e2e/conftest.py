@@ -26,7 +26,7 @@ SCREENSHOTS = Path(__file__).resolve().parents[1] / "output" / "screenshots"
 
 def server_config(data_dir: Path, forge_url: str, llm: str = "") -> str:
     """plugins.toml for a test server: auth on, the local model with a fixed seed (or
-    the model named ``llm``), the stand-in Forge with short timeouts, WebSocket
+    the model named ``llm``) and replies of at most 96 tokens, the stand-in Forge with short timeouts, WebSocket
     messages limited to 4000 bytes."""
     return f"""
 [core]
@@ -35,6 +35,9 @@ llm = "{llm}"
 
 [server]
 host = "127.0.0.1"
+
+[budget]
+reply_tokens = 96
 
 [plugins.local-llm]
 seed = 7
