@@ -9,6 +9,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -27,6 +28,7 @@ log = logging.getLogger("mami.auth")
 SUBPROTOCOL = "mami.v1"
 TICKET_PREFIX = "mami.ticket."
 NOT_AUTHENTICATED, FORBIDDEN, POLICY, TIMEOUT = 4401, 4403, 1008, 4408
+TOUCH_EVERY = timedelta(minutes=5)
 
 
 class TooManyAttempts(AuthError):
@@ -62,6 +64,35 @@ class FailureLog:
         self._recent(address, moment).append(moment)
 
 
+class RecentTokens:
+    """Tokens this process saw active within a ticket's lifetime, so a handshake with a
+    ticket issued here needs no database round trip (a burst of handshakes would queue
+    behind the chat's writes). Revocation through this process forgets a token at once;
+    a revocation elsewhere (CLI, another process) closes the socket at the chat
+    socket's next ``still_valid`` poll instead."""
+
+    def __init__(self, max_age: float) -> None:
+        self.max_age = max_age
+        self.seen: dict[str, tuple[tokens.TokenInfo, float]] = {}
+
+    def remember(self, info: tokens.TokenInfo) -> None:
+        moment = time.monotonic()
+        if len(self.seen) > 10_000:
+            self.seen = {k: v for k, v in self.seen.items() if v[1] > moment - self.max_age}
+        self.seen[info.id] = (info, moment)
+
+    def forget(self, token_id: str) -> None:
+        self.seen.pop(token_id, None)
+
+    def get(self, token_id: str, owner: str) -> tokens.TokenInfo | None:
+        entry = self.seen.get(token_id)
+        if entry is None or entry[1] <= time.monotonic() - self.max_age:
+            return None
+        info = entry[0]
+        expired = info.expires_at is not None and info.expires_at <= tokens.now()
+        return None if expired or info.owner != owner else info
+
+
 @dataclass
 class SocketLimits:
     """Per-socket message counter (kept in the socket's ASGI scope)."""
@@ -80,6 +111,7 @@ class TokenAuthenticator:
         self.settings = settings
         self.failures = FailureLog(settings.max_failed_attempts, settings.failure_window)
         self.used_tickets: dict[str, float] = {}
+        self.recent = RecentTokens(settings.ticket_ttl)
         self._key: bytes | None = None
 
     @property
@@ -128,7 +160,9 @@ class TokenAuthenticator:
         if info is None:
             self.failures.record(client)
             raise AuthError("invalid, expired or revoked token")
-        await tokens.touch(self.db, info.id)
+        self.recent.remember(info)
+        if info.last_used_at is None or info.last_used_at < tokens.now() - TOUCH_EVERY:
+            await tokens.touch(self.db, info.id, TOUCH_EVERY)
         return Principal(owner=info.owner, credential_id=info.id, expires_at=info.expires_at)
 
     async def issue_ticket(self, principal: Principal) -> tuple[str, tickets.Ticket]:
@@ -198,7 +232,8 @@ class TokenAuthenticator:
             if self.runtime.config.core.auth:
                 return None
             return Principal(owner=claims.owner)
-        info = await tokens.active_token(self.db, claims.token_id, claims.owner)
+        info = self.recent.get(claims.token_id, claims.owner) or await tokens.active_token(
+            self.db, claims.token_id, claims.owner)
         if info is None:
             return None
         return Principal(owner=info.owner, credential_id=info.id, expires_at=info.expires_at)
@@ -210,7 +245,16 @@ class TokenAuthenticator:
         if principal.expires_at is not None and principal.expires_at <= tokens.now():
             return False
         info = await tokens.active_token(self.db, principal.credential_id, principal.owner)
-        return info is not None
+        if info is None:
+            self.recent.forget(principal.credential_id)
+            return False
+        self.recent.remember(info)
+        return True
+
+    async def revoke(self, token_id: str, owner: str | None = None) -> tokens.TokenInfo | None:
+        """Revoke a token (of ``owner`` only, when given); it stops working at once here."""
+        self.recent.forget(token_id)
+        return await tokens.revoke_token(self.db, token_id, owner)
 
     def check_message(self, socket: Any, size: int) -> int | None:
         """Call for each message a socket receives: 1008 when it is larger than

@@ -47,7 +47,7 @@ async def list_tokens(principal: Principal, runtime: Runtime) -> dict[str, Any]:
 async def revoke_token(token_id: str, principal: Principal, runtime: Runtime) -> None:
     """404 for a token of another owner, as for one that does not exist. Sockets opened
     with the token are closed within seconds."""
-    if await tokens.revoke_token(runtime.db, token_id, principal.owner) is None:
+    if await authenticator_of(runtime).revoke(token_id, principal.owner) is None:
         raise NotFound(f"no token {token_id!r}")
 
 

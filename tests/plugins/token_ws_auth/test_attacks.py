@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from core.db import Database
 from core.models import ApiToken
-from plugins.token_ws_auth import tickets
+from plugins.token_ws_auth import tickets, tokens
 from tests.plugins.token_ws_auth.ws_auth_harness import (
     ALL_SECRETS,
     CAPTURE,
@@ -242,6 +242,24 @@ async def test_ticket_of_a_revoked_token_is_4401(auth_server: AuthServer,
     ticket = await auth_server.ticket(token)
     assert (await http.delete(f"/api/tokens/{token_id}", headers=bearer(token))).status_code == 204
     assert await refused_with(auth_server, ticket=ticket) == 4401
+
+
+async def test_token_revoked_elsewhere_closes_a_fresh_socket(auth_server: AuthServer) -> None:
+    """Revoked out of process (as `mami token revoke` does) after its ticket was issued:
+    the socket is refused or closed with 4401 within seconds, never left running."""
+    token, token_id = await auth_server.token("kate")
+    ticket = await auth_server.ticket(token)
+    db = Database(auth_server.database_url)
+    try:
+        assert await tokens.revoke_token(db, token_id) is not None
+    finally:
+        await db.close()
+    async with auth_server.ws("/test/ws/stream", ticket=ticket) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(10):
+                while True:
+                    await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
 
 
 @pytest.mark.parametrize("origin", ["https://evil.example", "https://good.example.evil.com",

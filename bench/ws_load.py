@@ -1,0 +1,297 @@
+"""WebSocket chat under load, with token-ws-auth in front of it.
+
+Two real servers (uvicorn subprocesses on loopback, SQLite, a fast stand-in model
+registered as a tiny plugin): one with ``[core] auth = true``, one with auth off.
+Prints:
+1. 200 authenticated sessions at once on ``/ws/chat``, each sending messages and
+   reading the streamed replies: messages lost (target 0) and time from sending a
+   message to its first delta (p50/p95).
+2. handshake cost, connect -> open on ``/ws/chat``, with a ticket (verified, spent,
+   token looked up) against the same handshake with auth off, measured alternately in
+   the same run: auth may add at most 2 ms at p95.
+
+Run from the repository root: ``python bench/ws_load.py [--sessions 200]``. The output
+is also written to ``bench/results/ws_load.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+from websockets.asyncio.client import connect  # noqa: E402
+
+from core import migrations  # noqa: E402
+from core.db import Database  # noqa: E402
+from core.protocols import ChatMessage, Delta, GenerationParams  # noqa: E402
+
+ORIGIN = "https://bench.example"
+DELTAS = 8
+LINES: list[str] = []
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+    LINES.append(line)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# -- the server side (runs in a subprocess) -----------------------------------------------
+
+
+class FastLLM:
+    """A stand-in model that answers at once with a fixed number of deltas."""
+
+    name = "fast"
+    context_window = 4096
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split()) + 1
+
+    async def stream(self, messages: Sequence[ChatMessage],
+                     params: GenerationParams) -> AsyncIterator[Delta]:
+        for i in range(DELTAS):
+            yield Delta(f"t{i} ")
+            await asyncio.sleep(0)
+        yield Delta("", finish_reason="stop")
+
+    async def aclose(self) -> None:
+        return None
+
+
+def serve(data_dir: str, port: int, auth: bool) -> None:
+    """Run one server until killed."""
+    from types import ModuleType
+
+    import uvicorn
+
+    from core import hookimpl
+    from core.app import create_app
+    from core.config import config_from_dict
+    from core.plugins import Candidate, builtin_candidates
+
+    @hookimpl
+    def register_llm_providers(register: Any, runtime: Any) -> None:
+        register(FastLLM())
+
+    fast = ModuleType("bench_fast_llm")
+    fast.register_llm_providers = register_llm_providers  # type: ignore[attr-defined]
+    candidates = [c for c in builtin_candidates() if c.name == "token-ws-auth"]
+    candidates.append(Candidate("fast-llm", "bench", "builtin", True, lambda: fast))
+    config = config_from_dict({
+        "core": {"auth": auth, "data_dir": data_dir, "image_worker": False, "llm": "fast",
+                 "database_url": f"sqlite:///{data_dir}/mami.db", "log_level": "WARNING"},
+        "plugins": {"token-ws-auth": {"allowed_origins": [ORIGIN], "bootstrap_admin": False,
+                                      "messages_per_minute": 600}},
+    })
+    app = create_app(config, candidates=candidates)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                ws_max_size=1 << 20)
+
+
+# -- the client side ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    def __init__(self, data_dir: Path, auth: bool) -> None:
+        self.data_dir, self.auth, self.port = data_dir, auth, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws = f"ws://127.0.0.1:{self.port}/ws/chat"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Server:
+        env = {**os.environ, "MAMI_SIGNING_KEY": SIGNING_KEY}
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(self.data_dir), str(self.port),
+             "1" if self.auth else "0"], env=env, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+SIGNING_KEY = "bench-signing-key-" + "x" * 32
+
+
+async def make_tokens(data_dir: Path, count: int) -> list[str]:
+    from plugins.token_ws_auth import tokens
+
+    url = f"sqlite:///{data_dir}/mami.db"
+    migrations.upgrade(url)
+    db = Database(url)
+    made = [(await tokens.create_token(db, f"user{i:03d}"))[0] for i in range(count)]
+    await db.close()
+    return made
+
+
+async def ticket(client: httpx.AsyncClient, token: str) -> str:
+    response = await client.post("/api/ws-ticket", headers={"Authorization": f"Bearer {token}"})
+    response.raise_for_status()
+    return str(response.json()["ticket"])
+
+
+async def session(server: Server, client: httpx.AsyncClient, token: str | None,
+                  messages: int, start: asyncio.Event) -> tuple[list[float], int]:
+    """One chat session (without a ticket when ``token`` is None); returns first-delta
+    latencies (s) and messages lost."""
+    offered = ["mami.v1", "mami.ticket." + await ticket(client, token)] if token else None
+    await start.wait()
+    latencies: list[float] = []
+    lost = 0
+    async with connect(server.ws, origin=ORIGIN, subprotocols=offered,  # type: ignore[arg-type]
+                       proxy=None, open_timeout=60, max_queue=None) as ws:
+        conversation = None
+        for n in range(messages):
+            sent = time.perf_counter()
+            await ws.send(json.dumps({"type": "message", "content": f"hello {n}",
+                                      "conversation_id": conversation}))
+            first: float | None = None
+            text = ""
+            while True:
+                event = json.loads(await asyncio.wait_for(ws.recv(), 60))
+                if event["type"] == "start":
+                    conversation = event["conversation_id"]
+                elif event["type"] == "delta":
+                    first = first or time.perf_counter() - sent
+                    text += event["text"]
+                elif event["type"] in ("end", "error"):
+                    break
+            complete = event["type"] == "end" and event["status"] == "complete"
+            if not complete or text != "".join(f"t{i} " for i in range(DELTAS)):
+                lost += 1
+            elif first is not None:
+                latencies.append(first)
+    return latencies, lost
+
+
+async def load(server: Server, tokens_: list[str | None], messages: int) -> None:
+    """Open one session per entry of ``tokens_`` at once and report what was lost."""
+    start = asyncio.Event()
+    limits = httpx.Limits(max_connections=50)
+    async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=60) as client:
+        tasks = [asyncio.create_task(session(server, client, t, messages, start))
+                 for t in tokens_]
+        await asyncio.sleep(0.5)
+        began = time.perf_counter()
+        start.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        took = time.perf_counter() - began
+    failed = [r for r in results if isinstance(r, BaseException)]
+    latencies = [x for r in results if not isinstance(r, BaseException) for x in r[0]]
+    lost = sum(r[1] for r in results if not isinstance(r, BaseException))
+    lost += messages * len(failed)
+    kind = "authenticated" if server.auth else "unauthenticated (baseline, auth off)"
+    say(f"   {len(tokens_)} {kind} sessions at once, {messages} messages each, "
+        f"{DELTAS} deltas per reply")
+    say(f"     sessions failed:        {len(failed)}"
+        + (f" (first: {type(failed[0]).__name__}: {failed[0]})" if failed else ""))
+    say(f"     messages lost:          {lost} of {len(tokens_) * messages} "
+        f"(target 0: {'PASS' if lost == 0 else 'FAIL'})")
+    if latencies:
+        say(f"     time to first delta:    p50 {pct(latencies, .5) * 1000:.1f} ms, "
+            f"p95 {pct(latencies, .95) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms "
+            f"(n={len(latencies)})")
+    say(f"     wall time:              {took:.2f} s")
+
+
+async def handshake(url: str, offered: list[str] | None) -> float:
+    began = time.perf_counter()
+    async with connect(url, origin=ORIGIN, subprotocols=offered,  # type: ignore[arg-type]
+                       proxy=None) as ws:
+        took = time.perf_counter() - began
+        await ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(await ws.recv()) == {"type": "pong"}
+    return took
+
+
+async def handshakes(with_auth: Server, without: Server, token: str, rounds: int) -> None:
+    timed: dict[bool, list[float]] = {True: [], False: []}
+    async with httpx.AsyncClient(base_url=with_auth.url) as client:
+        for i in range(rounds + 20):
+            offered = ["mami.v1", "mami.ticket." + await ticket(client, token)]
+            auth_first = i % 2 == 0  # alternate the order to share the machine's noise
+            for auth in ((True, False) if auth_first else (False, True)):
+                took = await (handshake(with_auth.ws, offered) if auth
+                              else handshake(without.ws, None))
+                if i >= 20:  # warm-up
+                    timed[auth].append(took)
+    on, off = timed[True], timed[False]
+    added = pct(on, .95) - pct(off, .95)
+    say(f"   handshake connect -> open on /ws/chat, {rounds} each, alternating")
+    say(f"     with auth (ticket):     p50 {pct(on, .5) * 1000:.2f} ms, "
+        f"p95 {pct(on, .95) * 1000:.2f} ms")
+    say(f"     baseline, auth off:     p50 {pct(off, .5) * 1000:.2f} ms, "
+        f"p95 {pct(off, .95) * 1000:.2f} ms")
+    say(f"     added by auth:          p50 {(pct(on, .5) - pct(off, .5)) * 1000:.2f} ms, "
+        f"p95 {added * 1000:.2f} ms (target <= 2 ms: {'PASS' if added <= 0.002 else 'FAIL'})")
+
+
+async def main(sessions: int, messages: int, rounds: int) -> None:
+    import platform
+
+    say(f"ws_load: {time.strftime('%Y-%m-%d %H:%M:%S')} python {platform.python_version()}, "
+        f"{os.cpu_count()} cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        on_dir, off_dir = Path(tmp, "auth"), Path(tmp, "open")
+        tokens_ = await make_tokens(on_dir, sessions)
+        migrations.upgrade(f"sqlite:///{off_dir}/mami.db")
+        with_auth, without = Server(on_dir, True).start(), Server(off_dir, False).start()
+        try:
+            say("1. load")
+            await load(with_auth, list(tokens_), messages)
+            await load(without, [None] * sessions, messages)
+            say()
+            say("2. handshake cost")
+            await handshakes(with_auth, without, tokens_[0], rounds)
+        finally:
+            with_auth.stop()
+            without.stop()
+    out = ROOT / "bench" / "results" / "ws_load.txt"
+    out.write_text("\n".join(LINES) + "\n")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--messages", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--serve", nargs=3, metavar=("DATA_DIR", "PORT", "AUTH"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve[0], int(args.serve[1]), args.serve[2] == "1")
+    else:
+        asyncio.run(main(args.sessions, args.messages, args.rounds))
