@@ -14,8 +14,10 @@ bad_base64, not_image, empty (``images: []``), flapping (every other call 503).
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
+import socket
 import threading
 import time
 from collections import Counter
@@ -59,6 +61,7 @@ class ForgeStandIn:
         self._job_started: float | None = None
         self._job_length = 0.0
         self._server: ThreadingHTTPServer | None = None
+        self._connections: set[Any] = set()
         self._thread: threading.Thread | None = None
 
     @property
@@ -72,7 +75,7 @@ class ForgeStandIn:
         class Handler(_Handler):
             owner = standin
 
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server = _Server(("127.0.0.1", self.port), Handler)
         server.daemon_threads = True
         self.port = server.server_address[1]
         self._server = server
@@ -89,6 +92,9 @@ class ForgeStandIn:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        for connection in list(self._connections):  # kept-alive sockets die too
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def set_mode(self, mode: str) -> None:
         assert mode in MODES, mode
@@ -158,6 +164,13 @@ class ForgeStandIn:
                                 "parameters": payload, "info": json.dumps(info)}).encode()
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that hang up (timeouts, interrupts) are part of the test
+
+
 class _Handler(BaseHTTPRequestHandler):
     owner: ForgeStandIn
     protocol_version = "HTTP/1.1"
@@ -165,6 +178,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        self.owner._connections.add(self.connection)
+
+    def finish(self) -> None:
+        self.owner._connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
 
     def _authorised(self) -> bool:
         if self.owner.auth is None:

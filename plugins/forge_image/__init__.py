@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from core import hookimpl
+from core.errors import ConfigError
 from core.protocols import ImageGenerator
 
 if TYPE_CHECKING:
@@ -57,6 +58,18 @@ class Settings:
     """Seconds between ``/sdapi/v1/progress`` polls while a job runs."""
     health_timeout: float = 1.0
     """Seconds the ``/health`` probe (``/sdapi/v1/sd-models``) may take."""
+
+    def __post_init__(self) -> None:
+        positive = ("connect_timeout", "read_timeout", "deadline", "attempts",
+                    "breaker_threshold", "progress_interval", "health_timeout")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[plugins.{PLUGIN_NAME}] {name}: must be greater than 0")
+        for name in ("backoff_initial", "backoff_max", "backoff_jitter", "breaker_cooldown"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"[plugins.{PLUGIN_NAME}] {name}: must not be negative")
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"[plugins.{PLUGIN_NAME}] url: must start with http:// or https://")
 
 
 @hookimpl

@@ -313,3 +313,15 @@ def _no_retry_waits() -> Iterator[None]:
     stamina.set_testing(True, attempts=2, cap=True)
     yield
     stamina.set_testing(False)
+
+
+async def test_no_in_process_worker_on_lambda_or_when_switched_off(job_config: Config) -> None:
+    from core.jobs import start_image_worker
+
+    assert start_image_worker(Runtime(job_config, forge_candidates(), serverless=True)) is None
+    job_config.core.image_worker = False
+    assert start_image_worker(Runtime(job_config, forge_candidates())) is None
+    job_config.core.image_worker = True
+    worker = start_image_worker(Runtime(job_config, forge_candidates()))
+    assert worker is not None
+    await worker.stop()

@@ -209,12 +209,20 @@ async def test_health_probe_is_cheap_and_bounded(forge: ForgeStandIn, make_gener
     await generator.aclose()
 
 
-def test_bad_setting_names_the_key(make_config: Any) -> None:
+@pytest.mark.parametrize(("table", "message"), [
+    ({"deadline": "soon"}, r"\[plugins.forge-image\] deadline: expected a number"),
+    ({"deadline": 0}, r"\[plugins.forge-image\] deadline: must be greater than 0"),
+    ({"attempts": 0}, r"\[plugins.forge-image\] attempts: must be greater than 0"),
+    ({"backoff_max": -1}, r"\[plugins.forge-image\] backoff_max: must not be negative"),
+    ({"url": "forge:7860"}, r"\[plugins.forge-image\] url: must start with http"),
+    ({"timeout": 3}, r"\[plugins.forge-image\] timeout: unknown setting"),
+])
+def test_bad_setting_names_the_key(make_config: Any, table: dict[str, Any], message: str) -> None:
     from core.errors import ConfigError
     from core.runtime import Runtime
 
-    with pytest.raises(ConfigError, match=r"\[plugins.forge-image\] deadline"):
-        Runtime(make_config(plugins={"forge-image": {"deadline": "soon"}}))
+    with pytest.raises(ConfigError, match=message):
+        Runtime(make_config(plugins={"forge-image": table}))
 
 
 def test_registration_does_not_import_pillow() -> None:
