@@ -26,8 +26,8 @@ SCREENSHOTS = Path(__file__).resolve().parents[1] / "output" / "screenshots"
 
 def server_config(data_dir: Path, forge_url: str, llm: str = "") -> str:
     """plugins.toml for a test server: auth on, the local model with a fixed seed (or
-    the model named ``llm``) and replies of at most 96 tokens, the stand-in Forge with short timeouts, WebSocket
-    messages limited to 4000 bytes."""
+    the model named ``llm``), replies of at most 96 tokens, the stand-in Forge with
+    short timeouts, WebSocket messages of at most 4000 bytes."""
     return f"""
 [core]
 data_dir = "{data_dir}"

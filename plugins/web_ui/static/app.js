@@ -238,7 +238,10 @@ async function openConversation(id) {
   state.images.clear();
   for (const message of messages) {
     const bubble = addMessage(message.role, message.content);
-    if (message.role === "assistant") noteStatus(bubble, message.status, message.error);
+    if (message.role === "assistant") {
+      noteStatus(bubble, message.status, message.error);
+      followImages(bubble);
+    }
   }
   closeMenu();
   scrollToEnd(true);
@@ -436,6 +439,7 @@ function replyEnded(event) {
   if (reply && reply.bubble) {
     reply.bubble.removeAttribute("aria-busy");
     noteStatus(reply.bubble, event.status, reply.error);
+    followImages(reply.bubble);
     announce(`mami: ${reply.bubble.querySelector(".text").textContent}`);
   }
   setStatus(socketOpen() ? "online" : "offline", socketOpen() ? "Connected" : "Disconnected");
@@ -495,7 +499,35 @@ function updateButtons() {
 
 // ---------------------------------------------------------------- images
 
-function imageCard(jobId) {
+// Image jobs are announced in the reply's text ("/api/images/<id>.png"); the page follows
+// each job's status until it is final, and the server also pushes an "image" event then.
+const IMAGE_LINK = /\/api\/images\/([A-Za-z0-9_-]+)\.png/g;
+const PLACEHOLDER_REASONS = {
+  unavailable: "the image server is unavailable",
+  timed_out: "the image server did not answer in time",
+  out_of_memory: "the image server ran out of GPU memory",
+  rejected: "the image server rejected the request",
+  invalid_response: "the image server sent an invalid response",
+  server_error: "the image server failed",
+  circuit_open: "the image server is failing, so mami is not trying for now",
+};
+
+function reasonText(code) {
+  if (!code) return "no reason given";
+  return PLACEHOLDER_REASONS[code] || code.replaceAll("_", " ");
+}
+
+function followImages(bubble) {
+  const text = bubble.querySelector(".text").textContent;
+  let after = bubble;
+  for (const [, jobId] of text.matchAll(IMAGE_LINK)) {
+    const card = imageCard(jobId, after);
+    after = card.item;
+    if (!card.final && !card.polling) pollImage(card);
+  }
+}
+
+function imageCard(jobId, after = null) {
   let card = state.images.get(jobId);
   if (card) return card;
   const caption = element("figcaption", { text: "Image queued…" });
@@ -505,7 +537,8 @@ function imageCard(jobId) {
     "li", { class: "message image-card", "data-job": jobId },
     element("span", { class: "who", text: "mami · image" }), figure,
   );
-  ui.messages.append(item);
+  if (after) after.after(item);
+  else ui.messages.append(item);
   scrollToEnd(true);
   card = { jobId, item, figure, caption, progress, final: false, polling: false };
   state.images.set(jobId, card);
@@ -540,16 +573,15 @@ function updateCard(card, job) {
     return;
   }
   const placeholder = job.state === "placeholder";
+  const reason = reasonText(job.placeholder_reason);
   card.item.classList.toggle("placeholder", placeholder);
   card.caption.textContent = placeholder
-    ? `The image could not be made: ${job.placeholder_reason || "unknown reason"}. ` +
-      "This picture only says why."
+    ? `No image: ${reason}. The picture only says why.`
     : "Image ready.";
-  // The PNG's address is fixed by the API; "url" in events may be the job's status URL.
   fetchBlob(`/api/images/${encodeURIComponent(card.jobId)}.png`).then((blob) => {
     const img = element("img", {
       src: URL.createObjectURL(blob),
-      alt: placeholder ? `Placeholder: ${job.placeholder_reason || "no image"}` : "Generated image",
+      alt: placeholder ? `Placeholder: ${reason}` : "Generated image",
     });
     card.figure.prepend(img);
     scrollToEnd();
@@ -561,14 +593,16 @@ function updateCard(card, job) {
 async function pollImage(card) {
   card.polling = true;
   while (!card.final && state.images.get(card.jobId) === card && state.token) {
-    await new Promise((resolve) => setTimeout(resolve, IMAGE_POLL_MS));
-    if (card.final) break;
     try {
       const job = await api("GET", `/api/images/${encodeURIComponent(card.jobId)}`);
       if (job && !card.final) updateCard(card, job);
     } catch (error) {
-      if (error.status === 404 || error.status === 401) break;
+      if (error.status === 404 || error.status === 401) {
+        card.caption.textContent = describe(error);
+        break;
+      }
     }
+    if (!card.final) await new Promise((resolve) => setTimeout(resolve, IMAGE_POLL_MS));
   }
   card.polling = false;
 }
