@@ -1,4 +1,8 @@
-"""The authenticator: bearer tokens for HTTP, signed single-use tickets for WebSockets."""
+"""The authenticator: bearer tokens for HTTP, signed single-use tickets for WebSockets.
+
+Spent tickets, failed attempts and recently seen tokens are kept in this process:
+WebSockets are served by one ``mami serve`` process (Lambda serves no sockets).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,9 @@ from core.protocols import Principal
 from plugins.token_ws_auth import keys, redact, tickets, tokens
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from core.db import Database
     from core.runtime import Runtime
     from plugins.token_ws_auth import Settings
 
@@ -115,7 +122,7 @@ class TokenAuthenticator:
         self._key: bytes | None = None
 
     @property
-    def db(self) -> Any:
+    def db(self) -> Database:
         return self.runtime.db
 
     @property
@@ -125,7 +132,7 @@ class TokenAuthenticator:
         return self._key
 
     @property
-    def key_path(self) -> Any:
+    def key_path(self) -> Path:
         return self.runtime.config.data_dir / "auth" / "ws-signing.key"
 
     @property
