@@ -144,8 +144,9 @@ def test_postgres_schema_behind_is_a_clear_error_until_upgraded(
 
 
 def test_cold_path_imports_nothing_heavy(tmp_path: Path) -> None:
-    """A fresh process that answers /health has not imported the heavy modules, nor
-    boto3 when no secret ARN is configured."""
+    """A fresh process that answers /health (its database already migrated) has not
+    imported the heavy modules, nor Alembic, nor boto3 when no secret ARN is set."""
+    migrations.upgrade(f"sqlite:///{tmp_path / 'cold.db'}")
     script = textwrap.dedent(f"""
         import importlib.util, json, sys
         sys.path.insert(0, {str(ROOT)!r})
@@ -154,7 +155,7 @@ def test_cold_path_imports_nothing_heavy(tmp_path: Path) -> None:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         response = module.handler(make_event("http-api-v2", "GET", "/health"), None)
-        heavy = ["chromadb", "llama_cpp", "onnxruntime", "PIL", "numpy", "boto3"]
+        heavy = ["chromadb", "llama_cpp", "onnxruntime", "PIL", "numpy", "boto3", "alembic"]
         print(json.dumps({{"status": response["statusCode"],
                            "imported": [m for m in heavy if m in sys.modules]}}))
     """)
