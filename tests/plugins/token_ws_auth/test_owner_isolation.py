@@ -1,9 +1,10 @@
 """Owner A's token never reads or changes owner B's data, through every endpoint that
 holds owner data: conversations, chat (OpenAI-compatible and socket), documents and
-search (real embedded Chroma), images. The owner comes only from the credential."""
+search (real embedded Chroma), memories, images. The owner comes only from the credential."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -19,7 +20,7 @@ SECRET = "alice's purple elephant plan"
 def data_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
     tmp = tmp_path_factory.mktemp("isolation")
     server, serving = start_server(
-        tmp, f"sqlite:///{tmp / 'mami.db'}", builtins=("chroma-rag", "forge-image"),
+        tmp, f"sqlite:///{tmp / 'mami.db'}", builtins=("chroma-rag", "forge-image", "memory"),
         tables={"forge-image": {"url": "http://127.0.0.1:9"}})
     yield server
     serving.stop()
@@ -108,3 +109,29 @@ async def test_images(owners: tuple[Owner, Owner]) -> None:
                             json={"prompt": "x", "conversation_id": conversation})
     assert attach.status_code == 404
     assert (await alice.call("GET", f"/api/images/{job_id}")).json()["prompt"] == SECRET
+
+
+async def test_memories(owners: tuple[Owner, Owner]) -> None:
+    alice, bob = owners
+    said = await alice.call("POST", "/v1/chat/completions",
+                            headers={"X-Mami-Conversation": "new"},
+                            json={"model": "paced", "messages": [{
+                                "role": "user",
+                                "content": "Remember that my locker code is 4321."}]})
+    assert said.status_code == 200, said.text
+    memories: list[dict[str, Any]] = []
+    async with asyncio.timeout(30):  # memories are written after the reply completes
+        while not memories:
+            memories = (await alice.call("GET", "/api/memories")).json()["data"]
+            await asyncio.sleep(0.1)
+    memory_id = memories[0]["id"]
+    assert "4321" in memories[0]["text"]
+    seen = await bob.call("GET", "/api/memories")
+    assert seen.json()["total"] == 0 and "4321" not in seen.text
+    for method, path in (("GET", f"/api/memories/{memory_id}/history"),
+                         ("DELETE", f"/api/memories/{memory_id}")):
+        response = await bob.call(method, path)
+        assert response.status_code == 404 and "4321" not in response.text
+    assert (await bob.call("DELETE", "/api/memories")).json() == {"deleted": 0}
+    after = (await alice.call("GET", "/api/memories")).json()["data"]
+    assert [m["id"] for m in after] == [memory_id]
