@@ -325,3 +325,29 @@ async def test_no_in_process_worker_on_lambda_or_when_switched_off(job_config: C
     worker = start_image_worker(Runtime(job_config, forge_candidates()))
     assert worker is not None
     await worker.stop()
+
+
+async def test_lease_is_renewed_and_progress_stored_while_a_long_job_runs(
+    runtime: Runtime, forge: ForgeStandIn
+) -> None:
+    """A job longer than its lease is not stolen: the worker renews the lease, and the
+    heartbeat stores the progress Forge reports."""
+    forge.set_mode("slow")
+    forge.delay = 1.2
+    job = await enqueue(runtime, "ann", request("long"))
+    first = ImageWorker(runtime, worker_id="first", lease_seconds=0.3)
+    thief = ImageWorker(runtime, worker_id="thief", lease_seconds=0.3)
+    running = asyncio.create_task(first.run_once())
+    await wait_until(lambda: forge.calls["txt2img"] == 1)  # "first" holds the job
+    seen: list[float] = []
+    while not running.done():
+        assert await thief.run_once() is None
+        current = await get_job(runtime.db, job.id)
+        assert current is not None
+        if current.state == "running":
+            seen.append(current.progress)
+        await asyncio.sleep(0.1)
+    final = await running
+    assert final is not None and final.state == "succeeded" and final.attempts == 1
+    assert final.lease_owner == "first" and thief.processed == 0
+    assert any(0.0 < value < 1.0 for value in seen), seen
