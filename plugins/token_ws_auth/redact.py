@@ -21,6 +21,7 @@ SECRET_PATTERNS = (
 QUERY = re.compile(r"\?[^\s\"']*")
 ACCESS_LOGGERS = ("uvicorn.access",)
 
+_FORMATTER = logging.Formatter()
 _installed = False
 
 
@@ -43,9 +44,12 @@ def _redact_arg(value: Any, access: bool) -> Any:
 
 
 def redact_record(record: logging.LogRecord) -> None:
-    """Redact a record's message and string arguments in place (keeping the argument
-    shape, which uvicorn's access formatter unpacks)."""
+    """Redact a record's message, arguments and traceback in place (keeping the
+    argument shape, which uvicorn's access formatter unpacks)."""
     access = record.name in ACCESS_LOGGERS
+    if record.exc_info and not record.exc_text:
+        # Formatters reuse exc_text, so the traceback is formatted (and redacted) once here.
+        record.exc_text = redact(_FORMATTER.formatException(record.exc_info))
     if isinstance(record.msg, str):
         record.msg = _redact_arg(record.msg, access)
     if isinstance(record.args, tuple):
