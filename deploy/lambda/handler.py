@@ -25,19 +25,25 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import types
 import typing
 from collections.abc import Mapping, MutableMapping
 from dataclasses import fields
 from typing import Any
 
-from mangum import Mangum
+# httpx imports its command-line tool (and with it rich, click and pygments) when they
+# are installed, as they are in the image: 100-350 ms of a cold start here for a tool a
+# function never runs. A None entry makes that import fail, and httpx falls back.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
-from core.app import create_app
-from core.config import BudgetSettings, Config, CoreSettings, ServerSettings, config_from_dict
-from core.errors import ConfigError
-from core.plugins import Candidate, builtin_candidates, entrypoint_candidates
-from core.runtime import Runtime
+from mangum import Mangum  # noqa: E402
+
+from core.app import create_app  # noqa: E402
+from core.config import BudgetSettings, Config, CoreSettings, ServerSettings, config_from_dict  # noqa: E402
+from core.errors import ConfigError  # noqa: E402
+from core.plugins import Candidate, builtin_candidates, entrypoint_candidates  # noqa: E402
+from core.runtime import Runtime  # noqa: E402
 
 PREFIX = "MAMI__"
 SIGNING_KEY_ARN = "MAMI_SIGNING_KEY_SECRET_ARN"
