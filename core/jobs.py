@@ -249,9 +249,14 @@ class ImageWorker:
                 if max_jobs is not None and self.processed >= max_jobs:
                     break
                 self._wakeup.clear()
-                if await self.run_once(look_first=not woken) is not None:
-                    woken = False
-                    continue
+                try:
+                    if await self.run_once(look_first=not woken) is not None:
+                        woken = False
+                        continue
+                except Exception as exc:  # e.g. the database restarts: wait, then go on
+                    log.error("image worker %s: %s: %s", self.worker_id, type(exc).__name__, exc)
+                    if until_idle:
+                        raise
                 if until_idle:
                     break
                 try:

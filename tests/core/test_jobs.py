@@ -351,3 +351,24 @@ async def test_lease_is_renewed_and_progress_stored_while_a_long_job_runs(
     assert final is not None and final.state == "succeeded" and final.attempts == 1
     assert final.lease_owner == "first" and thief.processed == 0
     assert any(0.0 < value < 1.0 for value in seen), seen
+
+
+async def test_worker_survives_database_errors(make_config: Any, forge: ForgeStandIn,
+                                               tmp_path: Path) -> None:
+    """A worker started before the schema exists logs the errors and carries on once
+    the database is usable."""
+    url = f"sqlite:///{tmp_path / 'late.db'}"
+    config = make_config(core={"database_url": url},
+                         plugins={"forge-image": {"url": forge.url, **FORGE_QUICK}})
+    runtime = Runtime(config, forge_candidates())
+    runtime.register_providers()  # no ensure_started: the schema is not there yet
+    worker = ImageWorker(runtime, poll_interval=0.05).start()
+    try:
+        await asyncio.sleep(0.3)
+        assert worker._task is not None and not worker._task.done()
+        await asyncio.to_thread(migrations.upgrade, url)
+        job = await enqueue(runtime, "ann", request("late"))
+        await wait_until(lambda: job.id in worker.completed, timeout=20)
+    finally:
+        await worker.stop()
+        await runtime.stop()
