@@ -23,6 +23,8 @@ def _config(args: argparse.Namespace) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the HTTP and WebSocket server with uvicorn."""
+    import gc
+
     import uvicorn
 
     from core.app import create_app, runtime_of
@@ -38,6 +40,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.Config(app, host=host, port=port, log_level=config.core.log_level.lower(),
                        ws_max_size=1 << 20, lifespan="on")
     )
+    # Keep everything imported and built so far out of the garbage collector's scans:
+    # full collections over it otherwise stall replies by tens of milliseconds.
+    gc.freeze()
     server.run()
     return 0 if server.started else 1
 

@@ -1,0 +1,201 @@
+"""What the framework adds to a chat turn, against calling the same provider directly.
+
+Same model (local-llm, SmolLM2), same prompt (the configured system prompt plus one
+user message), same sampling (temperature 0, fixed length), memory and RAG off, in one
+run and interleaved (direct, pipeline, HTTP, direct, ...) so machine noise hits every
+path alike. The paths:
+
+- direct:   ``provider.stream(messages, params)``
+- pipeline: ``start_turn`` + ``TurnRun.run`` in-process: new stored conversation (SQLite),
+            owner row, token budget, user message + placeholder, the answer stored,
+            ``message_completed`` fired
+- http:     ``POST /v1/chat/completions`` with ``stream: true`` and
+            ``X-Mami-Conversation: new`` under uvicorn on loopback, read with httpx
+
+Time to first token (first non-empty text) and total time, as medians per path. The
+model's own timing varies by tens of milliseconds from call to call on a busy machine,
+far more than the framework's cost, so the added time is also measured inside each
+turn: the provider is wrapped in a recorder, and the framework's share of a turn is
+its time to first token (or total) minus the provider's own, in the same turn. The
+direct path is the control: its share shows the method's floor. Targets: the framework
+adds at most 5 ms to the median time to first token and 10 ms to a turn.
+
+    python bench/chat_overhead.py [--turns 40] [--tokens 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from core.app import create_app, runtime_of  # noqa: E402
+from core.chat import ChatRequest, start_turn  # noqa: E402
+from core.config import config_from_dict  # noqa: E402
+from core.plugins import builtin_candidates  # noqa: E402
+from core.protocols import ChatMessage, GenerationParams, Principal  # noqa: E402
+
+PROMPT = "Name three colours."
+Sample = tuple[float, float, float, float]  # ttft, total; the provider's own ttft, total
+
+
+class Recorded:
+    """The provider, with the timings of its latest stream kept (own TTFT and total)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.last = (float("nan"), float("nan"))
+
+    @property
+    def context_window(self) -> int:
+        return int(self.inner.context_window)
+
+    def count_tokens(self, text: str) -> int:
+        return int(self.inner.count_tokens(text))
+
+    async def load(self) -> None:
+        await self.inner.load()
+
+    async def stream(self, messages: Any, params: Any) -> AsyncIterator[Any]:
+        start = time.perf_counter()
+        first = None
+        async with contextlib.aclosing(self.inner.stream(messages, params)) as deltas:
+            async for delta in deltas:
+                if delta.text and first is None:
+                    first = time.perf_counter() - start
+                yield delta
+        self.last = (first if first is not None else float("nan"), time.perf_counter() - start)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def timed(pieces: AsyncIterator[str], provider: Recorded) -> Sample:
+    start = time.perf_counter()
+    first = None
+    async for text in pieces:
+        if text and first is None:
+            first = time.perf_counter() - start
+    total = time.perf_counter() - start
+    return (first if first is not None else float("nan")), total, *provider.last
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--turns", type=int, default=40)
+    parser.add_argument("--tokens", type=int, default=16)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(run(Path(tmp), args.turns, args.tokens))
+
+
+async def run(tmp: Path, turns: int, tokens: int) -> None:
+    import httpx
+
+    from tests.conftest import LiveServer
+
+    config = config_from_dict({"core": {"data_dir": str(tmp), "auth": False,
+                                        "image_worker": False,
+                                        "database_url": f"sqlite:///{tmp / 'mami.db'}"}})
+    candidates = [c for c in builtin_candidates() if c.name == "local-llm"]
+    app = create_app(config, candidates=candidates)
+    loops: list[asyncio.AbstractEventLoop] = []
+    app.on_startup.append(lambda: loops.append(asyncio.get_running_loop()))
+    server = LiveServer(app).start()
+    runtime = runtime_of(app)
+    llm = Recorded(runtime.require("llm"))
+    runtime.providers["llm"] = {llm.name: llm}
+    params = GenerationParams(max_tokens=tokens, temperature=0.0)
+    messages = [ChatMessage("system", config.core.system_prompt), ChatMessage("user", PROMPT)]
+    principal = Principal("bench")
+    client = httpx.AsyncClient(base_url=server.url, timeout=60)
+    body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": tokens,
+            "temperature": 0, "stream": True}
+
+    async def direct() -> AsyncIterator[str]:
+        async for delta in llm.stream(messages, params):
+            yield delta.text
+
+    async def pipeline() -> AsyncIterator[str]:
+        turn = await start_turn(runtime, principal, ChatRequest(PROMPT, params=params))
+        async for item in turn.run():
+            if isinstance(item, str):
+                yield item
+
+    async def http() -> AsyncIterator[str]:
+        async with client.stream("POST", "/v1/chat/completions", json=body,
+                                 headers={"X-Mami-Conversation": "new"}) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: {") and '"content": "' in line and \
+                        '"content": ""' not in line:
+                    yield line
+
+    # The runtime lives in the server's event loop: the in-process paths run there too.
+    loop = loops[0]
+
+    def on_server(make: Callable[[], AsyncIterator[str]]) -> Callable[[], Awaitable[Sample]]:
+        async def go() -> Sample:
+            future = asyncio.run_coroutine_threadsafe(timed(make(), llm), loop)
+            return await asyncio.wrap_future(future)
+        return go
+
+    paths: dict[str, Callable[[], Awaitable[Sample]]] = {
+        "direct": on_server(direct), "pipeline": on_server(pipeline),
+        "http": lambda: timed(http(), llm),
+    }
+    for path in paths.values():  # warm-up: model load, prompt cache, connections
+        for _ in range(3):
+            await path()
+    gc.freeze()  # as `mami serve` does before it starts serving
+    samples: dict[str, list[Sample]] = {name: [] for name in paths}
+    for _ in range(turns):
+        for name, path in paths.items():
+            samples[name].append(await path())
+    await client.aclose()
+    server.stop()
+    report(samples, turns, tokens)
+
+
+def median_ms(values: Any) -> float:
+    return statistics.median(values) * 1000.0
+
+
+def report(samples: dict[str, list[Sample]], turns: int, tokens: int) -> None:
+    print(f"chat overhead: {turns} interleaved turns per path, {tokens} tokens, "
+          f"local-llm (SmolLM2-135M), SQLite, memory and RAG off")
+    print(f"{'path':<10}{'TTFT':>10}{'total':>10}   {'added, measured in each turn':<30}")
+    verdicts = []
+    for name, got in samples.items():
+        ttft = median_ms(s[0] for s in got)
+        total = median_ms(s[1] for s in got)
+        add_ttft = median_ms(s[0] - s[2] for s in got)
+        add_total = median_ms(s[1] - s[3] for s in got)
+        print(f"{name:<10}{ttft:>7.1f} ms{total:>7.1f} ms   "
+              f"TTFT +{add_ttft:.2f} ms, total +{add_total:.2f} ms")
+        if name != "direct":
+            verdicts.append((name, add_ttft, add_total))
+    base = samples["direct"]
+    for name, add_ttft, add_total in verdicts:
+        ab_ttft = median_ms(g[0] - b[0] for g, b in zip(samples[name], base, strict=True))
+        ab_total = median_ms(g[1] - b[1] for g, b in zip(samples[name], base, strict=True))
+        ok = add_ttft <= 5.0 and add_total <= 10.0
+        print(f"{name}: the framework added {add_ttft:.2f} ms to time to first token "
+              f"(target <= 5) and {add_total:.2f} ms to the turn (target <= 10): "
+              f"{'PASS' if ok else 'FAIL'}; paired A/B against the direct call before it: "
+              f"{ab_ttft:+.1f} / {ab_total:+.1f} ms (model noise included)")
+
+
+if __name__ == "__main__":
+    main()
