@@ -80,9 +80,11 @@ LAMBDA_OFF_UNLESS: dict[str, str | None] = {
     "memory": "MAMI_CHROMA_URL",  # uses chroma-rag's server unless given its own
 }
 
-# Forge's own deadline for one image plus a margin: the worker claims no job it could
-# not finish before Lambda stops it (a job cut off would wait for its lease to expire).
-WORKER_JOB_SECONDS = 200.0
+# The worker claims no job it could not finish before Lambda stops it (a job cut off
+# would wait for its lease to expire): one job may take the image generator's
+# ``deadline`` setting, plus this margin for storing it and running callbacks.
+WORKER_MARGIN_SECONDS = 20.0
+DEFAULT_JOB_SECONDS = 180.0
 
 _mangum: Mangum | None = None
 _worker_runtime: Runtime | None = None
@@ -112,11 +114,19 @@ async def run_image_jobs(runtime: Runtime, context: Any) -> dict[str, Any]:
     await runtime.ensure_started()
     runtime.require("images")
     image_worker = ImageWorker(runtime)
-    while context.get_remaining_time_in_millis() / 1000 > WORKER_JOB_SECONDS:
+    job_seconds = job_time_limit(runtime)
+    while context.get_remaining_time_in_millis() / 1000 > job_seconds:
         if await image_worker.run_once() is None:
             break
     await image_worker.drain()
     return {"processed": image_worker.processed, "completed": image_worker.completed}
+
+
+def job_time_limit(runtime: Runtime) -> float:
+    """Seconds one image job may need: the active generator's plugin ``deadline``."""
+    plugin = runtime.provider_plugin.get(id(runtime.images), "")
+    deadline = getattr(runtime.settings(plugin), "deadline", DEFAULT_JOB_SECONDS)
+    return float(deadline) + WORKER_MARGIN_SECONDS
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:

@@ -73,11 +73,20 @@ def test_worker_claims_nothing_it_could_not_finish_in_time(
     invoke: Invoker, image_env: str, forge: ForgeStandIn
 ) -> None:
     job = queue_image(invoke, "function-url", image_env, prompt="a job for later")
-    ran = invoke.worker(LambdaContext(remaining_ms=60_000))
+    ran = invoke.worker(LambdaContext(remaining_ms=150_000))  # < deadline 180 s + margin
     assert ran == {"processed": 0, "completed": []}
     status = invoke("http-api-v2", "GET", f"/api/images/{job['id']}", headers=bearer(image_env))
     assert status.json()["state"] == "queued"
     assert forge.prompts["a job for later"] == 0
+
+
+def test_worker_time_budget_follows_the_forge_deadline(
+    invoke: Invoker, image_env: str, lambda_env: Any, forge: ForgeStandIn
+) -> None:
+    lambda_env(MAMI__PLUGINS__FORGE_IMAGE__DEADLINE="30")
+    queue_image(invoke, "http-api-v2", image_env, prompt="a quick one")
+    assert invoke.worker(LambdaContext(remaining_ms=60_000))["processed"] == 1
+    assert forge.prompts["a quick one"] == 1
 
 
 def test_bad_image_request_is_a_400_and_queues_nothing(invoke: Invoker, image_env: str) -> None:

@@ -11,6 +11,8 @@ import pytest
 from cfnlint.api import lint_file
 from cfnlint.decode.cfn_yaml import load
 
+from plugins.forge_image import Settings as ForgeSettings
+
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "deploy" / "lambda" / "template.yaml"
 DOCKERFILE = ROOT / "deploy" / "lambda" / "Dockerfile"
@@ -84,7 +86,7 @@ def test_timeouts_fit_api_gateway_and_one_image_job(
     functions = _functions(template)
     assert functions["ApiFunction"]["Properties"]["Timeout"] <= 29
     worker = functions["ImageWorkerFunction"]["Properties"]
-    assert worker["Timeout"] > handler.WORKER_JOB_SECONDS
+    assert worker["Timeout"] > ForgeSettings().deadline + handler.WORKER_MARGIN_SECONDS
     assert worker["ImageConfig"]["Command"] == ["deploy/lambda/handler.worker"]
     assert [e["Type"] for e in worker["Events"].values()] == ["Schedule"]
 
