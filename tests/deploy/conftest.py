@@ -21,6 +21,8 @@ from tests.deploy.lambda_events import Invoker, load_handler_module
 def lambda_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., None]:
     """``lambda_env(VAR=value, ...)``: the function's environment. Starts from a clean
     slate (no MAMI_* variables), SQLite in tmp_path and auth off unless overridden."""
+    # the handler may write MAMI_SIGNING_KEY (from Secrets Manager): restore it afterwards
+    monkeypatch.setenv("MAMI_SIGNING_KEY", "")
     for name in list(os.environ):
         if name.startswith("MAMI"):
             monkeypatch.delenv(name)

@@ -4,17 +4,26 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+from websockets.typing import Origin, Subprotocol
 
+from core.app import create_app
 from core.errors import ConfigError
-from tests.deploy.lambda_events import load_handler_module
+from core.plugins import builtin_candidates
+from tests.deploy.lambda_events import Invoker, bearer, load_handler_module
 
 ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:mami/signing-key-AbCdEf"
+KEY = "shared-signing-key-of-lambda-and-server-0123456789"
+ORIGIN = "https://chat.example.com"
 
 
 class SecretsManager(BaseHTTPRequestHandler):
@@ -86,3 +95,48 @@ def test_missing_secret_is_a_config_error_naming_the_variable(secrets_manager: A
 def test_no_arn_no_secrets_manager_call(secrets_manager: Any) -> None:
     assert load_handler_module().signing_key({"MAMI_SIGNING_KEY": "plain"}) is None
     assert secrets_manager.calls == []
+
+
+def serve_sockets(make_config: Any, live_server: Any, database: Path) -> Any:
+    """A server deployment (uvicorn) of token-ws-auth on the Lambda's database."""
+    config = make_config(core={"auth": True, "database_url": f"sqlite:///{database}"},
+                         plugins={"token-ws-auth": {"allowed_origins": [ORIGIN]}})
+    candidates = [c for c in builtin_candidates() if c.name == "token-ws-auth"]
+    return live_server(create_app(config, candidates=candidates))
+
+
+def open_chat_socket(server: Any, ticket: str) -> dict[str, Any]:
+    """Open /ws/chat with the ticket; the answer to a ping, or the close code."""
+    with connect(server.ws_url + "/ws/chat", origin=Origin(ORIGIN),
+                 subprotocols=[Subprotocol("mami.v1"), Subprotocol(f"mami.ticket.{ticket}")],
+                 open_timeout=15) as socket_:
+        try:
+            socket_.send(json.dumps({"type": "ping"}))
+            return json.loads(socket_.recv(timeout=15))  # type: ignore[no-any-return]
+        except ConnectionClosed as closed:
+            return {"closed": closed.rcvd.code if closed.rcvd else None}
+
+
+def test_ticket_from_lambda_opens_a_socket_on_the_server_deployment(
+    invoke: Invoker, token: str, lambda_env: Any, secrets_manager: Any, tmp_path: Path,
+    make_config: Any, live_server: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lambda reads the key from Secrets Manager; a server given the same key and
+    database accepts the tickets Lambda issues, and a server with another key does not."""
+    secrets_manager.secrets[ARN] = KEY
+    lambda_env(MAMI_SIGNING_KEY_SECRET_ARN=ARN)
+    issued = invoke("http-api-v2", "POST", "/api/ws-ticket", headers=bearer(token))
+    assert issued.status == 201, issued.body
+    assert os.environ["MAMI_SIGNING_KEY"] == KEY
+    assert [call[0] for call in secrets_manager.calls] == ["secretsmanager.GetSecretValue"]
+
+    database = tmp_path / "auth.db"
+    server = serve_sockets(make_config, live_server, database)
+    assert open_chat_socket(server, issued.json()["ticket"]) == {"type": "pong"}
+
+    second = invoke("rest-api-v1", "POST", "/api/ws-ticket", headers=bearer(token)).json()
+    assert len(secrets_manager.calls) == 1  # read once per execution environment
+    monkeypatch.setenv("MAMI_SIGNING_KEY", "another-servers-own-signing-key-0123456789")
+    other = serve_sockets(make_config, live_server, database)
+    assert open_chat_socket(other, second["ticket"]) == {"closed": 4401}
+
