@@ -43,6 +43,10 @@ class Settings:
     """Longest fact accepted, in characters."""
     max_k: int = 50
     """Most memories one recall may return."""
+    write_behind: bool = True
+    """Write vectors to Chroma in batches in the background (SQL stays the source of
+    truth; vectors lost in a crash are re-embedded). Off, and always on AWS Lambda,
+    every write waits for Chroma."""
     chroma_url: str = ""
     """Chroma server (``http://host:8000``); empty: chroma-rag's setting, else embedded."""
     chroma_token: str = ""

@@ -3,7 +3,8 @@
 SQL is the source of truth. A memory's id is derived from its owner and normalised
 text, and ``(owner_id, normalized)`` is unique, so a repeated or racing write cannot
 add a second row. Each owner's vectors live in their own collection (chroma-rag's
-:class:`~plugins.chroma_rag.store.VectorStore`), so a query cannot see another owner's
+:class:`~plugins.chroma_rag.store.VectorStore`, written through
+:class:`~plugins.memory.index.MemoryIndex`), so a query cannot see another owner's
 memories and needs no slow filtered search; rows read back from SQL are filtered by
 owner as well.
 """
@@ -11,6 +12,7 @@ owner as well.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +27,12 @@ from core.runtime import Runtime
 from plugins.chroma_rag.embeddings import Embedder, aembed, get_embedder
 from plugins.chroma_rag.store import Hit, VectorStore, open_client
 from plugins.memory import Settings
+from plugins.memory.index import SCOPE, MemoryIndex
 from plugins.memory.normalize import clean, memory_id, normalize
 
-SCOPE = "memories"
-"""The scope of every memory vector (the VectorStore keys collections by owner and scope)."""
+__all__ = ["SCOPE", "ChromaMemoryStore"]
+
+log = logging.getLogger("mami.memory")
 
 
 def _memory(row: MemoryRecord, score: float | None = None) -> Memory:
@@ -61,8 +65,8 @@ class ChromaMemoryStore:
         self.settings = settings
         self.db = runtime.db
         url, path, token = chroma_location(settings, runtime)
-        self.vectors = VectorStore(lambda: open_client(url, path, token),
-                                   settings.collection_prefix)
+        vectors = VectorStore(lambda: open_client(url, path, token), settings.collection_prefix)
+        self.index = MemoryIndex(vectors, settings.write_behind and not runtime.serverless)
         self.embedder = embedder or get_embedder(settings.embedder, settings.model_dir)
 
     def candidate(self, text: str) -> tuple[str, str]:
@@ -111,24 +115,24 @@ class ChromaMemoryStore:
                 await self._seen(session, owner, exact.id)
                 return await self._record(session, owner, exact.id, "skipped", wording, 1.0,
                                           exact.id, source)
-        vector = (await aembed(self.embedder, [normalized]))[0]
-        nearest = await self._nearest(owner, vector, 1)
+        vector, nearest = await self._nearest(owner, normalized, 1)
         match = nearest[0] if nearest and nearest[0].score >= self.settings.duplicate_threshold \
             else None
         async with self.db.session() as session:
             if match is not None and await self._seen(session, owner, match.id, wording,
                                                       normalized):
-                await self._put_vector(owner, match.id, vector, wording)
-                return await self._record(session, owner, match.id, "updated", wording,
-                                          match.score, match.id, source)
-            session.add(MemoryRecord(id=new_id, owner_id=owner, text=wording,
-                                     normalized=normalized))
-            await session.flush()
-            await self._put_vector(owner, new_id, vector, wording)
-            closest = nearest[0] if nearest else None
-            return await self._record(session, owner, new_id, "added", wording,
-                                      closest.score if closest else None,
-                                      closest.id if closest else None, source)
+                decision = await self._record(session, owner, match.id, "updated", wording,
+                                              match.score, match.id, source)
+            else:
+                session.add(MemoryRecord(id=new_id, owner_id=owner, text=wording,
+                                         normalized=normalized))
+                await session.flush()
+                closest = nearest[0] if nearest else None
+                decision = await self._record(session, owner, new_id, "added", wording,
+                                              closest.score if closest else None,
+                                              closest.id if closest else None, source)
+        await self.index.put(owner, decision.memory_id, vector, wording)
+        return decision
 
     async def _seen(
         self, session: Any, owner: str, memory: str, wording: str | None = None,
@@ -162,24 +166,37 @@ class ChromaMemoryStore:
         await session.commit()
         return _decision(row)
 
-    async def _count(self, owner: str) -> int:
+    async def _nearest(self, owner: str, normalized: str, k: int) -> tuple[Any, list[Hit]]:
+        """The embedding of ``normalized`` and the owner's ``k`` memories closest to
+        it, best first."""
+        if owner not in self.index.checked:
+            await self._reindex_if_incomplete(owner)
+
+        def embed_and_search() -> tuple[Any, list[Hit]]:
+            vector = self.embedder.embed([normalized])[0]
+            return vector, self.index.search(owner, vector, k)
+
+        vector, hits = await asyncio.to_thread(embed_and_search)
+        return vector, self.index.with_queued(owner, vector, hits, k)
+
+    async def _reindex_if_incomplete(self, owner: str) -> None:
+        """Once per owner and process: if Chroma holds fewer of the owner's vectors
+        than SQL has rows (vectors lost in a crash, a wiped Chroma), embed them again."""
         async with self.db.session() as session:
-            return int((await session.exec(
+            stored = int((await session.exec(
                 select(func.count()).select_from(MemoryRecord)
                 .where(col(MemoryRecord.owner_id) == owner)
             )).one())
-
-    async def _nearest(self, owner: str, vector: Any, k: int) -> list[Hit]:
-        """The owner's ``k`` memory vectors most similar to ``vector``, best first."""
-        stored = await self._count(owner)
-        if stored == 0:
-            return []
-        return await asyncio.to_thread(self.vectors.query, owner, {SCOPE: stored}, vector, k)
-
-    async def _put_vector(self, owner: str, memory: str, vector: Any, wording: str) -> None:
-        meta = {"owner": owner, "scope": SCOPE, "doc": memory}
-        await asyncio.to_thread(self.vectors.upsert, owner, SCOPE, [memory], vector[None, :],
-                                [wording], [meta])
+        if stored and await self.index.indexed(owner) < stored:
+            log.warning("re-indexing the %d memories of %s", stored, owner)
+            async with self.db.session() as session:
+                rows = (await session.exec(
+                    select(MemoryRecord).where(col(MemoryRecord.owner_id) == owner))).all()
+            vectors = await aembed(self.embedder, [row.normalized for row in rows])
+            for row, vector in zip(rows, vectors, strict=True):
+                self.index.pending.setdefault(owner, {})[row.id] = (vector, row.text)
+            await self.index.flush()
+        self.index.checked.add(owner)
 
     async def recall(self, owner: str, query: str, k: int = 5) -> list[Memory]:
         """The owner's ``k`` memories most relevant to ``query``, best first, each with
@@ -191,8 +208,7 @@ class ChromaMemoryStore:
         normalized = normalize(query)
         if not normalized:
             raise BadRequest("the query is empty")
-        vector = (await aembed(self.embedder, [normalized]))[0]
-        hits = await self._nearest(owner, vector, k)
+        _vector, hits = await self._nearest(owner, normalized, k)
         if not hits:
             return []
         async with self.db.session() as session:
@@ -220,7 +236,7 @@ class ChromaMemoryStore:
             ))).first()
         if row is None:
             return False
-        await asyncio.to_thread(self.vectors.delete_document, owner, SCOPE, memory_id)
+        await self.index.forget(owner, memory_id)
         async with self.db.session() as session:
             await session.execute(delete(MemoryDecisionRecord).where(
                 col(MemoryDecisionRecord.owner_id) == owner,
@@ -236,7 +252,7 @@ class ChromaMemoryStore:
         """Forget every memory and decision of ``owner``; returns how many memories."""
         if not owner:
             raise AuthError("no owner")
-        await asyncio.to_thread(self.vectors.drop, owner, SCOPE)
+        await self.index.drop(owner)
         async with self.db.session() as session:
             await session.execute(delete(MemoryDecisionRecord).where(
                 col(MemoryDecisionRecord.owner_id) == owner))
@@ -263,3 +279,7 @@ class ChromaMemoryStore:
                 col(MemoryRecord.id) == memory_id, col(MemoryRecord.owner_id) == owner,
             ))).first()
         return _memory(row) if row is not None else None
+
+    async def aclose(self) -> None:
+        """Write the vectors still queued."""
+        await self.index.close()

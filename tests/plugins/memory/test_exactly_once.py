@@ -128,7 +128,9 @@ async def test_two_workers_racing_on_one_message_write_once(
         assert await counts(workers[0]) == (3, 3, 3)
         memories = await store_of(workers[1]).list_memories("alice")
         assert sorted(m.seen_count for m in memories) == [1, 1, 1]
-        assert store_of(workers[0]).vectors.count("alice", "memories") == 3
+        for worker in workers:
+            await store_of(worker).index.flush()
+        assert store_of(workers[0]).index.vectors.count("alice", "memories") == 3
     finally:
         for worker in workers:
             await worker.stop()

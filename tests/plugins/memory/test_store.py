@@ -115,7 +115,8 @@ async def test_concurrent_writes_of_one_fact_leave_one_memory(
     [memory] = await rows(runtime, MemoryRecord, "alice")
     assert memory.seen_count == 6
     assert len(await rows(runtime, MemoryDecisionRecord, "alice")) == 6
-    assert store.vectors.count("alice", "memories") == 1
+    await store.index.flush()
+    assert store.index.vectors.count("alice", "memories") == 1
 
 
 async def test_delete_forgets_row_vector_and_history(make_runtime: Any, database_url: str) -> None:
@@ -128,7 +129,8 @@ async def test_delete_forgets_row_vector_and_history(make_runtime: Any, database
     assert [m.id for m in await store.list_memories("alice")] == [keep.memory_id]
     assert await store.history("alice", gone.memory_id) == []
     assert [m.text for m in await store.recall("alice", "car", k=5)] == ["I play the cello"]
-    assert store.vectors.count("alice", "memories") == 1
+    await store.index.flush()
+    assert store.index.vectors.count("alice", "memories") == 1
     # Remembered again after being forgotten: a fresh memory with the same id.
     back = await store.remember("alice", "My car is a green Volvo")
     assert (back.action, back.memory_id) == ("added", gone.memory_id)
@@ -151,3 +153,32 @@ async def test_bad_input_is_refused_and_writes_nothing(make_runtime: Any) -> Non
         assert (await session.exec(select(func.count()).select_from(MemoryRecord))).one() == 0
         assert (await session.exec(
             select(func.count()).select_from(MemoryDecisionRecord))).one() == 0
+
+
+@pytest.mark.parametrize("write_behind", [True, False])
+async def test_vectors_lost_in_a_crash_are_rebuilt(
+    make_runtime: Any, make_config: Any, write_behind: bool
+) -> None:
+    first = await make_runtime(memory={"write_behind": write_behind})
+    store = store_of(first)
+    kept = await store.remember("alice", "I keep bees in my garden")
+    queued = await store.remember("alice", "My brother is a firefighter")
+    # Until written, queued vectors still count for dedup and recall.
+    assert (await store.remember("alice", "My brother works as a firefighter")).action == "updated"
+    assert [m.id for m in await store.recall("alice", "brother's job", k=1)] == [queued.memory_id]
+    if write_behind:
+        await store.index.flush()
+    assert not store.index.pending
+    # A crash: the second vector never reaches Chroma.
+    await asyncio.to_thread(store.index.vectors.delete_document, "alice", "memories",
+                            queued.memory_id)
+    await first.stop()
+
+    second = await make_runtime(memory={"write_behind": write_behind})
+    again = store_of(second)
+    found = await again.recall("alice", "What does my brother do?", k=1)
+    assert [m.id for m in found] == [queued.memory_id]
+    assert found[0].text == "My brother works as a firefighter"
+    await again.index.flush()
+    assert again.index.vectors.count("alice", "memories") == 2
+    assert kept.memory_id in {m.id for m in await again.recall("alice", "bees", k=2)}
