@@ -92,6 +92,9 @@ class MiniLMEmbedder:
             options = ort.SessionOptions()
             options.log_severity_level = 3
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # Idle worker threads spin by default: twice the CPU per short text, and
+            # slower when the cores are shared (bench/memory_dedup.py).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._splitter, self._tokenizer = splitter, tokenizer
             self._session = ort.InferenceSession(
                 str(self.model_dir / "model.onnx"), sess_options=options,
