@@ -183,10 +183,8 @@ class TokenAuthenticator:
         """Check Origin and ticket before the socket is used. Accepts and returns the
         principal, or closes with 1008 (too many failures), 4403 (origin), 4401 (bad
         ticket) or 4408 (no ticket in time) and returns ``None``."""
-        headers = {k.lower(): v for k, v in socket.headers.items()}
+        headers, offered, subprotocol = _handshake(socket)
         client = getattr(getattr(socket, "client", None), "host", None)
-        offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
-        subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
         if self.failures.blocked(client):
             return await self._refuse(socket, subprotocol, POLICY, "too many failed attempts")
         origin = headers.get("origin")
@@ -212,6 +210,19 @@ class TokenAuthenticator:
             self.failures.record(client)
             await socket.close(code=NOT_AUTHENTICATED, reason="invalid, used or expired ticket")
         return principal
+
+    async def accept_anonymous(self, socket: Any) -> bool:
+        """For ``[core] auth = false``: without it any web page could drive the socket
+        (cross-site WebSocket hijacking). Accepts and returns True, or closes with 4403
+        and returns False when the socket has an Origin that is not on the allow-list.
+        Sockets without Origin (non-browser clients) are accepted."""
+        headers, _offered, subprotocol = _handshake(socket)
+        origin = headers.get("origin")
+        if origin is not None and origin not in self.allowed_origins:
+            await self._refuse(socket, subprotocol, FORBIDDEN, "origin not allowed")
+            return False
+        await socket.accept(subprotocols=subprotocol)
+        return True
 
     async def _refuse(
         self, socket: Any, subprotocol: str | None, code: int, reason: str
@@ -314,6 +325,14 @@ def bootstrap_message(url: str, token: str) -> str:
         f'    curl -H "Authorization: Bearer {token}" {url}/api/tokens\n\n'
         "Make more with `mami token create --owner NAME`.\n"
     )
+
+
+def _handshake(socket: Any) -> tuple[dict[str, str], list[str], str | None]:
+    """The socket's headers (lower-case names), the subprotocols it offers, and the one
+    the server answers with (``mami.v1`` when offered)."""
+    headers = {k.lower(): v for k, v in socket.headers.items()}
+    offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
+    return headers, offered, SUBPROTOCOL if SUBPROTOCOL in offered else None
 
 
 def _ticket_from_message(text: str) -> str:

@@ -222,7 +222,7 @@ ALL_SECRETS: set[str] = set()
 
 def start_server(
     tmp: Path, database_url: str, *, builtins: Sequence[str] = (),
-    tables: dict[str, Any] | None = None, **settings: Any,
+    tables: dict[str, Any] | None = None, auth: bool = True, **settings: Any,
 ) -> tuple[AuthServer, Serving]:
     """Serve token-ws-auth (``settings`` on top of test defaults), the test sockets, the
     paced model and the named ``builtins`` (with their ``tables``)."""
@@ -231,7 +231,7 @@ def start_server(
              "bootstrap_admin": False}
     table.update(settings)
     config = config_from_dict({
-        "core": {"auth": True, "data_dir": str(tmp), "database_url": database_url,
+        "core": {"auth": auth, "data_dir": str(tmp), "database_url": database_url,
                  "image_worker": False, "llm": "paced"},
         "plugins": {"token-ws-auth": table, **(tables or {})},
     })
