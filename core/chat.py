@@ -163,6 +163,13 @@ class TurnRun:
         self.replay: Finished | None = None
         self.finished: Finished | None = None
         self.summary_from: tuple[str, int] | None = None  # (summary so far, its upto)
+        self.store: asyncio.Future[None] | None = None
+
+    async def saved(self) -> None:
+        """Wait until the user message and the placeholder are committed; raises the
+        :class:`MamiError` (409) when they could not be, and then nothing was stored."""
+        if self.store is not None:
+            await asyncio.shield(self.store)
 
     @property
     def stored(self) -> bool:
@@ -185,12 +192,16 @@ class TurnRun:
                 async for piece, reason in generated:
                     finish = reason or finish
                     if piece:
+                        if not parts:
+                            await self.saved()
                         parts.append(piece)
                         yield piece
             status = "complete"
         except ProviderError as exc:
             status = "interrupted" if parts or isinstance(exc, StreamInterrupted) else "error"
             error, code = exc.message, exc.status_code
+        except MamiError:
+            raise  # the rows could not be written: nothing to store the answer in
         except (asyncio.CancelledError, GeneratorExit):
             await asyncio.shield(self._finish("interrupted", parts, "cancelled", None, None))
             raise
@@ -227,12 +238,14 @@ class TurnRun:
         usage = Usage(self.context.prompt_tokens if self.context else 0,
                       self.llm.count_tokens(text) if text else 0)
         if self.message_id is not None:
+            await self.saved()
             async with self.runtime.db.session() as session:
                 await session.execute(
                     update(Message)
                     .where(col(Message.id) == self.message_id)
                     .values(content=text, status=status, error=error,
                             token_count=usage.completion_tokens)
+                    .execution_options(synchronize_session=False)
                 )
                 await session.commit()
         self.finished = Finished(status, self.message_id, text, usage, finish, error, code)
@@ -302,14 +315,7 @@ async def start_turn(runtime: Runtime, principal: Principal, request: ChatReques
             turn.context = await _context(runtime, principal, request, llm,
                                           turns_from_messages(request.history), "")
         return turn
-    for attempt in range(3):
-        try:
-            return await _stored_turn(runtime, principal, request, llm, command)
-        except IntegrityError:
-            # A concurrent request took the same seq or client id; look again.
-            if attempt == 2:
-                raise Conflict("the conversation changed concurrently; retry") from None
-    raise AssertionError("unreachable")
+    return await _stored_turn(runtime, principal, request, llm, command)
 
 
 async def _stored_turn(
@@ -366,41 +372,104 @@ async def _stored_turn(
         if summarize and conversation is not None:
             turn.summary_from = (conversation.summary, conversation.summary_upto)
 
+    last_seq = rows[-1].seq if rows else (conversation.summary_upto if conversation else 0)
+    plan = StorePlan(
+        owner=owner,
+        conversation_id=(conversation.id if conversation else conversation_id
+                         or uuid.uuid4().hex),
+        new_conversation=conversation is None,
+        title=request.content.strip()[:80],
+        user_id=retry_of.id if retry_of is not None else uuid.uuid4().hex,
+        new_user=retry_of is None,
+        content=request.content,
+        client_message_id=cid,
+        user_seq=retry_of.seq if retry_of is not None else last_seq + 1,
+        reply_id=reply.id if reply is not None else uuid.uuid4().hex,
+        reclaim_status=reply.status if reply is not None else None,
+    )
+    # The rows are written while the model reads the prompt; the turn waits for them
+    # before its first token leaves (see TurnRun.saved).
+    turn.store = asyncio.ensure_future(store(runtime, plan))
+    turn.conversation_id = plan.conversation_id
+    turn.user_message_id, turn.message_id = plan.user_id, plan.reply_id
+    return turn
+
+
+@dataclass(slots=True)
+class StorePlan:
+    """The rows a stored turn writes before its answer: the conversation (if new), the
+    user message (unless retried) and the answer's ``streaming`` placeholder (or the
+    reclaimed row of an interrupted or failed answer)."""
+
+    owner: str
+    conversation_id: str
+    new_conversation: bool
+    title: str
+    user_id: str
+    new_user: bool
+    content: str
+    client_message_id: str | None
+    user_seq: int
+    reply_id: str
+    reclaim_status: str | None
+
+
+async def store(runtime: Runtime, plan: StorePlan) -> None:
+    """Write the plan in one transaction. A concurrent turn that took the same seq is
+    retried with the next one; a concurrent request with the same client message id is
+    a 409."""
+    for attempt in range(3):
+        try:
+            await _write(runtime, plan)
+            runtime.state.setdefault("chat.known_owners", set()).add(plan.owner)
+            return
+        except IntegrityError:
+            if attempt == 2 or not plan.new_user:
+                raise Conflict("the conversation changed concurrently; retry") from None
+        async with runtime.db.session() as session:
+            if plan.client_message_id is not None and (await session.exec(
+                select(Message.id).where(Message.conversation_id == plan.conversation_id,
+                                         Message.client_message_id == plan.client_message_id)
+            )).first() is not None:
+                raise Conflict("this message is already being answered by another request")
+            plan.new_conversation = await session.get(Conversation, plan.conversation_id) is None
+            seq = (await session.exec(
+                select(Message.seq).where(Message.conversation_id == plan.conversation_id)
+                .order_by(col(Message.seq).desc()).limit(1)
+            )).first()
+            plan.user_seq = int(seq or 0) + 1
+
+
+async def _write(runtime: Runtime, plan: StorePlan) -> None:
     now = utcnow()
     async with runtime.db.session() as session:
-        if conversation is None:
-            await _ensure_owner(runtime, session, owner)
-            conversation = Conversation(id=conversation_id or uuid.uuid4().hex, owner_id=owner,
-                                        title=request.content.strip()[:80])
-            session.add(conversation)
+        if plan.new_conversation:
+            await _ensure_owner(runtime, session, plan.owner)
+            session.add(Conversation(id=plan.conversation_id, owner_id=plan.owner,
+                                     title=plan.title))
         else:
             await session.execute(update(Conversation)
-                                  .where(col(Conversation.id) == conversation.id)
-                                  .values(updated_at=now))
-        if retry_of is None:
-            last_seq = rows[-1].seq if rows else conversation.summary_upto
-            retry_of = Message(id=uuid.uuid4().hex, conversation_id=conversation.id,
-                               seq=last_seq + 1, role="user", content=request.content,
-                               client_message_id=cid)
-            session.add(retry_of)
-        if reply is None:
-            reply = Message(id=uuid.uuid4().hex, conversation_id=conversation.id,
-                            seq=retry_of.seq + 1, role="assistant", content="",
-                            status="streaming", reply_to=retry_of.id)
-            session.add(reply)
+                                  .where(col(Conversation.id) == plan.conversation_id)
+                                  .values(updated_at=now)
+                                  .execution_options(synchronize_session=False))
+        if plan.new_user:
+            session.add(Message(id=plan.user_id, conversation_id=plan.conversation_id,
+                                seq=plan.user_seq, role="user", content=plan.content,
+                                client_message_id=plan.client_message_id))
+        if plan.reclaim_status is None:
+            session.add(Message(id=plan.reply_id, conversation_id=plan.conversation_id,
+                                seq=plan.user_seq + 1, role="assistant", content="",
+                                status="streaming", reply_to=plan.user_id))
         else:
             claimed = await session.execute(
-                update(Message).where(col(Message.id) == reply.id,
-                                      col(Message.status) == reply.status)
+                update(Message).where(col(Message.id) == plan.reply_id,
+                                      col(Message.status) == plan.reclaim_status)
                 .values(status="streaming", content="", error=None, created_at=now)
+                .execution_options(synchronize_session=False)
             )
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
                 raise Conflict("this message is being answered by another request")
         await session.commit()
-    runtime.state.setdefault("chat.known_owners", set()).add(owner)
-    turn.conversation_id = conversation.id
-    turn.user_message_id, turn.message_id = retry_of.id, reply.id
-    return turn
 
 
 def _aware(moment: Any) -> Any:

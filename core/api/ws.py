@@ -157,6 +157,10 @@ class ChatSocket:
         except MamiError as exc:
             self.error(exc.message, exc.status_code)
             return
+        except Exception:
+            log.exception("a chat turn could not start")
+            self.error("internal error", 500)
+            return
         self.send({"type": "start", "conversation_id": turn.conversation_id,
                    "message_id": turn.message_id})
         try:

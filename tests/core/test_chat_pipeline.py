@@ -347,3 +347,49 @@ async def test_a_slash_command_is_answered_by_its_handler(
     # An unknown command goes to the model like any text.
     await drain(await start_turn(runtime, ALICE, ChatRequest("/unknown x", params=FAST)))
     assert len(standin.requests) == 1
+
+
+async def test_concurrent_turns_in_one_conversation_each_get_their_own_seq(
+    make_runtime: Any, standin: StandIn, database_url: str
+) -> None:
+    runtime = await make_runtime(OPENAI, database_url=database_url,
+                                 plugins=openai_table(standin))
+    first = await start_turn(runtime, ALICE, ChatRequest("one", params=FAST))
+    await drain(first)
+
+    async def turn(text: str) -> Finished:
+        return (await drain(await start_turn(runtime, ALICE, ChatRequest(
+            text, conversation_id=first.conversation_id, params=FAST))))[1]
+
+    done = await asyncio.gather(turn("two"), turn("three"))
+    assert [f.status for f in done] == ["complete", "complete"]
+    stored = await rows(runtime, first.conversation_id or "")
+    assert [m.seq for m in stored] == [1, 2, 3, 4, 5, 6]
+    by_id = {m.id: m for m in stored}
+    for message in stored:
+        if message.role == "assistant":
+            assert by_id[message.reply_to or ""].seq == message.seq - 1
+
+
+async def test_a_duplicate_sent_concurrently_is_answered_once(
+    make_runtime: Any, standin: StandIn, database_url: str
+) -> None:
+    recorder = Recorder()
+    runtime = await make_runtime(OPENAI, plugin_object("recorder", recorder),
+                                 database_url=database_url, plugins=openai_table(standin))
+    request = ChatRequest("same", client_message_id="dup", params=FAST)
+
+    async def send() -> Finished:
+        return (await drain(await start_turn(runtime, ALICE, request)))[1]
+
+    results = await asyncio.gather(send(), send(), return_exceptions=True)
+    answered = [r for r in results if isinstance(r, Finished)]
+    refused = [r for r in results if isinstance(r, Conflict)]
+    assert len(answered) == 1 and len(refused) == 1, results
+    assert refused[0].status_code == 409
+    again = await start_turn(runtime, ALICE, request)
+    assert again.replay is not None and again.message_id == answered[0].message_id
+    stored = await rows(runtime, again.conversation_id or "")
+    assert [(m.role, m.status) for m in stored] == [("user", "complete"),
+                                                    ("assistant", "complete")]
+    assert len(recorder.events) == 1
