@@ -120,7 +120,8 @@ async def fail_fast(tmp: Path) -> None:
             result = await generator.generate(request(i))
             alone.append(time.perf_counter() - started)
             assert result.reason == "circuit_open"
-        say(f"   the generator's own work while open: {ms(alone)}")
+        say(f"   the generator's own work while open: p50 {pct(alone, 0.5) * 1e6:.0f} us, "
+            f"p95 {pct(alone, 0.95) * 1e6:.0f} us, max {max(alone) * 1e6:.0f} us (n={len(alone)})")
         await runtime.stop()
 
         forge.set_mode("stall")

@@ -82,7 +82,7 @@ class ForgeImageGenerator:
     def budget(self) -> float:
         """Seconds for the HTTP work: the deadline minus a reserve for storing the
         result, so a job is final within its deadline."""
-        return self.s.deadline - min(0.25, 0.05 * self.s.deadline)
+        return self.s.deadline - min(0.5, 0.1 * self.s.deadline)
 
     @property
     def client(self) -> httpx.AsyncClient:
