@@ -6,15 +6,16 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.deploy.lambda_events import Invoker, load_handler_module
+from tests.chat_support import LlamaServer
+from tests.deploy.lambda_events import Invoker, load_handler_module, mami
+from tests.forge_standin import ForgeStandIn
+from tests.plugins.chroma_rag.conftest import ChromaServer
 
 
 @pytest.fixture
@@ -54,15 +55,6 @@ def invoke(lambda_env: Callable[..., None]) -> Iterator[Invoker]:
         loop.close()
 
 
-def mami(*args: str, database_url: str, cwd: Path) -> str:
-    env = {**os.environ, "MAMI_DATABASE_URL": database_url}
-    done = subprocess.run([sys.executable, "-m", "core.cli", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=120,
-                          check=False)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
 @pytest.fixture(scope="session")
 def seeded_database(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A migrated SQLite file holding one API token for ``alice``, made once."""
@@ -80,3 +72,30 @@ def token(lambda_env: Any, tmp_path: Path, seeded_database: tuple[Path, str]) ->
     shutil.copy(seed, tmp_path / "auth.db")
     lambda_env(MAMI__CORE__AUTH="true", MAMI_DATABASE_URL=f"sqlite:///{tmp_path / 'auth.db'}")
     return token
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[LlamaServer]:
+    """A real OpenAI-compatible model server: ``llama_cpp.server`` with SmolLM2."""
+    server = LlamaServer().wait()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def chroma(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
+    """A Chroma server (``chroma run``) on loopback."""
+    server = ChromaServer(tmp_path_factory.mktemp("lambda-chroma"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def forge() -> Iterator[ForgeStandIn]:
+    """The Forge stand-in (the real AUTOMATIC1111 API on loopback)."""
+    server = ForgeStandIn("ok").start()
+    yield server
+    server.stop()
+

@@ -11,6 +11,9 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -27,6 +30,16 @@ def load_handler_module() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def mami(*args: str, database_url: str, cwd: Path) -> str:
+    """Run the ``mami`` CLI against ``database_url``, as an operator does; its output."""
+    env = {**os.environ, "MAMI_DATABASE_URL": database_url}
+    done = subprocess.run([sys.executable, "-m", "core.cli", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 SHAPES = ("http-api-v2", "rest-api-v1", "alb", "function-url")

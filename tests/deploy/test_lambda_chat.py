@@ -4,7 +4,6 @@ plugin against a real ``llama_cpp.server`` on loopback (SmolLM2)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,15 +14,6 @@ from tests.deploy.lambda_events import SHAPES, Invoker, bearer
 
 QUESTION = {"messages": [{"role": "user", "content": "Name a colour."}],
             "max_tokens": 8, "temperature": 0}
-
-
-@pytest.fixture(scope="module")
-def llama_server() -> Iterator[LlamaServer]:
-    server = LlamaServer().wait()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,13 +14,6 @@ from tests.deploy.lambda_events import SHAPES, Invoker, bearer
 from tests.plugins.chroma_rag.conftest import ChromaServer
 
 BOUNDARY = "----mamiLambdaBoundary7MA4YWxkTrZu0gW"
-
-
-@pytest.fixture(scope="module")
-def chroma(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
-    server = ChromaServer(tmp_path_factory.mktemp("lambda-chroma"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,6 @@ from tests.deploy.lambda_events import SHAPES, Invoker, LambdaContext, bearer
 from tests.forge_standin import ForgeStandIn
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def forge() -> Iterator[ForgeStandIn]:
-    server = ForgeStandIn("ok").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
