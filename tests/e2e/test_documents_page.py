@@ -36,6 +36,8 @@ def test_upload_a_document_and_get_an_answer_from_it(
 ) -> None:
     notes = tmp_path / "garden-notes.md"
     notes.write_text(NOTES, encoding="utf-8")
+    with echo_mami.api() as client:
+        client.delete("/api/documents").raise_for_status()
     sign_in(page, echo_mami)
     page.click("#documents-panel summary")
     expect(page.locator("#documents")).to_have_text("No documents.")
@@ -75,11 +77,14 @@ def test_bad_files_are_refused_in_words_and_nothing_is_stored(
 
 
 def test_deleting_a_document_takes_it_out_of_answers(page: Any, echo_mami: MamiServer) -> None:
+    with echo_mami.api() as client:
+        client.delete("/api/documents").raise_for_status()
+        client.post("/api/documents", json={"source": "door.md", "text": NOTES}).raise_for_status()
     sign_in(page, echo_mami)
+    assert "PELICAN-42" in ask(page, "Which password opens the blue door?")
     page.click("#documents-panel summary")
-    item = page.locator("#documents li.item", has_text="garden-notes.md")
-    expect(item).to_be_visible(timeout=30_000)
-    item.get_by_role("button", name="Delete document: garden-notes.md").click()
+    item = page.locator("#documents li.item", has_text="door.md")
+    item.get_by_role("button", name="Delete document: door.md").click()
     expect(page.locator("#documents")).to_have_text("No documents.", timeout=30_000)
     assert document_names(echo_mami) == []
     assert ask(page, "Which password opens the blue door?").strip() == "No passages."

@@ -8,6 +8,8 @@ const FINAL_IMAGE_STATES = new Set(["succeeded", "placeholder", "failed"]);
 const PING_EVERY_MS = 25000;
 const RECONNECT_MAX_MS = 5000;
 const IMAGE_POLL_MS = 1000;
+const CONFLICT_RETRIES = 30;
+const CONFLICT_RETRY_MS = 300;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -402,7 +404,7 @@ function submitMessage() {
     return;
   }
   addMessage("user", text);
-  state.reply = { sentText: text, bubble: null, messageId: null };
+  state.reply = { sentText: text, message, retries: 0, bubble: null, messageId: null };
   ui.input.value = "";
   saveDraft();
   scrollToEnd(true);
@@ -453,6 +455,17 @@ function serverError(event) {
   const reply = state.reply;
   if (reply && reply.bubble) {
     reply.error = event.message;  // the "end" that follows marks the bubble
+    return;
+  }
+  if (reply && event.code === 409 && reply.retries < CONFLICT_RETRIES) {
+    // The server is still finishing the previous turn; the same client_message_id
+    // makes sending again safe.
+    reply.retries += 1;
+    setTimeout(() => {
+      if (state.reply === reply && !reply.bubble && !send(reply.message)) {
+        closedReply("Connection lost before the reply started.");
+      }
+    }, CONFLICT_RETRY_MS);
     return;
   }
   if (reply) {
