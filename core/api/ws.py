@@ -67,7 +67,13 @@ def push_event(runtime: Runtime, owner: str, event: dict[str, Any]) -> int:
 async def accept(runtime: Runtime, socket: WebSocket[Any, Any, Any]) -> Principal | None:
     """Authenticate before anything is read; ``None`` when the socket was closed."""
     if not runtime.config.core.auth:
-        await socket.accept()
+        # Even without auth, a foreign web page must not drive the socket (token-ws-auth
+        # checks Origin in accept_anonymous).
+        guard = getattr(runtime.authenticator, "accept_anonymous", None)
+        if guard is None:
+            await socket.accept()
+        elif not await guard(socket):
+            return None
         return Principal(owner=runtime.config.core.local_owner)
     authenticator = runtime.authenticator
     if authenticator is None:

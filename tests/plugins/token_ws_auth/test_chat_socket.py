@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from core.db import Database
 from core.models import Message
-from tests.plugins.token_ws_auth.ws_auth_harness import AuthServer
+from tests.plugins.token_ws_auth.ws_auth_harness import GOOD_ORIGIN, AuthServer, start_server
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -106,3 +107,21 @@ async def test_another_owners_conversation_is_not_reachable_by_socket(
                                   "conversation_id": conversation_id}))
         error = (await events_until(ws, "error"))[-1]
     assert error["code"] == 404 and "secret" not in json.dumps(error)
+
+
+async def test_with_auth_off_a_foreign_origin_is_still_4403(tmp_path: Path) -> None:
+    """Auth off serves everyone as the local owner, but a web page from another origin
+    must not drive the socket (cross-site WebSocket hijacking)."""
+    server, serving = start_server(tmp_path, f"sqlite:///{tmp_path / 'open.db'}", auth=False)
+    try:
+        for origin in ("https://evil.example", "https://good.example.evil.com"):
+            async with server.ws("/ws/chat", origin=origin) as ws:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+        for allowed in (GOOD_ORIGIN, None):  # a listed page, a non-browser client
+            async with server.ws("/ws/chat", origin=allowed) as ws:
+                await ws.send(json.dumps({"type": "ping"}))
+                assert json.loads(await ws.recv()) == {"type": "pong"}
+    finally:
+        serving.stop()
