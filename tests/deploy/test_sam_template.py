@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,13 @@ def test_image_copies_what_the_handler_needs() -> None:
     text = DOCKERFILE.read_text()
     for needed in ("core", "plugins", "alembic", "deploy/lambda/handler.py"):
         assert f"COPY {needed} " in text
+
+
+def test_readme_documents_every_variable_the_handler_reads(handler: Any) -> None:
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    documented = {name for name in re.findall(r"`(MAMI_[A-Z_]+)`", readme)
+                  if not name.startswith(handler.PREFIX)}
+    read = set(handler.ALIASES) | {"MAMI_DATABASE_URL", handler.SIGNING_KEY_ARN,
+                                   handler.DEFAULT_SIGNING_KEY_ENV}
+    assert read <= documented
+    assert documented - read <= {"MAMI_DATA_DIR", "MAMI_CONFIG"}
