@@ -153,7 +153,7 @@ async def image_command(runtime: Runtime, principal: Principal, argument: str) -
 
 
 def _watch(runtime: Runtime, job: ImageJob) -> None:
-    if not runtime.state.get(SIGNALS):
+    if SIGNALS not in runtime.state:
         runtime.state[SIGNALS] = {}
         jobs.add_image_callback(runtime, _signal_finished(runtime))
     runtime.state[SIGNALS][job.id] = asyncio.Event()

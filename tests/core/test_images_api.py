@@ -216,7 +216,8 @@ async def test_image_command_in_chat_pushes_the_result(
     forge_only = [c for c in builtin_candidates() if c.name == "forge-image"]
     config = make_config(core={"image_worker": worker == "in-process"},
                          plugins={"forge-image": {"url": forge.url, **FORGE_QUICK}})
-    live = live_server(create_app(config, candidates=[LOCAL, *forge_only]))
+    app = create_app(config, candidates=[LOCAL, *forge_only])
+    live = live_server(app)
     other: ImageWorker | None = None
     if worker == "separate":
         runtime = Runtime(config, forge_only)
@@ -225,6 +226,7 @@ async def test_image_command_in_chat_pushes_the_result(
         other.start()
     try:
         text, pushed = await chat_image(live.ws_url, "a blue whale")
+        again, pushed_again = await chat_image(live.ws_url, "a green whale")
     finally:
         if other is not None:
             await other.stop()
@@ -237,9 +239,12 @@ async def test_image_command_in_chat_pushes_the_result(
     async with httpx.AsyncClient(base_url=live.url) as client:
         png = await client.get(pushed["url"])
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
-    assert forge.prompts["a blue whale"] == 1
+    assert forge.prompts["a blue whale"] == forge.prompts["a green whale"] == 1
+    assert pushed_again["job_id"] in again and pushed_again["state"] == "succeeded"
+    assert len(runtime_of(app).state["image_job_callbacks"]) == 1  # installed once
     if other is not None:
-        assert other.completed == [job_id]  # the server's own worker was off
+        # the server's own worker was off
+        assert other.completed == [job_id, pushed_again["job_id"]]
 
 
 async def test_image_command_without_prompt_explains(make_config: Any, live_server: Any) -> None:
