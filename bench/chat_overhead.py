@@ -11,6 +11,8 @@ path alike. The paths:
             ``message_completed`` fired
 - http:     ``POST /v1/chat/completions`` with ``stream: true`` and
             ``X-Mami-Conversation: new`` under uvicorn on loopback, read with httpx
+            from a separate client process (its clock, ``perf_counter``, is the
+            system-wide monotonic clock, so its timestamps compare with the server's)
 
 Time to first token (first non-empty text) and total time, as medians per path. The
 model's own timing varies by tens of milliseconds from call to call on a busy machine,
@@ -29,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import statistics
 import sys
 import tempfile
@@ -47,6 +50,24 @@ from core.plugins import builtin_candidates  # noqa: E402
 from core.protocols import ChatMessage, GenerationParams, Principal  # noqa: E402
 
 PROMPT = "Name three colours."
+CLIENT = r"""
+import json, sys, time
+import httpx
+url, tokens, prompt = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
+        "temperature": 0, "stream": True}
+with httpx.Client(base_url=url, timeout=60) as client:
+    for _ in sys.stdin:
+        first = None
+        start = time.perf_counter()
+        with client.stream("POST", "/v1/chat/completions", json=body,
+                           headers={"X-Mami-Conversation": "new"}) as response:
+            for line in response.iter_lines():
+                if first is None and line.startswith("data: {") and '"content": "' in line \
+                        and '"content": ""' not in line:
+                    first = time.perf_counter()
+        print(json.dumps([start, first, time.perf_counter()]), flush=True)
+"""
 Sample = tuple[float, float, float, float]  # ttft, total; the provider's own ttft, total
 
 
@@ -102,8 +123,6 @@ def main() -> None:
 
 
 async def run(tmp: Path, turns: int, tokens: int) -> None:
-    import httpx
-
     from tests.conftest import LiveServer
 
     config = config_from_dict({"core": {"data_dir": str(tmp), "auth": False,
@@ -113,6 +132,7 @@ async def run(tmp: Path, turns: int, tokens: int) -> None:
     app = create_app(config, candidates=candidates)
     loops: list[asyncio.AbstractEventLoop] = []
     app.on_startup.append(lambda: loops.append(asyncio.get_running_loop()))
+    gc.freeze()  # as `mami serve` does right before it starts serving
     server = LiveServer(app).start()
     runtime = runtime_of(app)
     llm = Recorded(runtime.require("llm"))
@@ -120,9 +140,11 @@ async def run(tmp: Path, turns: int, tokens: int) -> None:
     params = GenerationParams(max_tokens=tokens, temperature=0.0)
     messages = [ChatMessage("system", config.core.system_prompt), ChatMessage("user", PROMPT)]
     principal = Principal("bench")
-    client = httpx.AsyncClient(base_url=server.url, timeout=60)
-    body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": tokens,
-            "temperature": 0, "stream": True}
+    client = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CLIENT, server.url, str(tokens), PROMPT,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert client.stdin is not None and client.stdout is not None
+    to_client, from_client = client.stdin, client.stdout
 
     async def direct() -> AsyncIterator[str]:
         async for delta in llm.stream(messages, params):
@@ -134,13 +156,11 @@ async def run(tmp: Path, turns: int, tokens: int) -> None:
             if isinstance(item, str):
                 yield item
 
-    async def http() -> AsyncIterator[str]:
-        async with client.stream("POST", "/v1/chat/completions", json=body,
-                                 headers={"X-Mami-Conversation": "new"}) as response:
-            async for line in response.aiter_lines():
-                if line.startswith("data: {") and '"content": "' in line and \
-                        '"content": ""' not in line:
-                    yield line
+    async def http() -> Sample:
+        to_client.write(b"go\n")
+        await to_client.drain()
+        start, first, end = json.loads(await from_client.readline())
+        return first - start, end - start, *llm.last
 
     # The runtime lives in the server's event loop: the in-process paths run there too.
     loop = loops[0]
@@ -153,17 +173,17 @@ async def run(tmp: Path, turns: int, tokens: int) -> None:
 
     paths: dict[str, Callable[[], Awaitable[Sample]]] = {
         "direct": on_server(direct), "pipeline": on_server(pipeline),
-        "http": lambda: timed(http(), llm),
+        "http": http,
     }
     for path in paths.values():  # warm-up: model load, prompt cache, connections
         for _ in range(3):
             await path()
-    gc.freeze()  # as `mami serve` does before it starts serving
     samples: dict[str, list[Sample]] = {name: [] for name in paths}
     for _ in range(turns):
         for name, path in paths.items():
             samples[name].append(await path())
-    await client.aclose()
+    to_client.close()
+    await client.wait()
     server.stop()
     report(samples, turns, tokens)
 

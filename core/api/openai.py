@@ -133,7 +133,7 @@ def parse_request(body: dict[str, Any], headers: Any, default_max_tokens: int) -
         return ChatRequest(
             messages[-1].content,
             conversation_id=None if conversation == "new" else conversation,
-            client_message_id=client_id or (uuid.uuid4().hex if conversation == "new" else None),
+            client_message_id=client_id,
             **common,
         )
     system = [m.content for m in messages if m.role == "system"]
