@@ -161,8 +161,8 @@ def config_from_env(environ: Mapping[str, str]) -> Config:
     raw: dict[str, Any] = {"core": dict(LAMBDA_CORE_DEFAULTS), "plugins": {}}
     for variable, value in sorted(environ.items()):
         target = _target_of(variable, candidates)
-        if target is None:
-            continue
+        if target is None or (variable in ALIASES and not value):
+            continue  # empty shortcuts are template parameters left blank
         table, key = target
         hint = _hint(table, key, candidates)
         section = raw["plugins"] if table.startswith("plugins.") else raw

@@ -77,6 +77,13 @@ def test_plugins_needing_local_state_are_off_until_configured(lambda_env: Any) -
     assert plugins["chroma-rag"]["enabled"] is False
 
 
+def test_blank_shortcuts_change_nothing() -> None:
+    """CloudFormation passes parameters left blank as empty strings."""
+    module = load_handler_module()
+    blank = module.config_from_env({name: "" for name in module.ALIASES})
+    assert blank.plugins == module.config_from_env({}).plugins
+
+
 def test_plugin_settings_are_converted_to_their_declared_types() -> None:
     config = load_handler_module().config_from_env({
         "MAMI__PLUGINS__CHROMA_RAG__SCOPES": '["work", "home"]',
