@@ -17,6 +17,7 @@ import asyncio
 import logging
 from typing import Any
 
+from plugins.chroma_rag.embeddings import Embedder
 from plugins.chroma_rag.store import Hit, VectorStore
 
 log = logging.getLogger("mami.memory")
@@ -24,15 +25,19 @@ log = logging.getLogger("mami.memory")
 SCOPE = "memories"
 """The scope of every memory vector (VectorStore keys collections by owner and scope)."""
 FLUSH_INTERVAL = 0.2
+BATCH = 32
 RETRY_PAUSE = 1.0
 
 
 class MemoryIndex:
     """The vectors of every owner's memories. Coroutine methods only; one per store."""
 
-    def __init__(self, vectors: VectorStore, write_behind: bool) -> None:
+    def __init__(self, vectors: VectorStore, embedder: Embedder, write_behind: bool) -> None:
         self.vectors = vectors
+        self.embedder = embedder
         self.write_behind = write_behind
+        self._searches: list[tuple[str, str, int, asyncio.Future[Any]]] = []
+        self._searcher: asyncio.Task[None] | None = None
         self.pending: dict[str, dict[str, tuple[Any, str]]] = {}
         self.checked: set[str] = set()  # owners whose collection was compared with SQL
         self._lock = asyncio.Lock()  # one Chroma write at a time; deletes wait for it
@@ -76,10 +81,39 @@ class MemoryIndex:
                 if not left:
                     self.pending.pop(owner, None)
 
-    def search(self, owner: str, vector: Any, k: int) -> list[Hit]:
-        """The owner's ``k`` written vectors closest to ``vector`` (blocking: run it in a
-        worker thread, together with the embedding, to save a hop)."""
-        return self.vectors.query(owner, {SCOPE: k}, vector, k)
+    async def nearest(self, owner: str, text: str, k: int) -> tuple[Any, list[Hit]]:
+        """The embedding of ``text`` and the owner's ``k`` memories closest to it
+        (queued ones included), best first; ``score`` is the cosine similarity.
+
+        Searches that arrive while others run are embedded together in one batch (a
+        batch of short texts costs a fraction of embedding them one by one) and run in
+        one worker thread.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._searches.append((owner, text, k, future))
+        if self._searcher is None or self._searcher.done():
+            self._searcher = asyncio.create_task(self._search_all())
+        vector, hits = await future
+        return vector, self.with_queued(owner, vector, hits, k)
+
+    async def _search_all(self) -> None:
+        while self._searches:
+            batch, self._searches = self._searches[:BATCH], self._searches[BATCH:]
+            try:
+                found = await asyncio.to_thread(self._search_batch, [b[:3] for b in batch])
+            except Exception as exc:
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (*_, future), result in zip(batch, found, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    def _search_batch(self, searches: list[tuple[str, str, int]]) -> list[tuple[Any, list[Hit]]]:
+        vectors = self.embedder.embed([text for _owner, text, _k in searches])
+        return [(vector, self.vectors.query(owner, {SCOPE: k}, vector, k))
+                for (owner, _text, k), vector in zip(searches, vectors, strict=True)]
 
     def with_queued(self, owner: str, vector: Any, hits: list[Hit], k: int) -> list[Hit]:
         """``hits`` merged with the owner's queued vectors: the best ``k``, best first;

@@ -11,12 +11,11 @@ owner as well.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, or_, update
+from sqlalchemy import delete, func, insert, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -66,8 +65,9 @@ class ChromaMemoryStore:
         self.db = runtime.db
         url, path, token = chroma_location(settings, runtime)
         vectors = VectorStore(lambda: open_client(url, path, token), settings.collection_prefix)
-        self.index = MemoryIndex(vectors, settings.write_behind and not runtime.serverless)
         self.embedder = embedder or get_embedder(settings.embedder, settings.model_dir)
+        self.index = MemoryIndex(vectors, self.embedder,
+                                 settings.write_behind and not runtime.serverless)
 
     def candidate(self, text: str) -> tuple[str, str]:
         """``(wording, normalised)`` of a fact, or a 400 saying what is wrong with it."""
@@ -107,14 +107,14 @@ class ChromaMemoryStore:
     ) -> MemoryDecision:
         new_id = memory_id(owner, normalized)
         async with self.db.session() as session:
-            exact = (await session.exec(select(MemoryRecord).where(
+            exact = (await session.exec(select(MemoryRecord.id).where(
                 col(MemoryRecord.owner_id) == owner,
                 or_(col(MemoryRecord.normalized) == normalized, col(MemoryRecord.id) == new_id),
             ))).first()
             if exact is not None:
-                await self._seen(session, owner, exact.id)
-                return await self._record(session, owner, exact.id, "skipped", wording, 1.0,
-                                          exact.id, source)
+                await self._seen(session, owner, exact)
+                return await self._record(session, owner, exact, "skipped", wording, 1.0,
+                                          exact, source)
         vector, nearest = await self._nearest(owner, normalized, 1)
         match = nearest[0] if nearest and nearest[0].score >= self.settings.duplicate_threshold \
             else None
@@ -124,9 +124,11 @@ class ChromaMemoryStore:
                 decision = await self._record(session, owner, match.id, "updated", wording,
                                               match.score, match.id, source)
             else:
-                session.add(MemoryRecord(id=new_id, owner_id=owner, text=wording,
-                                         normalized=normalized))
-                await session.flush()
+                now = utcnow()
+                await session.execute(insert(MemoryRecord).values(
+                    id=new_id, owner_id=owner, text=wording, normalized=normalized,
+                    seen_count=1, created_at=now, updated_at=now, last_seen_at=now,
+                ))
                 closest = nearest[0] if nearest else None
                 decision = await self._record(session, owner, new_id, "added", wording,
                                               closest.score if closest else None,
@@ -157,27 +159,21 @@ class ChromaMemoryStore:
         similarity: float | None, matched: str | None, source: str | None,
     ) -> MemoryDecision:
         """Add the decision row and commit it together with the memory change."""
-        row = MemoryDecisionRecord(
-            owner_id=owner, memory_id=memory, action=action, text=wording,
-            similarity=None if similarity is None else round(float(similarity), 4),
-            matched_memory_id=matched, source_message_id=source,
-        )
-        session.add(row)
+        now = utcnow()
+        rounded = None if similarity is None else round(float(similarity), 4)
+        await session.execute(insert(MemoryDecisionRecord).values(
+            owner_id=owner, memory_id=memory, action=action, text=wording, similarity=rounded,
+            matched_memory_id=matched, source_message_id=source, created_at=now,
+        ))
         await session.commit()
-        return _decision(row)
+        return MemoryDecision(action, memory, wording, rounded, source, now)  # type: ignore[arg-type]
 
     async def _nearest(self, owner: str, normalized: str, k: int) -> tuple[Any, list[Hit]]:
         """The embedding of ``normalized`` and the owner's ``k`` memories closest to
         it, best first."""
         if owner not in self.index.checked:
             await self._reindex_if_incomplete(owner)
-
-        def embed_and_search() -> tuple[Any, list[Hit]]:
-            vector = self.embedder.embed([normalized])[0]
-            return vector, self.index.search(owner, vector, k)
-
-        vector, hits = await asyncio.to_thread(embed_and_search)
-        return vector, self.index.with_queued(owner, vector, hits, k)
+        return await self.index.nearest(owner, normalized, k)
 
     async def _reindex_if_incomplete(self, owner: str) -> None:
         """Once per owner and process: if Chroma holds fewer of the owner's vectors
