@@ -153,34 +153,45 @@ class ChromaRetriever:
         """The ``k`` passages most similar to ``query`` among ``owner``'s documents in
         ``scopes`` (default: all of the owner's, plus ``global`` when ``search_global``).
         ``global`` in ``scopes`` reads the shared documents."""
-        if not owner:
-            raise AuthError("no owner")
         if not query.strip():
             raise BadRequest("the query is empty")
-        if not 1 <= k <= self.settings.max_k:
-            raise BadRequest(f"k must be between 1 and {self.settings.max_k}")
-        wanted = None if scopes is None else [self.check_scope(s) for s in scopes]
-        own, shared = await self._stored(owner, wanted)
+        own, shared = await self._stored(owner, k, scopes)
         if not own and not shared:
-            return []
+            return []  # nothing to read: skip embedding the query
         vector = (await aembed(self.embedder, [query]))[0]
+        return await asyncio.to_thread(self._nearest, owner, own, shared, vector, k)
 
-        def nearest() -> list[Any]:
-            hits = self.store.query(owner, own, vector, k)
-            if shared:
-                hits += self.store.query(GLOBAL_OWNER, shared, vector, k)
-            return sorted(hits, key=lambda h: h.score, reverse=True)[:k]
+    async def search_vector(
+        self, owner: str, vector: Any, k: int = 5, scopes: Sequence[str] | None = None
+    ) -> list[Passage]:
+        """:meth:`search` for an already embedded query."""
+        own, shared = await self._stored(owner, k, scopes)
+        return await asyncio.to_thread(self._nearest, owner, own, shared, vector, k)
 
+    def _nearest(
+        self, owner: str, own: dict[str, int], shared: dict[str, int], vector: Any, k: int
+    ) -> list[Passage]:
+        hits = self.store.query(owner, own, vector, k)
+        if shared:
+            hits += self.store.query(GLOBAL_OWNER, shared, vector, k)
+        hits.sort(key=lambda h: h.score, reverse=True)
         return [
             Passage(h.text, str(h.metadata["doc"]), str(h.metadata["source"]),
                     int(h.metadata["chunk"]), str(h.metadata["scope"]), h.score)
-            for h in await asyncio.to_thread(nearest)
+            for h in hits[:k]
         ]
 
     async def _stored(
-        self, owner: str, scopes: list[str] | None
+        self, owner: str, k: int, scopes: Sequence[str] | None
     ) -> tuple[dict[str, int], dict[str, int]]:
-        """Chunks stored per scope: the owner's (in ``scopes``) and the shared ones."""
+        """Check a search's arguments; return the chunks stored per scope: the owner's
+        (in ``scopes``) and the shared ones."""
+        if not owner:
+            raise AuthError("no owner")
+        if not 1 <= k <= self.settings.max_k:
+            raise BadRequest(f"k must be between 1 and {self.settings.max_k}")
+        if scopes is not None:
+            scopes = [self.check_scope(s) for s in scopes]
         read_global = GLOBAL_SCOPE in scopes if scopes is not None else self.settings.search_global
         mine = col(Document.owner_id) == owner
         if scopes is not None:

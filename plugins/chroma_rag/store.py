@@ -90,7 +90,7 @@ class VectorStore:
 
         name = collection_name(self.prefix, owner, scope)
         cached = self._collections.get(name)
-        if cached is not None and not create:
+        if cached is not None:
             return cached
         try:
             if create:
