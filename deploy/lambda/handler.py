@@ -94,7 +94,9 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The Lambda handler: build the app on first use, then let Mangum serve ``event``."""
     global _mangum
     if _mangum is None:
-        app = create_app(lambda_config(os.environ), serverless=True)
+        candidates = builtin_candidates() + entrypoint_candidates()  # found once
+        app = create_app(lambda_config(os.environ, candidates), candidates=candidates,
+                         serverless=True)
         _mangum = Mangum(app, lifespan="off")  # type: ignore[arg-type]  # narrower scope types
     return _mangum(event, context)
 
@@ -141,10 +143,12 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def lambda_config(environ: MutableMapping[str, str]) -> Config:
+def lambda_config(
+    environ: MutableMapping[str, str], candidates: list[Candidate] | None = None
+) -> Config:
     """:func:`config_from_env`, plus the signing key: one read from Secrets Manager is
     stored in ``environ`` under the name token-ws-auth reads."""
-    config = config_from_env(environ)
+    config = config_from_env(environ, candidates)
     key = signing_key(environ)
     if key:
         auth_table = config.plugins.get(AUTH_PLUGIN, {})
@@ -152,12 +156,17 @@ def lambda_config(environ: MutableMapping[str, str]) -> Config:
     return config
 
 
-def config_from_env(environ: Mapping[str, str]) -> Config:
-    """A :class:`Config` built from environment variables only (see the module doc).
+def config_from_env(
+    environ: Mapping[str, str], installed: list[Candidate] | None = None
+) -> Config:
+    """A :class:`Config` built from environment variables only (see the module doc), for
+    the ``installed`` plugins (default: the built-in and entry-point ones).
 
     Raises :class:`ConfigError` naming the variable when a value cannot be used.
     """
-    candidates = {c.name: c for c in builtin_candidates() + entrypoint_candidates()}
+    if installed is None:
+        installed = builtin_candidates() + entrypoint_candidates()
+    candidates = {c.name: c for c in installed}
     raw: dict[str, Any] = {"core": dict(LAMBDA_CORE_DEFAULTS), "plugins": {}}
     for variable, value in sorted(environ.items()):
         target = _target_of(variable, candidates)
