@@ -179,6 +179,17 @@ def test_a_message_over_the_limit_is_refused_in_words_and_kept(
     expect(page.locator("#status")).to_have_text("Connected", timeout=30_000)
 
 
+def test_an_origin_that_is_not_allowed_is_named(page: Any, mami: MamiServer) -> None:
+    # Same server, other name: the browser sends Origin http://localhost:PORT, which is
+    # not the server's public URL nor in allowed_origins.
+    page.goto(mami.token_url.replace("127.0.0.1", "localhost"))
+    expect(page.locator("#alert")).to_contain_text("Forbidden", timeout=30_000)
+    expect(page.locator("#alert")).to_contain_text(
+        f'add "http://localhost:{mami.port}" to allowed_origins')
+    expect(page.locator("#send")).to_be_disabled()
+    screenshot(page, "16-forbidden-origin")
+
+
 def test_the_page_reconnects_after_a_restart_and_keeps_the_draft(
     page: Any, mami: MamiServer
 ) -> None:

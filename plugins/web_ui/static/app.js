@@ -311,7 +311,8 @@ async function connect() {
   try {
     ticket = await api("POST", "/api/ws-ticket");
   } catch (error) {
-    if (error.status !== 401) scheduleReconnect(describe(error));
+    if (error.status === 403) scheduleReconnect(originMessage());
+    else if (error.status !== 401) scheduleReconnect(describe(error));
     return;
   }
   if (!state.token || state.socket) return;
@@ -345,12 +346,17 @@ async function connect() {
   });
 }
 
+function originMessage() {
+  const origin = window.location.origin;
+  return `Forbidden: this server does not accept chat from ${origin}. Open the address ` +
+    `mami serve printed, or add "${origin}" to allowed_origins in plugins.toml.`;
+}
+
 function closeMessage(code, reason) {
   const why = reason ? ` (${reason})` : "";
   switch (code) {
     case 4401: return `Unauthorized: the server refused the chat connection${why}.`;
-    case 4403: return `Forbidden: the server does not accept chat from this address${why}. ` +
-      "Add it to allowed_origins in plugins.toml.";
+    case 4403: return originMessage();
     case 4408: return "The chat connection was not signed in in time.";
     case 1008: return `Rate limited: the server closed the chat connection${why}.`;
     case 1013: return "The server cannot check sign-ins right now.";
@@ -366,7 +372,8 @@ function scheduleReconnect(message) {
   const seconds = Math.max(1, Math.round(delay / 1000));
   setStatus("offline", `Disconnected: reconnecting in ${seconds} s…`);
   if (message) {
-    showAlert(`${message} Reconnecting by itself; what you typed is kept.`);
+    const sentence = /[.!?]$/.test(message) ? message : `${message}.`;
+    showAlert(`${sentence} Reconnecting by itself; what you typed is kept.`);
     ui.alert.dataset.kind = "connection";
   }
   state.reconnectTimer = setTimeout(connect, delay);
