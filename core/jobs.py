@@ -128,14 +128,12 @@ async def claim(
         )
         .returning(*_jobs.c)
     )
-    async with db.session() as session:
-        if look_first:
-            found = (await session.execute(select(_jobs.c.id).where(claimable).limit(1))).first()
-            await session.commit()
-            if found is None:
+    if look_first:
+        async with db.engine.connect() as conn:
+            if (await conn.execute(select(_jobs.c.id).where(claimable).limit(1))).first() is None:
                 return None
-        row = (await session.execute(statement)).mappings().first()
-        await session.commit()
+    async with db.engine.begin() as conn:
+        row = (await conn.execute(statement)).mappings().first()
     return ImageJob(**row) if row is not None else None
 
 
@@ -150,10 +148,9 @@ async def renew(
         .values(lease_until=now + timedelta(seconds=lease_seconds), progress=progress,
                 updated_at=now)
     )
-    async with db.session() as session:
-        result = await session.execute(statement)
-        await session.commit()
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    async with db.engine.begin() as conn:
+        result = await conn.execute(statement)
+    return result.rowcount == 1
 
 
 async def complete(
@@ -184,9 +181,8 @@ async def complete(
         )
         .returning(*_jobs.c)
     )
-    async with db.session() as session:
-        row = (await session.execute(statement)).mappings().first()
-        await session.commit()
+    async with db.engine.begin() as conn:
+        row = (await conn.execute(statement)).mappings().first()
     return ImageJob(**row) if row is not None else None
 
 

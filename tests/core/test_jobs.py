@@ -97,9 +97,9 @@ async def test_expired_lease_is_claimed_again_and_stale_worker_is_refused(
     runtime: Runtime,
 ) -> None:
     job = await enqueue(runtime, "ann", request("lease"))
-    assert (await claim(runtime.db, "dead", 0.2)) is not None
+    assert (await claim(runtime.db, "dead", 1.0)) is not None
     assert await claim(runtime.db, "B", 30) is None  # lease still valid
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(1.1)
     again = await claim(runtime.db, "B", 30)
     assert again is not None and again.id == job.id and again.attempts == 2
     assert await complete(runtime.db, job.id, "dead", "succeeded") is None
@@ -333,10 +333,10 @@ async def test_lease_is_renewed_and_progress_stored_while_a_long_job_runs(
     """A job longer than its lease is not stolen: the worker renews the lease, and the
     heartbeat stores the progress Forge reports."""
     forge.set_mode("slow")
-    forge.delay = 1.2
+    forge.delay = 1.5  # under the 2 s read timeout, over twice the lease
     job = await enqueue(runtime, "ann", request("long"))
-    first = ImageWorker(runtime, worker_id="first", lease_seconds=0.3)
-    thief = ImageWorker(runtime, worker_id="thief", lease_seconds=0.3)
+    first = ImageWorker(runtime, worker_id="first", lease_seconds=0.6)
+    thief = ImageWorker(runtime, worker_id="thief", lease_seconds=0.6)
     running = asyncio.create_task(first.run_once())
     await wait_until(lambda: forge.calls["txt2img"] == 1)  # "first" holds the job
     seen: list[float] = []
