@@ -188,6 +188,9 @@ class TurnRun:
         parts: list[str] = []
         status, error, code, finish = "error", None, None, None
         try:
+            if self.request.client_message_id is not None:
+                # The write is the idempotency gate: a duplicate must not reach the model.
+                await self.saved()
             async with contextlib.aclosing(self._generate()) as generated:
                 async for piece, reason in generated:
                     finish = reason or finish
@@ -387,8 +390,8 @@ async def _stored_turn(
         reply_id=reply.id if reply is not None else uuid.uuid4().hex,
         reclaim_status=reply.status if reply is not None else None,
     )
-    # The rows are written while the model reads the prompt; the turn waits for them
-    # before its first token leaves (see TurnRun.saved).
+    # Without a client message id the rows are written while the model reads the prompt;
+    # the turn waits for them before its first token leaves (see TurnRun.run).
     turn.store = asyncio.ensure_future(store(runtime, plan))
     turn.conversation_id = plan.conversation_id
     turn.user_message_id, turn.message_id = plan.user_id, plan.reply_id
