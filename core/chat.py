@@ -3,7 +3,8 @@
 :func:`start_turn` takes the owner from the :class:`~core.protocols.Principal`, loads or
 creates the conversation, handles a retried ``client_message_id``, builds the context
 inside the token budget (:mod:`core.context`) and, in one transaction, stores the user
-message together with a ``streaming`` placeholder for the answer. :meth:`Turn.run`
+message together with a ``streaming`` placeholder for the answer (while the model reads
+the prompt, unless a client message id asks for the write first). :meth:`TurnRun.run`
 streams the reply and stores it once with status ``complete``, ``interrupted`` or
 ``error``; for ``complete`` it then fires ``message_completed`` exactly once.
 
