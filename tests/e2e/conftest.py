@@ -3,6 +3,7 @@ Debian's Chromium driven by Playwright (never ``playwright install``)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -58,8 +59,11 @@ max_message_bytes = 4000
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
-        pytest.skip("Debian's chromium is not installed (see .ci/apt-packages)")
+    if not Path(CHROMIUM).exists():
+        message = "Debian's chromium is not installed (see .ci/apt-packages)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

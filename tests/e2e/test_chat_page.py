@@ -214,3 +214,17 @@ def test_the_page_reconnects_after_a_restart_and_keeps_the_draft(
     assert [m["role"] for m in stored] == ["user", "assistant", "user", "assistant"]
     assert stored[2]["content"] == "Are you back? Answer in one word."
     screenshot(page, "09-after-restart")
+
+
+def test_a_revoked_token_signs_the_page_out(page: Any, mami: MamiServer) -> None:
+    with mami.api() as client:
+        created = client.post("/api/tokens", json={"name": "phone"})
+    created.raise_for_status()
+    token = created.json()
+    page.goto(f"{mami.url}/?token={token['token']}")
+    expect(page.locator("#status")).to_have_text("Connected", timeout=30_000)
+    with mami.api() as client:
+        assert client.delete(f"/api/tokens/{token['id']}").status_code == 204
+    expect(page.locator("#signin")).to_be_visible(timeout=30_000)
+    expect(page.locator("#alert")).to_contain_text("Unauthorized")
+    assert page.evaluate("localStorage.getItem('mami.token')") is None
