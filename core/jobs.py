@@ -269,11 +269,15 @@ class ImageWorker:
         self._task = asyncio.create_task(self.run(), name=f"image-worker {self.worker_id}")
         return self
 
+    def request_stop(self) -> None:
+        """Claim nothing more; :meth:`run` returns after the current job (signal-safe)."""
+        self._stopping.set()
+        self._wakeup.set()
+
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming; give the current job ``timeout`` seconds, then cancel it (its
         lease expires and another worker takes it)."""
-        self._stopping.set()
-        self._wakeup.set()
+        self.request_stop()
         if self._task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)

@@ -32,8 +32,7 @@ async def _work(args: argparse.Namespace) -> int:
                              poll_interval=args.poll)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, worker._stopping.set)
-            loop.add_signal_handler(signum, worker._wakeup.set)
+            loop.add_signal_handler(signum, worker.request_stop)
         print(f"mami worker {worker.worker_id}: ready (lease {args.lease:g}s)", flush=True)
         await worker.run(max_jobs=args.max_jobs, until_idle=args.until_idle)
         print(f"mami worker {worker.worker_id}: completed {len(worker.completed)} job(s)",

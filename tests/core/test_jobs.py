@@ -372,3 +372,24 @@ async def test_worker_survives_database_errors(make_config: Any, forge: ForgeSta
     finally:
         await worker.stop()
         await runtime.stop()
+
+
+async def test_sigterm_lets_the_worker_finish_its_job_and_exit(
+    runtime: Runtime, forge: ForgeStandIn, tmp_path: Path, database_url: str
+) -> None:
+    forge.set_mode("slow")
+    forge.delay = 1.0
+    config = write_config(tmp_path / "w.toml", database_url, forge.url, runtime.config.data_dir)
+    job = await enqueue(runtime, "ann", request("finish me"))
+    process = worker_process(config, "polite")
+    try:
+        await wait_until(lambda: forge.calls["txt2img"] == 1)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert "mami worker polite: completed 1 job(s)" in output
+    final = await get_job(runtime.db, job.id)
+    assert final is not None and final.state == "succeeded" and final.lease_owner == "polite"
