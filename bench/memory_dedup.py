@@ -32,6 +32,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -266,14 +267,20 @@ async def recall_latency(store: ChromaMemoryStore, big: int, owners: int, small:
         "bench-shared-memories", configuration={"hnsw": {"space": "cosine"}},
         embedding_function=None)
     client = store.index.vectors.client
+    ids: list[str] = []
+    embeddings: list[Any] = []
+    metadatas: list[Any] = []
     for name in ["big"] + [f"owner-{i}" for i in range(owners - 1)]:
         mine = client.get_collection(collection_name(store.settings.collection_prefix, name,
                                                      SCOPE), embedding_function=None)
         got = await asyncio.to_thread(mine.get, include=["embeddings", "metadatas"])
-        for at in range(0, len(got["ids"]), 5000):
-            await asyncio.to_thread(shared.add, ids=got["ids"][at : at + 5000],
-                                    embeddings=got["embeddings"][at : at + 5000],
-                                    metadatas=got["metadatas"][at : at + 5000])
+        ids.extend(got["ids"])
+        embeddings.extend(got["embeddings"])
+        metadatas.extend(got["metadatas"])
+    for at in range(0, len(ids), 5000):
+        await asyncio.to_thread(shared.add, ids=ids[at : at + 5000],
+                                embeddings=embeddings[at : at + 5000],
+                                metadatas=metadatas[at : at + 5000])
     vector = (await asyncio.to_thread(store.embedder.embed, [normalize(queries[0])]))[0]
     own: list[float] = []
     base: list[float] = []

@@ -195,16 +195,17 @@ class ChromaMemoryStore:
         self.index.checked.add(owner)
 
     async def recall(self, owner: str, query: str, k: int = 5) -> list[Memory]:
-        """The owner's ``k`` memories most relevant to ``query``, best first, each with
-        its cosine similarity as ``score``. 400 for an empty query or k out of range."""
+        """The owner's ``k`` (at most ``max_k``) memories most relevant to ``query``,
+        best first, each with its cosine similarity as ``score``. Nothing for a query
+        without words (an emoji, "?!"); 400 for k < 1."""
         if not owner:
             raise AuthError("no owner")
-        if not 1 <= k <= self.settings.max_k:
-            raise BadRequest(f"k must be between 1 and {self.settings.max_k}")
+        if k < 1:
+            raise BadRequest("k must be at least 1")
         normalized = normalize(query)
         if not normalized:
-            raise BadRequest("the query is empty")
-        _vector, hits = await self._nearest(owner, normalized, k)
+            return []
+        _vector, hits = await self._nearest(owner, normalized, min(k, self.settings.max_k))
         if not hits:
             return []
         async with self.db.session() as session:

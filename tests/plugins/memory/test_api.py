@@ -109,6 +109,9 @@ def test_bad_input_gets_a_clear_4xx(server: Any, method: str, path: str,
 def test_unauthenticated_and_disabled(server: Any, make_config: Any, live_server: Any) -> None:
     response = httpx.get(server.url + "/api/memories")
     assert response.status_code == 401
+    schema = httpx.get(server.url + "/schema/openapi.json").json()
+    assert {"/api/memories", "/api/memories/{memory_id}",
+            "/api/memories/{memory_id}/history"} <= set(schema["paths"])
     off = live_server(create_app(make_config(plugins={"memory": {"enabled": False}}),
                                  candidates=candidates(memory=True)))
     disabled = httpx.get(off.url + "/api/memories")

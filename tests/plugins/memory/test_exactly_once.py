@@ -73,6 +73,22 @@ async def test_a_streamed_reply_leaves_one_memory(
     assert await counts(runtime) == (1, 1, 1)
 
 
+async def test_remembered_facts_reach_the_next_turns_context(
+    make_runtime: Any, database_url: str, llm: ScriptedLLM
+) -> None:
+    runtime = await make_runtime(database_url=database_url, llm=llm)
+    await ask(runtime, CAT, "c1")
+    turn = await start_turn(runtime, ALICE, ChatRequest(
+        "What is my cat's name?", client_message_id="c2", params=FAST))
+    assert turn.context is not None
+    assert "- my cat is called Pamuk" in turn.context.messages[0].content
+    await drain(turn)
+    other = await start_turn(runtime, Principal("bob"), ChatRequest(
+        "What is my cat's name?", client_message_id="b1", params=FAST))
+    assert other.context is not None and "Pamuk" not in other.context.messages[0].content
+    await drain(other)
+
+
 async def test_a_retried_request_leaves_one_memory(
     make_runtime: Any, database_url: str, llm: ScriptedLLM
 ) -> None:

@@ -96,6 +96,8 @@ async def test_recall_ranks_by_relevance(make_runtime: Any) -> None:
     for fact in ("I am allergic to peanuts", "My daughter is called Mia",
                  "I work as a nurse in Leeds", "My favourite band is Radiohead"):
         assert (await store.remember("alice", fact)).action == "added"
+    assert await store.recall("alice", " ... ") == []  # no words: nothing to match
+    assert len(await store.recall("alice", "anything", k=500)) == 4  # k capped at max_k
     found = await store.recall("alice", "Which food allergies do I have?", k=2)
     assert [m.text for m in found] == ["I am allergic to peanuts", found[1].text]
     assert found[0].score is not None and found[1].score is not None
@@ -144,11 +146,8 @@ async def test_bad_input_is_refused_and_writes_nothing(make_runtime: Any) -> Non
             await store.remember("alice", text)
     with pytest.raises(AuthError):
         await store.remember("", "I like tea")
-    for k in (0, 51):
-        with pytest.raises(BadRequest, match="k must be"):
-            await store.recall("alice", "tea", k=k)
-    with pytest.raises(BadRequest, match="empty"):
-        await store.recall("alice", " ... ")
+    with pytest.raises(BadRequest, match="k must be"):
+        await store.recall("alice", "tea", k=0)
     async with runtime.db.session() as session:
         assert (await session.exec(select(func.count()).select_from(MemoryRecord))).one() == 0
         assert (await session.exec(
