@@ -30,7 +30,8 @@ const state = {
   reconnectTimer: null,
   attempts: 0,
   conversationId: null,
-  // The reply in progress: {sentText, bubble, messageId}; bubble is null until "start".
+  // The reply in progress: {sentText, message, retries, bubble, error}; bubble is null
+  // until the server's "start".
   reply: null,
   images: new Map(),
 };
@@ -71,8 +72,10 @@ function setStatus(kind, text) {
   ui.status.textContent = text;
 }
 
-function showAlert(text) {
+// kind "connection": the alert goes away by itself once the socket is open again.
+function showAlert(text, kind = "") {
   ui.alertText.textContent = text;
+  ui.alert.dataset.kind = kind;
   ui.alert.hidden = false;
 }
 
@@ -373,8 +376,7 @@ function scheduleReconnect(message) {
   setStatus("offline", `Disconnected: reconnecting in ${seconds} s…`);
   if (message) {
     const sentence = /[.!?]$/.test(message) ? message : `${message}.`;
-    showAlert(`${sentence} Reconnecting by itself; what you typed is kept.`);
-    ui.alert.dataset.kind = "connection";
+    showAlert(`${sentence} Reconnecting by itself; what you typed is kept.`, "connection");
   }
   state.reconnectTimer = setTimeout(connect, delay);
 }
@@ -406,12 +408,12 @@ function submitMessage() {
     client_message_id: newId(),
   };
   if (!send(message)) {
-    showAlert("Not connected: your message is kept and can be sent once the connection is back.");
-    ui.alert.dataset.kind = "connection";
+    showAlert("Not connected: your message is kept and can be sent once the connection is back.",
+      "connection");
     return;
   }
   addMessage("user", text);
-  state.reply = { sentText: text, message, retries: 0, bubble: null, messageId: null };
+  state.reply = { sentText: text, message, retries: 0, bubble: null };
   ui.input.value = "";
   saveDraft();
   scrollToEnd(true);
@@ -420,7 +422,7 @@ function submitMessage() {
 }
 
 function replyStarted(event) {
-  if (!state.reply) state.reply = { sentText: "", bubble: null, messageId: null };
+  if (!state.reply) state.reply = { sentText: "", message: null, retries: 0, bubble: null };
   if (event.conversation_id && event.conversation_id !== state.conversationId) {
     setConversation(event.conversation_id);
     loadConversations().catch(() => {});
@@ -429,7 +431,6 @@ function replyStarted(event) {
   bubble.setAttribute("aria-busy", "true");
   bubble.dataset.messageId = event.message_id || "";
   state.reply.bubble = bubble;
-  state.reply.messageId = event.message_id;
   setStatus("online", "Replying…");
   updateButtons();
 }
@@ -485,7 +486,6 @@ function serverError(event) {
     setStatus("online", "Connected");
   }
   showAlert(describe(error));
-  delete ui.alert.dataset.kind;
 }
 
 function closedReply(note) {
