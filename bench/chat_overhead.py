@@ -32,6 +32,8 @@ import asyncio
 import contextlib
 import gc
 import json
+import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -118,6 +120,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=40)
     parser.add_argument("--tokens", type=int, default=16)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run(Path(tmp), args.turns, args.tokens))
 
@@ -193,8 +197,10 @@ def median_ms(values: Any) -> float:
 
 
 def report(samples: dict[str, list[Sample]], turns: int, tokens: int) -> None:
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"chat overhead: {turns} interleaved turns per path, {tokens} tokens, "
-          f"local-llm (SmolLM2-135M), SQLite, memory and RAG off")
+          f"local-llm (SmolLM2-135M), SQLite, memory and RAG off; "
+          f"{os.cpu_count()} CPUs, load average {load}")
     print(f"{'path':<10}{'TTFT':>10}{'total':>10}   {'added, measured in each turn':<30}")
     verdicts = []
     for name, got in samples.items():
