@@ -56,8 +56,10 @@ def test_sign_in_takes_the_token_out_of_the_address(page: Any, mami: MamiServer)
     expect(page.locator("#signin")).to_be_hidden()
     expect(page.locator("#composer-input")).to_be_focused()
     screenshot(page, "01-signed-in")
-    page.reload()  # the stored token signs in again
+    page.keyboard.type("half a thought")
+    page.reload()  # the stored token signs in again; the draft is still there
     expect(page.locator("#status")).to_have_text("Connected", timeout=30_000)
+    expect(page.locator("#composer-input")).to_have_value("half a thought")
     assert page.problems == []
 
 
