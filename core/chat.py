@@ -176,6 +176,13 @@ class TurnRun:
     def stored(self) -> bool:
         return self.message_id is not None
 
+    @property
+    def unsaved(self) -> bool:
+        """True when writing the turn's rows failed."""
+        store = self.store
+        return (store is not None and store.done() and not store.cancelled()
+                and store.exception() is not None)
+
     async def run(self) -> AsyncIterator[str | Finished]:
         """Yield the reply's text pieces, then one :class:`Finished` once the answer is
         stored; after that (when iteration continues) ``message_completed`` fires.
@@ -201,11 +208,11 @@ class TurnRun:
                         parts.append(piece)
                         yield piece
             status = "complete"
-        except ProviderError as exc:
+        except MamiError as exc:
+            if self.unsaved:
+                raise  # the rows could not be written: nothing to store the answer in
             status = "interrupted" if parts or isinstance(exc, StreamInterrupted) else "error"
             error, code = exc.message, exc.status_code
-        except MamiError:
-            raise  # the rows could not be written: nothing to store the answer in
         except (asyncio.CancelledError, GeneratorExit):
             await asyncio.shield(self._finish("interrupted", parts, "cancelled", None, None))
             raise

@@ -13,7 +13,7 @@ from sqlmodel import col, select
 from core import hookimpl, migrations
 from core.chat import COMMANDS, ChatRequest, Conflict, Finished, TurnRun, start_turn
 from core.db import is_sqlite
-from core.errors import NotFound, PayloadTooLarge
+from core.errors import BadRequest, NotFound, PayloadTooLarge
 from core.models import Conversation, Message, Owner
 from core.plugins import Candidate
 from core.protocols import ChatMessage, GenerationParams, Memory, Passage, Principal
@@ -396,3 +396,18 @@ async def test_a_duplicate_sent_concurrently_is_answered_once(
     assert [(m.role, m.status) for m in stored] == [("user", "complete"),
                                                     ("assistant", "complete")]
     assert len(recorder.events) == 1
+
+
+async def test_a_command_that_refuses_ends_the_turn_as_an_error(
+    make_runtime: Any, standin: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def picky(runtime: Runtime, principal: Principal, argument: str) -> str:
+        raise BadRequest("say please")
+
+    monkeypatch.setitem(COMMANDS, "picky", picky)
+    runtime = await make_runtime(OPENAI, plugins=openai_table(standin))
+    turn = await start_turn(runtime, ALICE, ChatRequest("/picky now"))
+    _, finished = await drain(turn)
+    assert (finished.status, finished.error, finished.error_code) == ("error", "say please", 400)
+    stored = await rows(runtime, turn.conversation_id or "")
+    assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "error")]
