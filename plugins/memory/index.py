@@ -18,7 +18,7 @@ import logging
 from typing import Any
 
 from plugins.chroma_rag.embeddings import Embedder
-from plugins.chroma_rag.store import Hit, VectorStore
+from plugins.chroma_rag.store import Hit, VectorStore, collection_name
 
 log = logging.getLogger("mami.memory")
 
@@ -131,6 +131,21 @@ class MemoryIndex:
         """Vectors stored or queued for ``owner``."""
         stored = await asyncio.to_thread(self.vectors.count, owner, SCOPE)
         return stored + len(self.pending.get(owner, {}))
+
+    async def written_ids(self, owner: str) -> set[str]:
+        """Ids of the owner's vectors in Chroma."""
+
+        def ids() -> set[str]:
+            from chromadb.errors import NotFoundError
+
+            name = collection_name(self.vectors.prefix, owner, SCOPE)
+            try:
+                found = self.vectors.client.get_collection(name, embedding_function=None)
+            except NotFoundError:
+                return set()
+            return set(found.get(include=[])["ids"])
+
+        return await asyncio.to_thread(ids)
 
     async def forget(self, owner: str, memory_id: str) -> None:
         """Remove one memory's vector, queued or written."""

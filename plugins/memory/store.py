@@ -177,22 +177,30 @@ class ChromaMemoryStore:
 
     async def _reindex_if_incomplete(self, owner: str) -> None:
         """Once per owner and process: if Chroma holds fewer of the owner's vectors
-        than SQL has rows (vectors lost in a crash, a wiped Chroma), embed them again."""
+        than SQL has rows (vectors lost in a crash, a wiped Chroma), embed the missing
+        ones again."""
         async with self.db.session() as session:
             stored = int((await session.exec(
                 select(func.count()).select_from(MemoryRecord)
                 .where(col(MemoryRecord.owner_id) == owner)
             )).one())
         if stored and await self.index.indexed(owner) < stored:
-            log.warning("re-indexing the %d memories of %s", stored, owner)
+            have = await self.index.written_ids(owner) | set(self.index.pending.get(owner, {}))
             async with self.db.session() as session:
-                rows = (await session.exec(
+                rows = [row for row in (await session.exec(
                     select(MemoryRecord).where(col(MemoryRecord.owner_id) == owner))).all()
+                    if row.id not in have]
+            log.warning("re-indexing %d of the %d memories of %s", len(rows), stored, owner)
             vectors = await aembed(self.embedder, [row.normalized for row in rows])
             for row, vector in zip(rows, vectors, strict=True):
-                self.index.pending.setdefault(owner, {})[row.id] = (vector, row.text)
+                self.index.pending.setdefault(owner, {}).setdefault(row.id, (vector, row.text))
             await self.index.flush()
         self.index.checked.add(owner)
+
+    async def _has_memories(self, owner: str) -> bool:
+        async with self.db.session() as session:
+            return (await session.exec(select(MemoryRecord.id).where(
+                col(MemoryRecord.owner_id) == owner).limit(1))).first() is not None
 
     async def recall(self, owner: str, query: str, k: int = 5) -> list[Memory]:
         """The owner's ``k`` (at most ``max_k``) memories most relevant to ``query``,
@@ -203,8 +211,8 @@ class ChromaMemoryStore:
         if k < 1:
             raise BadRequest("k must be at least 1")
         normalized = normalize(query)
-        if not normalized:
-            return []
+        if not normalized or not await self._has_memories(owner):
+            return []  # and the embedding model need not even be loaded
         _vector, hits = await self._nearest(owner, normalized, min(k, self.settings.max_k))
         if not hits:
             return []
