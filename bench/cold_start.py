@@ -128,7 +128,12 @@ def main() -> int:
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     mami = summarise("mami Lambda handler", mami_runs)
     bare = summarise("bare Litestar+Mangum", bare_runs)
-    ratio = mami["cold"] / bare["cold"]
+    # Each mami process runs right before its bare twin: the ratio within a pair cancels
+    # most of the load that other work puts on a shared machine.
+    ratio = statistics.median(m["cold"] / b["cold"] for m, b in zip(mami_runs, bare_runs,
+                                                                      strict=True))
+    print(f"cold ratio: median of paired ratios {ratio:.2f}x, ratio of medians "
+          f"{mami['cold'] / bare['cold']:.2f}x")
     overhead = (mami["warm"] - bare["warm"]) * 1000
     heavy = sorted({m for r in mami_runs for m in r["heavy"]})
     print(f"heavy modules imported on the cold path: {', '.join(heavy) or 'none'} "
@@ -136,7 +141,7 @@ def main() -> int:
     print(f"mami /health answered: {mami_runs[0]['body']}...")
     checks = [
         (f"cold total {mami['cold']:.3f} s <= 1.5 s", mami["cold"] <= 1.5),
-        (f"cold total {ratio:.2f}x the bare app <= 3x", ratio <= 3.0),
+        (f"cold total {ratio:.2f}x the bare app (paired) <= 3x", ratio <= 3.0),
         (f"warm per-request {mami['warm'] * 1000:.3f} ms <= 5 ms "
          f"(bare {bare['warm'] * 1000:.3f} ms, difference {overhead:.3f} ms)",
          mami["warm"] * 1000 <= 5.0),
