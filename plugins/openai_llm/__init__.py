@@ -19,14 +19,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
-import stamina
-
 from core import hookimpl
 from core.errors import ProviderError, StreamInterrupted
 from core.protocols import ChatMessage, Delta, GenerationParams, LLMProvider
 
 if TYPE_CHECKING:
+    import httpx
+
     from core.runtime import Runtime
 
 PLUGIN = "openai-llm"
@@ -89,6 +88,8 @@ class Retryable(ProviderError):
 
 
 def _retry(exc: Exception) -> bool:
+    import httpx
+
     return isinstance(exc, Retryable | httpx.TransportError)
 
 
@@ -150,7 +151,11 @@ class OpenAICompatible:
         self._tokenizer: Any = None
 
     def client(self) -> httpx.AsyncClient:
+        """The connection pool, made on first use (httpx is imported only then: every
+        import counts on a Lambda cold start)."""
         if self._client is None:
+            import httpx
+
             s = self.settings
             headers = {"Authorization": f"Bearer {s.api_key}"} if s.api_key else {}
             self._client = httpx.AsyncClient(
@@ -186,6 +191,9 @@ class OpenAICompatible:
         self, body: dict[str, Any]
     ) -> tuple[httpx.Response, AsyncIterator[str], Delta]:
         """Send the request and wait for the first delta, retrying transient faults."""
+        import httpx
+        import stamina
+
         s = self.settings
         try:
             async for attempt in stamina.retry_context(
@@ -229,6 +237,8 @@ class OpenAICompatible:
     ) -> AsyncIterator[Delta]:
         """Stream a reply. Faults before the first token raise ProviderError (after
         retries); later ones StreamInterrupted with the text so far."""
+        import httpx
+
         response, events, first = await self._open(self._body(messages, params))
         parts = [first.text]
         finished = first.finish_reason is not None

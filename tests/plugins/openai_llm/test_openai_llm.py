@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -222,3 +224,21 @@ def test_a_tokenizer_json_gives_exact_counts(tmp_path: Path) -> None:
     assert provider.count_tokens("hello world hello unknown words") == 5
     assert OpenAICompatible(Settings()).count_tokens("hello world") == estimate_tokens(
         "hello world")
+
+
+def test_registering_the_provider_imports_no_http_client() -> None:
+    code = (
+        "import sys\n"
+        "from core.config import config_from_dict\n"
+        "from core.runtime import Runtime\n"
+        "from core.plugins import builtin_candidates\n"
+        "c = [x for x in builtin_candidates() if x.name == 'openai-llm']\n"
+        "cfg = {'core': {'database_url': 'sqlite://'}, 'plugins': {'openai-llm': {}}}\n"
+        "rt = Runtime(config_from_dict(cfg), c)\n"
+        "rt.register_providers()\n"
+        "print(rt.llm.name, sorted(m for m in ('httpx', 'stamina', 'tokenizers')"
+        " if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[3])
+    assert out.stdout.strip() == "default []"
