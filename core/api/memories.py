@@ -91,9 +91,13 @@ class MemoryController(Controller):
     ) -> MemoryPage:
         """The caller's memories, most recently seen first. 400 for a bad limit/offset."""
         store: MemoryStore = runtime.require("memory")
-        memories = await store.list_memories(principal.owner)
-        page = memories[offset : offset + limit]
-        return MemoryPage([_out(m) for m in page], len(memories), limit, offset)
+        paged = getattr(store, "page", None)  # a store may page in its database
+        if paged is not None:
+            page, total = await paged(principal.owner, limit, offset)
+        else:
+            memories = await store.list_memories(principal.owner)
+            page, total = memories[offset : offset + limit], len(memories)
+        return MemoryPage([_out(m) for m in page], total, limit, offset)
 
     @delete("/{memory_id:str}", status_code=204)
     async def remove(self, runtime: Runtime, principal: Principal, memory_id: str) -> None:

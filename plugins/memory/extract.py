@@ -32,7 +32,8 @@ _FLAGS = re.IGNORECASE  # with IGNORECASE, Python's re also equates ı/I/İ/i
 _SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
 _LEADING = [
     re.compile(r"^(?:(?:please|ok|okay|hey|also|and)[,\s]+)*(?:(?:can|could|would|will) you\s+)?"
-               r"(?:please\s+)?(?:remember|don'?t forget|do not forget)(?:\s+that|\s*:)\s+"
+               r"(?:please\s+)?(?:remember|don'?t forget|do not forget|keep in mind)"
+               r"(?:\s+that|\s*:)\s+"
                r"(?P<fact>.+)$", _FLAGS),
     re.compile(r"^(?:(?:l[üu]tfen|ayr[ıi]ca|bir de)[,\s]+)*(?:[şs]unu\s+)?(?:hat[ıi]rla|unutma)"
                r"(?:\s+ki|\s*:)\s+"
@@ -42,7 +43,8 @@ _TRAILING = [
     re.compile(r"^(?P<fact>.+?)\s*[,;:\-–—]\s*(?:(?:please\s+)?remember(?: this| that)?"
                r"(?:,? please)?)\s*[.!]*$", _FLAGS),
     re.compile(r"^(?P<fact>.+?)(?:\s*[,;:\-–—]\s*|\s+(?=(?:[bş]unu|l[üu]tfen)\s))"
-               r"(?:(?:[bşs]unu|l[üu]tfen)\s+)*(?:hat[ıi]rla(?:r\s*m[ıi]s[ıi]n|y[ıi]n)?|unutma)"
+               r"(?:(?:[bşs]unu|l[üu]tfen)\s+)*(?:hat[ıi]rla(?:r\s*m[ıi]s[ıi]n|y[ıi]n)?|unutma"
+               r"|akl[ıi]nda tut)"
                r"(?:\s+l[üu]tfen)?\s*[.!?]*$", _FLAGS),
 ]
 _BARE = re.compile(

@@ -225,12 +225,22 @@ class ChromaMemoryStore:
 
     async def list_memories(self, owner: str) -> list[Memory]:
         """All of the owner's memories, most recently seen first."""
+        return (await self.page(owner, None, 0))[0]
+
+    async def page(self, owner: str, limit: int | None, offset: int) -> tuple[list[Memory], int]:
+        """``limit`` of the owner's memories from ``offset`` (most recently seen first)
+        and how many the owner has in all."""
         async with self.db.session() as session:
             rows = (await session.exec(
                 select(MemoryRecord).where(col(MemoryRecord.owner_id) == owner)
                 .order_by(col(MemoryRecord.last_seen_at).desc(), col(MemoryRecord.id))
+                .offset(offset).limit(limit)
             )).all()
-        return [_memory(row) for row in rows]
+            last_page = (limit is None or len(rows) < limit) and (rows or not offset)
+            total = len(rows) + offset if last_page else int(
+                (await session.exec(select(func.count()).select_from(MemoryRecord).where(
+                    col(MemoryRecord.owner_id) == owner))).one())
+        return [_memory(row) for row in rows], total
 
     async def delete_memory(self, owner: str, memory_id: str) -> bool:
         """Forget one memory and its history; False if the owner has no such memory.

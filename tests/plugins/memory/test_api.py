@@ -48,7 +48,10 @@ def test_list_is_owner_scoped_and_paged(server: Any) -> None:
     assert sorted(m["text"] for m in alice["data"]) == sorted(FACTS)
     page = httpx.get(server.url + "/api/memories", params={"limit": 2, "offset": 2},
                      headers=as_owner("alice")).json()
-    assert [m["id"] for m in page["data"]] == [alice["data"][2]["id"]]
+    assert [m["id"] for m in page["data"]] == [alice["data"][2]["id"]] and page["total"] == 3
+    beyond = httpx.get(server.url + "/api/memories", params={"offset": 10},
+                       headers=as_owner("alice")).json()
+    assert (beyond["data"], beyond["total"]) == ([], 3)
     bob = httpx.get(server.url + "/api/memories", headers=as_owner("bob")).json()
     assert [m["text"] for m in bob["data"]] == ["I work as a nurse"]
     assert bob["data"][0]["id"] not in {m["id"] for m in alice["data"]}

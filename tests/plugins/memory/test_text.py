@@ -69,6 +69,8 @@ def test_memory_ids_are_deterministic_per_owner() -> None:
     ("Şunu hatırla: İzmir'de doğdum", ["İzmir'de doğdum"]),
     ("Kızım yedi yaşında, hatırlar mısın?", ["Kızım yedi yaşında"]),
     ("Unutma: salı günleri yüzerim", ["salı günleri yüzerim"]),
+    ("Keep in mind that I am left-handed.", ["I am left-handed"]),
+    ("Eşimin adı Deniz, bunu aklında tut.", ["Eşimin adı Deniz"]),
     ("Remember that I like tea.\nAlso remember that I hate coffee.",
      ["I like tea", "I hate coffee"]),
 ])
