@@ -423,10 +423,8 @@ function submitMessage() {
 
 function replyStarted(event) {
   if (!state.reply) state.reply = { sentText: "", message: null, retries: 0, bubble: null };
-  if (event.conversation_id && event.conversation_id !== state.conversationId) {
-    setConversation(event.conversation_id);
-    loadConversations().catch(() => {});
-  }
+  // A new conversation joins the list when the reply ends: no request competes with it.
+  if (event.conversation_id) setConversation(event.conversation_id);
   const bubble = addMessage("assistant", "");
   bubble.setAttribute("aria-busy", "true");
   bubble.dataset.messageId = event.message_id || "";
