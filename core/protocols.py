@@ -130,7 +130,8 @@ class Memory:
 
 @dataclass(frozen=True, slots=True)
 class MemoryDecision:
-    """What a memory store did with a candidate fact: ``added``, ``updated`` or ``skipped``."""
+    """What a memory store did with a candidate fact: ``added``, ``updated`` or ``skipped``.
+    ``matched_memory_id`` is the closest existing memory and ``similarity`` its cosine."""
 
     action: Literal["added", "updated", "skipped"]
     memory_id: str
@@ -138,6 +139,7 @@ class MemoryDecision:
     similarity: float | None = None
     source_message_id: str | None = None
     at: datetime | None = None
+    matched_memory_id: str | None = None
 
 
 @runtime_checkable

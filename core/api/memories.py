@@ -49,6 +49,7 @@ class DecisionOut:
     similarity: float | None = None
     source_message_id: str | None = None
     at: datetime | None = None
+    matched_memory_id: str | None = None
 
 
 @dataclass
@@ -69,7 +70,7 @@ def _out(memory: Memory) -> MemoryOut:
 
 def _decision(decision: MemoryDecision) -> DecisionOut:
     return DecisionOut(decision.action, decision.memory_id, decision.text, decision.similarity,
-                       decision.source_message_id, decision.at)
+                       decision.source_message_id, decision.at, decision.matched_memory_id)
 
 
 def checked_id(memory_id: str) -> str:
@@ -116,7 +117,8 @@ class MemoryController(Controller):
     async def history(self, runtime: Runtime, principal: Principal, memory_id: str) -> History:
         """Every decision about one of the caller's memories, oldest first: ``added``,
         ``updated`` (a paraphrase changed its wording) or ``skipped`` (an exact repeat),
-        with the similarity and the message it came from. 404 if there is no such memory."""
+        with the closest memory it was compared with, the similarity and the message it
+        came from. 404 if there is no such memory."""
         store: MemoryStore = runtime.require("memory")
         decisions = await store.history(principal.owner, checked_id(memory_id))
         if not decisions:

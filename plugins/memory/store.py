@@ -41,7 +41,8 @@ def _memory(row: MemoryRecord, score: float | None = None) -> Memory:
 
 def _decision(row: MemoryDecisionRecord) -> MemoryDecision:
     return MemoryDecision(row.action, row.memory_id, row.text,  # type: ignore[arg-type]
-                          row.similarity, row.source_message_id, row.created_at)
+                          row.similarity, row.source_message_id, row.created_at,
+                          row.matched_memory_id)
 
 
 def chroma_location(settings: Settings, runtime: Runtime) -> tuple[str, str, str]:
@@ -166,7 +167,8 @@ class ChromaMemoryStore:
             matched_memory_id=matched, source_message_id=source, created_at=now,
         ))
         await session.commit()
-        return MemoryDecision(action, memory, wording, rounded, source, now)  # type: ignore[arg-type]
+        return MemoryDecision(action, memory, wording, rounded, source, now,  # type: ignore[arg-type]
+                              matched)
 
     async def _nearest(self, owner: str, normalized: str, k: int) -> tuple[Any, list[Hit]]:
         """The embedding of ``normalized`` and the owner's ``k`` memories closest to

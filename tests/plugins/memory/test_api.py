@@ -63,10 +63,10 @@ def test_history_shows_each_decision(server: Any) -> None:
     history = httpx.get(f"{server.url}/api/memories/{peanuts}/history",
                         headers=as_owner("alice")).json()
     assert history["memory_id"] == peanuts
-    assert [(d["action"], d["text"], d["similarity"], d["source_message_id"])
-            for d in history["data"]] == [
-        ("added", "I am allergic to peanuts", None, "m-alice"),
-        ("skipped", "I am allergic to peanuts!", 1.0, "m-again"),
+    assert [(d["action"], d["text"], d["similarity"], d["matched_memory_id"],
+             d["source_message_id"]) for d in history["data"]] == [
+        ("added", "I am allergic to peanuts", None, None, "m-alice"),
+        ("skipped", "I am allergic to peanuts!", 1.0, peanuts, "m-again"),
     ]
     assert all(d["at"] for d in history["data"])
     # Bob cannot read alice's history.

@@ -44,6 +44,8 @@ async def test_added_skipped_updated_are_decided_and_recorded(
     # A related but different fact is a memory of its own.
     other = await store.remember("alice", "My sister lives in Lisbon", "m4")
     assert other.action == "added" and other.memory_id != added.memory_id
+    assert other.matched_memory_id == added.memory_id  # the closest, below the threshold
+    assert other.similarity is not None and other.similarity < updated.similarity
 
     memories = {m.id: m for m in await store.list_memories("alice")}
     assert set(memories) == {added.memory_id, other.memory_id}
