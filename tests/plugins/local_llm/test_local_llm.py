@@ -94,8 +94,8 @@ async def test_the_templated_prompt_stays_inside_the_window(llm: LocalLLM) -> No
         eos_token=model._model.token_get_text(model.token_eos()),
         bos_token=model._model.token_get_text(model.token_bos()),
     )
-    prompt = formatter(messages=[{"role": m.role, "content": m.content}
-                                 for m in ctx.messages]).prompt
+    chat: Any = [{"role": m.role, "content": m.content} for m in ctx.messages]
+    prompt = formatter(messages=chat).prompt
     real = len(model.tokenize(prompt.encode(), add_bos=True, special=True))
     assert real <= ctx.prompt_tokens
     assert real + budget.reply_tokens <= llm.context_window
