@@ -33,6 +33,7 @@ class ScriptedLLM:
         self.cut_after: int | None = None
         self.extraction = '{"facts": []}'
         self.extraction_calls = 0
+        self.extraction_prompts: list[str] = []
         self.gate: asyncio.Event | None = None
 
     def count_tokens(self, text: str) -> int:
@@ -42,6 +43,7 @@ class ScriptedLLM:
                      ) -> AsyncIterator[Delta]:
         if messages and messages[0].content == EXTRACTION_PROMPT:
             self.extraction_calls += 1
+            self.extraction_prompts.append(messages[-1].content)
             yield Delta(self.extraction, "stop")
             return
         sent: list[str] = []

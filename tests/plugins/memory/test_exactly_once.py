@@ -191,6 +191,8 @@ async def test_llm_extraction_sees_the_whole_reply(
     texts = sorted(m.text for m in await store_of(runtime).list_memories("alice"))
     assert texts == ["I have a white cat", "I live in Izmir", "My cat is called Pamuk"]
     assert llm.extraction_calls == 1
+    [prompt] = llm.extraction_prompts
+    assert prompt.endswith(f"Assistant: {llm.reply}")  # the stored reply, not a chunk
 
 
 @pytest.mark.parametrize("output", ["Sure, you like tea.", '{"facts": "tea"}', '{"facts": [',
