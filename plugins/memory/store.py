@@ -152,6 +152,7 @@ class ChromaMemoryStore:
             update(MemoryRecord)
             .where(col(MemoryRecord.id) == memory, col(MemoryRecord.owner_id) == owner)
             .values(**values)
+            .execution_options(synchronize_session=False)  # no ORM objects to refresh
         )
         return bool(result.rowcount)
 
