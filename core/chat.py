@@ -221,9 +221,14 @@ class TurnRun:
             status = "interrupted" if parts else "error"
             error, code = f"{type(exc).__name__}: {exc}", 500
         finished = await asyncio.shield(self._finish(status, parts, error, code, finish))
-        yield finished
+        after = None
         if status == "complete" and self.stored and self.command is None:
-            await self._after_complete(finished)
+            # Started before the answer is handed over, so a client that leaves now cannot
+            # cancel the event; awaited below, so on Lambda it still runs in the request.
+            after = asyncio.ensure_future(self._after_complete(finished))
+        yield finished
+        if after is not None:
+            await asyncio.shield(after)
 
     async def _generate(self) -> AsyncGenerator[tuple[str, str | None], None]:
         if self.command is not None:

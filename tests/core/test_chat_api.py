@@ -3,6 +3,7 @@ conversation API, against the app under uvicorn on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -12,7 +13,9 @@ import httpx
 import openai
 import pytest
 
+from core import hookimpl
 from core.app import create_app
+from core.events import MessageCompleted
 from tests.chat_support import (
     LOCAL,
     LOCAL_NAME,
@@ -228,3 +231,33 @@ def test_conversations_are_scoped_to_their_owner(auth_server: Any) -> None:
     assert httpx.delete(f"{url}/{cid}", headers=alice).status_code == 204
     assert httpx.get(f"{url}/{cid}/messages", headers=alice).status_code == 404
     assert httpx.get(url, headers=alice).json() == []
+
+
+class SlowRecorder:
+    """Takes its time over each event, as memory extraction does."""
+
+    def __init__(self) -> None:
+        self.events: list[MessageCompleted] = []
+
+    @hookimpl
+    async def message_completed(self, event: MessageCompleted, runtime: Any) -> None:
+        await asyncio.sleep(0.5)
+        self.events.append(event)
+
+
+def test_message_completed_fires_once_even_when_the_client_leaves_at_done(
+    make_config: Any, live_server: Any
+) -> None:
+    recorder = SlowRecorder()
+    app = create_app(make_config(), candidates=[LOCAL, plugin_object("recorder", recorder)])
+    server = live_server(app)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+    # The openai client closes the connection as soon as it reads [DONE].
+    text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model=LOCAL_NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=6,
+        stream=True, extra_headers={"X-Mami-Conversation": "new"}) if c.choices)
+    deadline = time.monotonic() + 20
+    while not recorder.events and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert [e.assistant_text for e in recorder.events] == [text]
