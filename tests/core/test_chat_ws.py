@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -176,3 +178,15 @@ async def test_a_revoked_credential_closes_the_socket_mid_reply(
     authenticator.revoked.clear()
     rows = stored(server, start["conversation_id"], headers={"Authorization": "Bearer carol"})
     assert rows[1]["status"] == "interrupted"
+
+
+async def test_a_socket_closed_mid_reply_leaves_an_interrupted_message(server: Any) -> None:
+    async with connect(server.ws_url + "/ws/chat") as ws:
+        await send(ws, type="message", content="Tell a very long story about the sea.")
+        start = await receive(ws)
+        assert (await receive(ws))["type"] == "delta"
+    deadline = time.monotonic() + 20
+    while (rows := stored(server, start["conversation_id"]))[1]["status"] == "streaming":
+        assert time.monotonic() < deadline, "the reply was never stored"
+        await asyncio.sleep(0.05)
+    assert rows[1]["status"] == "interrupted" and rows[1]["content"]
