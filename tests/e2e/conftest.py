@@ -25,14 +25,15 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "output" / "screenshots"
 
 
-def server_config(data_dir: Path, forge_url: str, llm: str = "") -> str:
-    """plugins.toml for a test server: auth on, the local model with a fixed seed (or
-    the model named ``llm``), replies of at most 96 tokens, the stand-in Forge with
-    short timeouts, WebSocket messages of at most 4000 bytes."""
+def server_config(data_dir: Path, forge_url: str, llm: str = "", auth: bool = True) -> str:
+    """plugins.toml for a test server: auth on (unless ``auth`` is false), the local
+    model with a fixed seed (or the model named ``llm``), replies of at most 96 tokens,
+    the stand-in Forge with short timeouts, WebSocket messages of at most 4000 bytes."""
     return f"""
 [core]
 data_dir = "{data_dir}"
 llm = "{llm}"
+auth = {str(auth).lower()}
 
 [server]
 host = "127.0.0.1"

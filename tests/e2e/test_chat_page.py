@@ -63,6 +63,15 @@ def test_sign_in_takes_the_token_out_of_the_address(page: Any, mami: MamiServer)
     assert page.problems == []
 
 
+def test_without_a_token_the_page_asks_for_one(page: Any, mami: MamiServer) -> None:
+    page.goto(mami.url)
+    expect(page.locator("#signin")).to_be_visible(timeout=30_000)
+    expect(page.locator("#token-input")).to_be_focused()
+    expect(page.locator("#alert")).to_be_hidden()
+    expect(page.locator("#status")).to_have_text("Not signed in")
+    screenshot(page, "00-sign-in")
+
+
 def test_a_wrong_token_says_unauthorized(page: Any, mami: MamiServer) -> None:
     page.goto(f"{mami.url}/?token=mami_0000000000000000_not-a-real-token")
     expect(page.locator("#alert")).to_contain_text("Unauthorized", timeout=30_000)

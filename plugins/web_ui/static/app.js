@@ -101,8 +101,17 @@ function describe(error) {
 
 // ---------------------------------------------------------------- HTTP API
 
+// state.token: null when signed out, "" when the server needs no token ([core] auth = false).
+function signedIn() {
+  return state.token !== null;
+}
+
+function authHeaders() {
+  return state.token ? { Authorization: `Bearer ${state.token}` } : {};
+}
+
 async function api(method, path, { json, form } = {}) {
-  const headers = { Authorization: `Bearer ${state.token}` };
+  const headers = authHeaders();
   let body;
   if (json !== undefined) {
     headers["Content-Type"] = "application/json";
@@ -126,14 +135,16 @@ async function api(method, path, { json, form } = {}) {
   if (!response.ok) {
     const message = (data && data.error && data.error.message) || response.statusText || "error";
     const error = new ApiError(response.status, message);
-    if (response.status === 401) signOut(describe(error) + ". Sign in again with a valid token.");
+    if (response.status === 401) {
+      signOut(state.token ? `${describe(error)}. Sign in again with a valid token.` : "");
+    }
     throw error;
   }
   return data;
 }
 
 async function fetchBlob(path) {
-  const response = await fetch(path, { headers: { Authorization: `Bearer ${state.token}` } });
+  const response = await fetch(path, { headers: authHeaders() });
   if (!response.ok) throw new ApiError(response.status, `could not load ${path}`);
   return response.blob();
 }
@@ -159,7 +170,7 @@ function signOut(message) {
   ui.app.hidden = true;
   ui.signOut.hidden = true;
   ui.signin.hidden = false;
-  setStatus("offline", "Signed out");
+  setStatus("offline", "Not signed in");
   if (message) showAlert(message);
   ui.tokenInput.focus();
 }
@@ -176,11 +187,11 @@ async function signIn(token) {
     }
     return;
   }
-  localStorage.setItem(TOKEN_KEY, token);
+  if (token) localStorage.setItem(TOKEN_KEY, token);
   hideAlert();
   ui.signin.hidden = true;
   ui.app.hidden = false;
-  ui.signOut.hidden = false;
+  ui.signOut.hidden = !token;
   const remembered = localStorage.getItem(CONVERSATION_KEY);
   if (remembered && ui.conversations.querySelector(`[data-id="${CSS.escape(remembered)}"]`)) {
     await openConversation(remembered);
@@ -308,19 +319,21 @@ function socketOpen() {
 
 async function connect() {
   clearTimeout(state.reconnectTimer);
-  if (!state.token || state.socket) return;
+  if (!signedIn() || state.socket) return;
   setStatus("connecting", "Connecting…");
-  let ticket;
-  try {
-    ticket = await api("POST", "/api/ws-ticket");
-  } catch (error) {
-    if (error.status === 403) scheduleReconnect(originMessage());
-    else if (error.status !== 401) scheduleReconnect(describe(error));
-    return;
+  let protocols = [];  // without a token the server needs no ticket
+  if (state.token) {
+    try {
+      protocols = (await api("POST", "/api/ws-ticket")).protocols;
+    } catch (error) {
+      if (error.status === 403) scheduleReconnect(originMessage());
+      else if (error.status !== 401) scheduleReconnect(describe(error));
+      return;
+    }
   }
-  if (!state.token || state.socket) return;
+  if (!signedIn() || state.socket) return;
   const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
-  const socket = new WebSocket(`${scheme}//${window.location.host}/ws/chat`, ticket.protocols);
+  const socket = new WebSocket(`${scheme}//${window.location.host}/ws/chat`, protocols);
   state.socket = socket;
   socket.addEventListener("open", () => {
     if (state.socket !== socket) return;
@@ -344,7 +357,7 @@ async function connect() {
     state.socket = null;
     closedReply("Connection lost before the reply finished.");
     updateButtons();
-    if (!state.token) return;
+    if (!signedIn()) return;
     scheduleReconnect(closeMessage(event.code, event.reason));
   });
 }
@@ -369,7 +382,7 @@ function closeMessage(code, reason) {
 
 function scheduleReconnect(message) {
   clearTimeout(state.reconnectTimer);
-  if (!state.token) return;
+  if (!signedIn()) return;
   const delay = Math.min(RECONNECT_MAX_MS, 500 * 2 ** state.attempts);
   state.attempts += 1;
   const seconds = Math.max(1, Math.round(delay / 1000));
@@ -610,7 +623,7 @@ function updateCard(card, job) {
 
 async function pollImage(card) {
   card.polling = true;
-  while (!card.final && state.images.get(card.jobId) === card && state.token) {
+  while (!card.final && state.images.get(card.jobId) === card && signedIn()) {
     try {
       const job = await api("GET", `/api/images/${encodeURIComponent(card.jobId)}`);
       if (job && !card.final) updateCard(card, job);
@@ -781,14 +794,10 @@ function main() {
   takeTokenFromAddress();
   ui.input.value = localStorage.getItem(DRAFT_KEY) || "";
   updateButtons();
-  const token = localStorage.getItem(TOKEN_KEY);
-  if (token) {
-    signIn(token);
-  } else {
-    ui.signin.hidden = false;
-    setStatus("offline", "Not signed in");
-    ui.tokenInput.focus();
-  }
+  // Without a stored token, try without one: a server with [core] auth = false answers;
+  // otherwise the 401 shows the sign-in form.
+  setStatus("offline", "Not signed in");
+  signIn(localStorage.getItem(TOKEN_KEY) || "");
 }
 
 main();
