@@ -120,7 +120,7 @@ def echo_plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+def page(browser: Any) -> Iterator[Any]:
     """A fresh browser context (own storage) at desktop size; console errors and CSP
     violations are collected in ``page.problems``."""
     context = browser.new_context(viewport={"width": 1280, "height": 860})
