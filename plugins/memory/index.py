@@ -14,6 +14,7 @@ every write waits for Chroma.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -160,8 +161,15 @@ class MemoryIndex:
             await asyncio.to_thread(self.vectors.drop, owner, SCOPE)
 
     async def close(self) -> None:
-        """Write what is queued (called when the app stops)."""
-        if self.pending:
-            await self.flush()
+        """Write what is queued, once (called when the app stops); what cannot be
+        written now is re-embedded from SQL on the next start."""
         if self._flusher is not None:
-            await self._flusher
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        if self.pending:
+            try:
+                await self.flush()
+            except Exception as exc:
+                log.warning("%d memory vectors not written (%s); they are re-indexed on "
+                            "next use", sum(map(len, self.pending.values())), exc)

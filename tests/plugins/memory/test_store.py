@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from core.errors import AuthError, BadRequest
 from core.models import MemoryDecisionRecord, MemoryRecord
 from core.runtime import Runtime
 from plugins.memory.normalize import memory_id, normalize
+from tests.plugins.chroma_rag.conftest import ChromaServer
 from tests.plugins.memory.conftest import store_of
 
 
@@ -183,3 +186,31 @@ async def test_vectors_lost_in_a_crash_are_rebuilt(
     await again.index.flush()
     assert again.index.vectors.count("alice", "memories") == 2
     assert kept.memory_id in {m.id for m in await again.recall("alice", "bees", k=2)}
+
+
+async def test_chroma_down_at_shutdown_loses_nothing(
+    make_runtime: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Vectors still queued when the Chroma server has gone: the app stops anyway, and
+    the next start re-embeds them from SQL."""
+    path = tmp_path / "chroma"
+    server = await asyncio.to_thread(ChromaServer, path)
+    first = await make_runtime(memory={"chroma_url": server.url})
+    store = store_of(first)
+    await store.remember("alice", "I keep bees in my garden")
+    await store.index.flush()
+    queued = await store.remember("alice", "My brother is a firefighter")
+    assert store.index.pending
+    server.stop()
+    with caplog.at_level(logging.WARNING, logger="mami.memory"):
+        await asyncio.wait_for(first.stop(), 60)
+    assert any("not written" in r.getMessage() for r in caplog.records)
+
+    server = await asyncio.to_thread(ChromaServer, path)
+    second = await make_runtime(memory={"chroma_url": server.url})
+    try:
+        found = await store_of(second).recall("alice", "What is my brother's job?", k=1)
+        assert [m.id for m in found] == [queued.memory_id]
+    finally:
+        await second.stop()
+        server.stop()
