@@ -158,6 +158,7 @@ class MemoryIndex:
         """Remove every vector of ``owner``."""
         async with self._lock:
             self.pending.pop(owner, None)
+            self.checked.discard(owner)
             await asyncio.to_thread(self.vectors.drop, owner, SCOPE)
 
     async def close(self) -> None:

@@ -201,6 +201,10 @@ class ChromaMemoryStore:
         self.index.checked.add(owner)
 
     async def _has_memories(self, owner: str) -> bool:
+        """Whether the owner has (or, in this process, had) any memory. A stale yes
+        costs a search that finds nothing; a no spares loading the model."""
+        if owner in self.index.checked:
+            return True
         async with self.db.session() as session:
             return (await session.exec(select(MemoryRecord.id).where(
                 col(MemoryRecord.owner_id) == owner).limit(1))).first() is not None
