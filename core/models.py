@@ -81,7 +81,11 @@ class Document(SQLModel, table=True):
     """A document ingested for retrieval; its chunks live in the vector store."""
 
     __tablename__ = "documents"
-    __table_args__ = (UniqueConstraint("owner_id", "scope", "source", name="uq_documents_source"),)
+    __table_args__ = (
+        UniqueConstraint("owner_id", "scope", "source", name="uq_documents_source"),
+        # Covers a search's chunk count per owner and scope (no table reads).
+        Index("ix_documents_owner_scope_chunks", "owner_id", "scope", "chunks"),
+    )
 
     id: str = Field(primary_key=True, max_length=64)
     owner_id: str = Field(index=True, max_length=128)

@@ -39,6 +39,9 @@ class Settings:
     """Directory of the embedded Chroma; empty: ``<data_dir>/chroma``. One process only."""
     collection_prefix: str = "mami-rag"
     """Prefix of the per-owner-and-scope collection names."""
+    hnsw_ef_search: int = 200
+    """HNSW search breadth of collections created from now on (Chroma's default is 100;
+    200 keeps recall@5 >= 0.98 for owners with thousands of chunks, see the bench)."""
     embedder: str = "minilm"
     """``minilm`` (all-MiniLM-L6-v2, Chroma's default model, dynamically padded) or
     ``module:factory`` returning an embedder (see plugins.chroma_rag.embeddings)."""
@@ -73,8 +76,8 @@ class Settings:
                     f"{where} scopes: {scope!r} must be lowercase letters, digits, - or _ "
                     "and not 'global'"
                 )
-        if self.max_k < 1 or self.max_bytes < 1:
-            raise ConfigError(f"{where} max_k and max_bytes must be positive")
+        if self.max_k < 1 or self.max_bytes < 1 or self.hnsw_ef_search < 1:
+            raise ConfigError(f"{where} max_k, max_bytes and hnsw_ef_search must be positive")
 
 
 @hookimpl

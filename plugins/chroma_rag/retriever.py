@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, func, or_, select
+from sqlmodel import col, func, select
 
 from core.errors import AuthError, BadRequest, PayloadTooLarge
 from core.models import Document, utcnow
@@ -48,7 +48,7 @@ class ChromaRetriever:
         path = settings.path or str(Path(runtime.config.data_dir) / "chroma")
         self.store = VectorStore(
             lambda: open_client(settings.chroma_url, path, settings.chroma_token),
-            settings.collection_prefix,
+            settings.collection_prefix, settings.hnsw_ef_search,
         )
         self.embedder = embedder or get_embedder(settings.embedder, settings.model_dir)
 
@@ -193,18 +193,16 @@ class ChromaRetriever:
         if scopes is not None:
             scopes = [self.check_scope(s) for s in scopes]
         read_global = GLOBAL_SCOPE in scopes if scopes is not None else self.settings.search_global
-        mine = col(Document.owner_id) == owner
-        if scopes is not None:
-            mine = mine & col(Document.scope).in_([s for s in scopes if s != GLOBAL_SCOPE])
-        condition = mine
-        if read_global:
-            shared = col(Document.owner_id) == GLOBAL_OWNER
-            condition = or_(mine, shared & (col(Document.scope) == GLOBAL_SCOPE))
+        # The shared owner only has the global scope and no owner has it, so one IN per
+        # column says it all (and stays an index-only scan).
+        owners = [owner, GLOBAL_OWNER] if read_global else [owner]
         statement = (
             select(Document.owner_id, Document.scope, func.sum(Document.chunks))
-            .where(condition)
+            .where(col(Document.owner_id).in_(owners))
             .group_by(col(Document.owner_id), col(Document.scope))
         )
+        if scopes is not None:
+            statement = statement.where(col(Document.scope).in_(scopes))
         own: dict[str, int] = {}
         shared_counts: dict[str, int] = {}
         async with self.db.session() as session:

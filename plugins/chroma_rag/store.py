@@ -71,9 +71,10 @@ class VectorStore:
     first use by ``connect``, a zero-argument callable.
     """
 
-    def __init__(self, connect: Any, prefix: str = "mami-rag") -> None:
+    def __init__(self, connect: Any, prefix: str = "mami-rag", ef_search: int = 200) -> None:
         self._connect = connect
         self.prefix = prefix
+        self.ef_search = ef_search
         self._client: Any = None
         self._collections: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -95,7 +96,7 @@ class VectorStore:
         try:
             if create:
                 found = self.client.get_or_create_collection(
-                    name, configuration={"hnsw": {"space": "cosine"}},
+                    name, configuration={"hnsw": {"space": "cosine", "ef_search": self.ef_search}},
                     metadata={"owner": owner, "scope": scope}, embedding_function=None,
                 )
             else:
