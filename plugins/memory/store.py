@@ -31,6 +31,8 @@ from plugins.memory.normalize import clean, memory_id, normalize
 
 __all__ = ["SCOPE", "ChromaMemoryStore"]
 
+NORMALIZED_MAX = 1024  # the length of memories.normalized
+
 log = logging.getLogger("mami.memory")
 
 
@@ -78,6 +80,8 @@ class ChromaMemoryStore:
         normalized = normalize(wording)
         if not normalized:
             raise BadRequest("nothing to remember: the text is empty")
+        if len(normalized) > NORMALIZED_MAX:  # NFKC can expand: "ﬃ" is "ffi"
+            raise BadRequest(f"a memory is at most {NORMALIZED_MAX} characters once normalised")
         return wording, normalized
 
     async def remember(

@@ -143,12 +143,15 @@ async def test_delete_forgets_row_vector_and_history(make_runtime: Any, database
     assert (back.action, back.memory_id) == ("added", gone.memory_id)
 
 
-async def test_bad_input_is_refused_and_writes_nothing(make_runtime: Any) -> None:
-    runtime = await make_runtime(memory={"max_chars": 40})
+async def test_bad_input_is_refused_and_writes_nothing(make_runtime: Any, database_url: str
+                                                       ) -> None:
+    runtime = await make_runtime(database_url=database_url, memory={"max_chars": 1000})
     store = store_of(runtime)
-    for text in ("", "   ", "?!...", "x" * 41):
-        with pytest.raises(BadRequest):
+    for text in ("", "   ", "?!...", "x" * 1001, "\ufb03" * 600):  # NFKC: "ﬃ" is "ffi"
+        with pytest.raises(BadRequest, match="at most|empty"):
             await store.remember("alice", text)
+    with pytest.raises(BadRequest, match="once normalised"):
+        await store.remember("alice", "ß" * 600)  # case folding: "ß" is "ss"
     with pytest.raises(AuthError):
         await store.remember("", "I like tea")
     with pytest.raises(BadRequest, match="k must be"):
