@@ -148,7 +148,7 @@ async def test_bad_input_is_refused_and_writes_nothing(make_runtime: Any, databa
     runtime = await make_runtime(database_url=database_url, memory={"max_chars": 1000})
     store = store_of(runtime)
     for text in ("", "   ", "?!...", "x" * 1001, "\ufb03" * 600):  # NFKC: "ﬃ" is "ffi"
-        with pytest.raises(BadRequest, match="at most|empty"):
+        with pytest.raises(BadRequest, match=r"at most|empty"):
             await store.remember("alice", text)
     with pytest.raises(BadRequest, match="once normalised"):
         await store.remember("alice", "ß" * 600)  # case folding: "ß" is "ss"
