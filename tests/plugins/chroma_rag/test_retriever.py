@@ -160,3 +160,37 @@ async def test_a_failed_write_leaves_no_document(make_config: Any, tmp_path: Any
     finally:
         server.stop()
         await runtime.stop()
+
+
+async def test_another_process_recreating_a_collection_is_seen(
+    make_config: Any, rag_settings: dict[str, Any]
+) -> None:
+    """Two runtimes on one database and Chroma: one holds a cached collection handle
+    while the other erases the owner and ingests again."""
+    config = make_config(plugins={"chroma-rag": rag_settings})
+    first, second = Runtime(config, rag_candidates()), Runtime(config, rag_candidates())
+    await first.ensure_started()
+    await second.ensure_started()
+    try:
+        await retriever(first).ingest("alice", "paris.md", PARIS)
+        assert [p.source for p in await retriever(first).search("alice", "Paris")] == [
+            "paris.md"]
+        await retriever(second).erase_owner("alice")
+        await retriever(second).ingest("alice", "moon.md", MOON)
+        found = await retriever(first).search("alice", "Paris")
+        assert [p.source for p in found] == ["moon.md"]
+        await retriever(first).ingest("alice", "fruit.md", FRUIT)
+        assert {d.source for d in await retriever(second).list_documents("alice")} == {
+            "moon.md", "fruit.md"}
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+def test_settings_are_checked_at_startup(make_config: Any) -> None:
+    from core.errors import ConfigError
+
+    for table, key in [({"scopes": ["Bad Scope"]}, "scopes"), ({"scopes": ["global"]}, "scopes"),
+                       ({"chunk_overlap": 300}, "chunk_overlap"), ({"max_k": 0}, "max_k")]:
+        with pytest.raises(ConfigError, match=key):
+            Runtime(make_config(plugins={"chroma-rag": table}), rag_candidates())
