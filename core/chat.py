@@ -34,7 +34,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import col, select
 
 from core.context import Context, Turn, build_context, summary_prompt, turns_from_messages
@@ -442,6 +442,9 @@ async def store(runtime: Runtime, plan: StorePlan) -> None:
         except IntegrityError:
             if attempt == 2 or not plan.new_user:
                 raise Conflict("the conversation changed concurrently; retry") from None
+        except SQLAlchemyError as exc:
+            log.error("storing a chat turn failed: %s", exc)
+            raise MamiError("the message could not be stored; retry", status_code=503) from exc
         async with runtime.db.session() as session:
             if plan.client_message_id is not None and (await session.exec(
                 select(Message.id).where(Message.conversation_id == plan.conversation_id,

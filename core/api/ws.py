@@ -43,7 +43,7 @@ from litestar.datastructures import State
 from litestar.exceptions import WebSocketDisconnect
 
 from core.api.deps import get_runtime
-from core.chat import ChatRequest, Finished, start_turn
+from core.chat import ChatRequest, Finished, Usage, start_turn
 from core.errors import MamiError
 from core.protocols import Principal
 from core.runtime import Runtime
@@ -94,6 +94,7 @@ class ChatSocket:
         self.principal = principal
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.turn: asyncio.Task[None] | None = None
+        self.replying = False
 
     async def serve(self) -> None:
         boxes = self.runtime.state.setdefault(OUTBOXES, {})
@@ -135,7 +136,7 @@ class ChatSocket:
             if kind == "ping":
                 self.send({"type": "pong"})
             elif kind == "cancel":
-                if self.turn is not None and not self.turn.done():
+                if self.replying and self.turn is not None:
                     self.turn.cancel()
             elif kind == "message":
                 self._start(message)
@@ -150,36 +151,55 @@ class ChatSocket:
             self.error("content must be a non-empty string", 400)
         elif not all(v is None or isinstance(v, str) for v in (conversation_id, client_id)):
             self.error("conversation_id and client_message_id must be strings or null", 400)
-        elif self.turn is not None and not self.turn.done():
+        elif self.replying:
             self.error("a reply is already running; send cancel first", 409)
         else:
             request = ChatRequest(content, conversation_id=conversation_id,
                                   client_message_id=client_id)
+            self.replying = True
             self.turn = asyncio.create_task(self._run(request))
 
     async def _run(self, request: ChatRequest) -> None:
+        """One turn. The reply counts as running until its ``end`` is sent; the task may
+        then go on a little (the ``message_completed`` event) while the next turn starts."""
+        me = asyncio.current_task()
+        turn = None
         try:
-            turn = await start_turn(self.runtime, self.principal, request)
-        except MamiError as exc:
-            self.error(exc.message, exc.status_code)
-            return
+            try:
+                turn = await start_turn(self.runtime, self.principal, request)
+            except MamiError as exc:
+                self.error(exc.message, exc.status_code)
+                return
+            self.send({"type": "start", "conversation_id": turn.conversation_id,
+                       "message_id": turn.message_id})
+            try:
+                async for item in turn.run():
+                    if isinstance(item, str):
+                        self.send({"type": "delta", "text": item})
+                    else:
+                        self._end(me, item)
+            except asyncio.CancelledError:
+                if turn.finished is not None:
+                    self._end(me, turn.finished)
+            except MamiError as exc:  # the turn could not be stored
+                self._end(me, Finished("error", turn.message_id, "", Usage(), None,
+                                       exc.message, exc.status_code))
         except Exception:
-            log.exception("a chat turn could not start")
-            self.error("internal error", 500)
-            return
-        self.send({"type": "start", "conversation_id": turn.conversation_id,
-                   "message_id": turn.message_id})
-        try:
-            async for item in turn.run():
-                if isinstance(item, str):
-                    self.send({"type": "delta", "text": item})
-                else:
-                    self._end(item)
-        except asyncio.CancelledError:
-            if turn.finished is not None:
-                self._end(turn.finished)
+            log.exception("a chat turn failed")
+            if turn is None:
+                self.error("internal error", 500)
+            else:
+                self._end(me, Finished("error", turn.message_id, "", Usage(), None,
+                                       "internal error", 500))
+        finally:
+            if self.turn is me:  # a later turn may already be running
+                self.replying = False
 
-    def _end(self, finished: Finished) -> None:
+    def _end(self, me: asyncio.Task[Any] | None, finished: Finished) -> None:
+        """Send the turn's ``end`` once, unless another turn has taken over."""
+        if self.turn is not me or not self.replying:
+            return
+        self.replying = False
         if finished.status == "error":
             self.error(finished.error or "the reply failed", finished.error_code or 502)
         self.send({"type": "end", "message_id": finished.message_id, "status": finished.status,

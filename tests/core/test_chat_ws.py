@@ -36,7 +36,8 @@ async def send(ws: ClientConnection, **message: Any) -> None:
 
 
 async def receive(ws: ClientConnection) -> dict[str, Any]:
-    return json.loads(await ws.recv(decode=True))  # type: ignore[no-any-return]
+    """The next event; a server that stays silent fails the test instead of hanging it."""
+    return json.loads(await asyncio.wait_for(ws.recv(decode=True), 60))  # type: ignore[no-any-return]
 
 
 async def until_end(ws: ClientConnection) -> tuple[list[dict[str, Any]], str]:
