@@ -58,8 +58,10 @@ max_message_bytes = 4000
 """
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
+    """Chromium for the e2e package only: Playwright's sync API marks an event loop as
+    running in this thread while it lives, which would break later asyncio tests."""
     if not Path(CHROMIUM).exists():
         message = "Debian's chromium is not installed (see .ci/apt-packages)"
         if os.environ.get("CI"):
