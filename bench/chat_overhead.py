@@ -121,7 +121,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for name in ("alembic", "mami"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run(Path(tmp), args.turns, args.tokens))
 
