@@ -51,6 +51,9 @@ class LLMProvider(Protocol):
     :class:`core.errors.ProviderError` when nothing could be generated and
     :class:`core.errors.StreamInterrupted` (carrying the text so far) when a stream
     broke after the first token.
+
+    Optional: ``async load() -> None``; when defined it is awaited before the tokenizer
+    or window is used, so a lazily loaded model never blocks the event loop.
     """
 
     name: str
@@ -96,6 +99,10 @@ class Retriever(Protocol):
     ``search`` returns at most ``k`` passages that belong to ``owner`` (or to the
     shared ``global`` scope) and to one of ``scopes`` when given, best first.
     ``ingest`` replaces a document with the same owner, scope and source.
+
+    Optional: ``validate(owner, source, text, scope) -> int`` raises what ``ingest``
+    would raise (a :class:`core.errors.MamiError`) before anything is written and
+    returns the size in bytes; the API and ``mami ingest`` check every file first.
     """
 
     name: str
@@ -235,6 +242,11 @@ class Authenticator(Protocol):
     read from it by the chat handler; it accepts the socket and returns the principal,
     or closes it with a readable code and returns ``None``. ``still_valid`` is polled
     during long-lived sockets so a revoked or expired credential closes them.
+
+    Optional: ``check_message(socket, size) -> int | None`` is called for every message
+    a chat socket receives and returns a close code to refuse it (size, rate);
+    ``async accept_anonymous(socket) -> bool`` guards sockets when ``[core] auth =
+    false`` (it may refuse a foreign Origin).
     """
 
     name: str
