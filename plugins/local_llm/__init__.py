@@ -200,6 +200,8 @@ class LocalLLM:
 @hookimpl(trylast=True)
 def register_llm_providers(register: Callable[[LLMProvider], None], runtime: Runtime) -> None:
     settings: Settings = runtime.settings(PLUGIN) or Settings()
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ProviderError("llama-cpp-python is not installed: pip install 'mami[local]'")
     path = Path(settings.model_path).expanduser() if settings.model_path else default_model_path()
     if not path.is_file():
         raise ConfigError(f"[plugins.{PLUGIN}] model_path: {path} is not a file")
