@@ -28,6 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report import pct, save, say  # noqa: E402
+
 from core.config import config_from_dict  # noqa: E402
 from core.jobs import ImageWorker, add_image_callback, enqueue, get_job  # noqa: E402
 from core.models import ImageJob  # noqa: E402
@@ -37,19 +39,6 @@ from core.runtime import Runtime  # noqa: E402
 from tests.forge_standin import ForgeStandIn  # noqa: E402
 
 DEADLINE = 2.0
-LINES: list[str] = []
-
-
-def say(line: str = "") -> None:
-    print(line, flush=True)
-    LINES.append(line)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def ms(values: list[float]) -> str:
     return (f"p50 {pct(values, 0.5) * 1000:.2f} ms, p95 {pct(values, 0.95) * 1000:.2f} ms, "
             f"max {max(values) * 1000:.2f} ms (n={len(values)})")
@@ -219,9 +208,7 @@ async def main() -> None:
         await forge_down(Path(tmp))
         say()
         await throughput(Path(tmp))
-    out = ROOT / "bench" / "results" / "image_faults.txt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(LINES) + "\n")
+    save("image_faults")
 
 
 if __name__ == "__main__":

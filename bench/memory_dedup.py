@@ -37,6 +37,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report import pct, save, say  # noqa: E402
+
 from core import migrations  # noqa: E402
 from core.config import config_from_dict  # noqa: E402
 from core.db import is_sqlite  # noqa: E402
@@ -48,19 +50,6 @@ from plugins.memory.normalize import memory_id, normalize  # noqa: E402
 from plugins.memory.store import SCOPE, ChromaMemoryStore  # noqa: E402
 
 PAIRS = ROOT / "tests" / "plugins" / "memory" / "dedup_pairs.jsonl"
-LINES: list[str] = []
-
-
-def say(line: str = "") -> None:
-    print(line, flush=True)
-    LINES.append(line)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def scores(predicted: list[bool], truth: list[bool]) -> tuple[float, float]:
     tp = sum(p and t for p, t in zip(predicted, truth, strict=True))
     fp = sum(p and not t for p, t in zip(predicted, truth, strict=True))
@@ -330,9 +319,7 @@ async def main() -> None:
         say()
         await recall_latency(store, args.big, args.owners, args.small)
         await runtime.stop()
-    out = ROOT / "bench" / "results" / "memory_dedup.txt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(LINES) + "\n")
+    save("memory_dedup")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+from report import pct, save, say  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 from core import migrations  # noqa: E402
@@ -42,19 +43,6 @@ from core.protocols import ChatMessage, Delta, GenerationParams  # noqa: E402
 
 ORIGIN = "https://bench.example"
 DELTAS = 8
-LINES: list[str] = []
-
-
-def say(line: str = "") -> None:
-    print(line, flush=True)
-    LINES.append(line)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 # -- the server side (runs in a subprocess) -----------------------------------------------
 
 
@@ -309,8 +297,7 @@ async def main(sessions: int, messages: int, rounds: int) -> None:
         finally:
             with_auth.stop()
             without.stop()
-    out = ROOT / "bench" / "results" / "ws_load.txt"
-    out.write_text("\n".join(LINES) + "\n")
+    save("ws_load")
 
 
 if __name__ == "__main__":

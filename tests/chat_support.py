@@ -63,7 +63,7 @@ class HeaderAuthenticator:
 
     async def authenticate_http(self, headers: Mapping[str, str], client: str | None) -> Principal:
         value = headers.get("authorization", "")
-        if not value.startswith("Bearer ") or value[7:] in self.revoked:
+        if not value.startswith("Bearer ") or not value[7:] or value[7:] in self.revoked:
             raise AuthError("not authenticated")
         return Principal(owner=value[7:])
 

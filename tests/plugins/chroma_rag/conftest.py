@@ -6,17 +6,16 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from core import hookimpl
 from core.plugins import Candidate, builtin_candidates
-from core.protocols import Principal
 from core.runtime import Runtime
+from tests.chat_support import AuthPlugin, HeaderAuthenticator
 from tests.conftest import free_port
 
 
@@ -64,33 +63,8 @@ def rag_candidates(*extra: Candidate) -> list[Candidate]:
     return [c for c in builtin_candidates() if c.name == "chroma-rag"] + list(extra)
 
 
-class HeaderAuth:
-    """Test authenticator: ``Authorization: Bearer <owner>`` is that owner."""
-
-    name = "header-auth"
-
-    async def authenticate_http(self, headers: Any, client: str | None) -> Principal:
-        from core.errors import AuthError
-
-        value = headers.get("authorization", "")
-        if not value.startswith("Bearer ") or not value[7:]:
-            raise AuthError("missing bearer token")
-        return Principal(owner=value[7:])
-
-    async def accept_websocket(self, socket: Any) -> Principal | None:
-        return None
-
-    async def still_valid(self, principal: Principal) -> bool:
-        return True
-
-
-class HeaderAuthPlugin:
-    @hookimpl
-    def register_authenticators(self, register: Callable[[Any], None], runtime: Runtime) -> None:
-        register(HeaderAuth())
-
-
-HEADER_AUTH = Candidate("header-auth", "tests", "test", True, lambda: HeaderAuthPlugin())  # type: ignore[arg-type,return-value]
+HEADER_AUTH = Candidate("header-auth", "tests", "test", True,
+                        lambda: AuthPlugin(HeaderAuthenticator()))  # type: ignore[arg-type,return-value]
 
 
 @pytest.fixture(params=["embedded", "http"])

@@ -12,12 +12,13 @@ import pytest
 
 from core import hookimpl, migrations
 from core.db import is_sqlite
-from core.errors import AuthError, StreamInterrupted
+from core.errors import StreamInterrupted
 from core.plugins import Candidate, builtin_candidates
-from core.protocols import ChatMessage, Delta, GenerationParams, Principal
+from core.protocols import ChatMessage, Delta, GenerationParams
 from core.runtime import Runtime
 from plugins.memory.extract import EXTRACTION_PROMPT
 from plugins.memory.store import ChromaMemoryStore
+from tests.chat_support import AuthPlugin, HeaderAuthenticator
 
 
 class ScriptedLLM:
@@ -71,30 +72,6 @@ class ScriptedPlugin:
         register(self.llm)
 
 
-class HeaderAuth:
-    """``Authorization: Bearer <owner>`` is that owner."""
-
-    name = "header-auth"
-
-    async def authenticate_http(self, headers: Any, client: str | None) -> Principal:
-        value = headers.get("authorization", "")
-        if not value.startswith("Bearer ") or not value[7:]:
-            raise AuthError("missing bearer token")
-        return Principal(owner=value[7:])
-
-    async def accept_websocket(self, socket: Any) -> Principal | None:
-        return None
-
-    async def still_valid(self, principal: Principal) -> bool:
-        return True
-
-
-class HeaderAuthPlugin:
-    @hookimpl
-    def register_authenticators(self, register: Callable[[Any], None], runtime: Any) -> None:
-        register(HeaderAuth())
-
-
 def candidates(llm: ScriptedLLM | None = None, auth: bool = False,
                memory: bool = True) -> list[Candidate]:
     """The memory built-in (the real one, from plugins.BUILTINS) plus test plugins."""
@@ -103,7 +80,8 @@ def candidates(llm: ScriptedLLM | None = None, auth: bool = False,
         plugin = ScriptedPlugin(llm)
         found.append(Candidate("scripted-llm", "tests", "test", True, lambda: plugin))  # type: ignore[arg-type,return-value]
     if auth:
-        found.append(Candidate("header-auth", "tests", "test", True, HeaderAuthPlugin))  # type: ignore[arg-type]
+        found.append(Candidate("header-auth", "tests", "test", True,
+                               lambda: AuthPlugin(HeaderAuthenticator())))  # type: ignore[arg-type,return-value]
     return found
 
 
