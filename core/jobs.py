@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
+from sqlmodel import col
 
 from core.config import Config
 from core.db import Database
@@ -94,6 +95,17 @@ async def get_job(db: Database, job_id: str, owner: str | None = None) -> ImageJ
     if job is None or (owner is not None and job.owner_id != owner):
         return None
     return job
+
+
+async def list_jobs(db: Database, owner: str, limit: int, offset: int = 0) -> list[ImageJob]:
+    """The owner's jobs, newest first."""
+    async with db.session() as session:
+        result = await session.execute(
+            select(ImageJob).where(col(ImageJob.owner_id) == owner)
+            .order_by(col(ImageJob.created_at).desc())
+            .offset(offset).limit(limit)
+        )
+        return list(result.scalars().all())
 
 
 async def claim(

@@ -107,6 +107,16 @@ async def create_image(
     return job_view(job)
 
 
+@get("/api/images", summary="The caller's image jobs, newest first")
+async def list_images(principal: Principal, runtime: Runtime, limit: int = 50,
+                      offset: int = 0) -> list[dict[str, Any]]:
+    """Paged with ``limit`` (1 to 200) and ``offset``; 400 outside those bounds."""
+    if not 1 <= limit <= 200 or offset < 0:
+        raise BadRequest("limit must be 1 to 200 and offset not negative")
+    return [job_view(job) for job in await jobs.list_jobs(runtime.db, principal.owner,
+                                                          limit, offset)]
+
+
 @get("/api/images/{ref:str}", summary="An image job's status, or its PNG with .png")
 async def read_image(ref: str, principal: Principal, runtime: Runtime) -> Response[Any]:
     """``/api/images/{id}``: state, progress, placeholder reason. ``/api/images/{id}.png``:
@@ -189,4 +199,4 @@ async def _push_when_final(runtime: Runtime, job_id: str, owner: str) -> None:
 
 register_command("image", image_command)
 
-routes = [create_image, read_image]
+routes = [create_image, list_images, read_image]

@@ -110,6 +110,22 @@ async def test_create_follow_and_fetch(http: httpx.AsyncClient, forge: ForgeStan
     assert (await http.get(final["url"])).status_code == 401
 
 
+async def test_list_shows_only_the_callers_jobs_newest_first(http: httpx.AsyncClient) -> None:
+    ids = []
+    for prompt in ("first", "second"):
+        created = await http.post("/api/images", headers=ANN, json={"prompt": prompt})
+        ids.append(created.json()["id"])
+    await http.post("/api/images", headers=BOB, json={"prompt": "bob's"})
+    listed = (await http.get("/api/images", headers=ANN)).json()
+    assert [job["id"] for job in listed] == ids[::-1]
+    assert [job["prompt"] for job in listed] == ["second", "first"]
+    page = (await http.get("/api/images", headers=ANN, params={"limit": 1, "offset": 1})).json()
+    assert [job["id"] for job in page] == ids[:1]
+    bad = await http.get("/api/images", headers=ANN, params={"limit": 0})
+    assert bad.status_code == 400 and "limit" in bad.json()["error"]["message"]
+    assert (await http.get("/api/images")).status_code == 401
+
+
 async def test_placeholder_is_marked(http: httpx.AsyncClient, forge: ForgeStandIn) -> None:
     forge.set_mode("oom")
     job = (await http.post("/api/images", headers=ANN, json={"prompt": "too big"})).json()
