@@ -12,7 +12,7 @@ from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, ImproperlyConfiguredException, ValidationException
 from litestar.handlers import WebsocketRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -72,15 +72,19 @@ def _unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any
     )
 
 
-def collect_routes(runtime: Runtime) -> list[Any]:
-    """Core routes plus whatever enabled plugins add through ``register_routes``."""
-    handlers: list[Any] = []
+def collect_routes(runtime: Runtime) -> tuple[list[Any], list[tuple[str, list[Any]]]]:
+    """Core routes, and each enabled plugin's routes from ``register_routes``."""
+    core: list[Any] = []
     for module_name in ROUTE_MODULES:
-        handlers.extend(importlib.import_module(module_name).routes)
-    for _plugin, extra in runtime.plugins.call_each("register_routes", runtime=runtime):
-        handlers.extend(extra or [])
-    if runtime.serverless:  # Mangum speaks HTTP only: no WebSocket routes on Lambda
-        handlers = [h for h in handlers if not isinstance(h, WebsocketRouteHandler)]
+        core.extend(importlib.import_module(module_name).routes)
+    extra = [(plugin, list(handlers or []))
+             for plugin, handlers in runtime.plugins.call_each("register_routes", runtime=runtime)]
+    return core, extra
+
+
+def _for_deployment(handlers: list[Any], serverless: bool) -> list[Any]:
+    if serverless:  # Mangum speaks HTTP only: no WebSocket routes on Lambda
+        return [h for h in handlers if not isinstance(h, WebsocketRouteHandler)]
     return handlers
 
 
@@ -113,25 +117,40 @@ def create_app(
     async def start_lazily(request: Request[Any, Any, Any]) -> None:
         await runtime.ensure_started()
 
-    app = Litestar(
-        route_handlers=collect_routes(runtime),
-        state=State({"runtime": runtime}),
-        dependencies={
-            "runtime": Provide(provide_runtime),
-            "principal": Provide(provide_principal),
-        },
-        lifespan=[] if serverless else [lifespan],
-        before_request=start_lazily,
-        exception_handlers={
-            MamiError: _mami_error,
-            HTTPException: _http_error,
-            Exception: _unexpected_error,
-        },
-        openapi_config=OpenAPIConfig(title="mami", version="0.1.0", path="/schema"),
-        cors_config=CORSConfig(allow_origins=[]),
-        debug=False,
-    )
-    return app
+    def build(handlers: list[Any]) -> Litestar:
+        return Litestar(
+            route_handlers=_for_deployment(handlers, serverless),
+            state=State({"runtime": runtime}),
+            dependencies={
+                "runtime": Provide(provide_runtime),
+                "principal": Provide(provide_principal),
+            },
+            lifespan=[] if serverless else [lifespan],
+            before_request=start_lazily,
+            exception_handlers={
+                MamiError: _mami_error,
+                HTTPException: _http_error,
+                Exception: _unexpected_error,
+            },
+            openapi_config=OpenAPIConfig(title="mami", version="0.1.0", path="/schema"),
+            cors_config=CORSConfig(allow_origins=[]),
+            debug=False,
+        )
+
+    core, extra = collect_routes(runtime)
+    try:
+        return build(core + [h for _plugin, handlers in extra for h in handlers])
+    except ImproperlyConfiguredException:
+        # Find the plugin(s) whose routes Litestar rejects; the app runs without them.
+        accepted = list(core)
+        for plugin, handlers in extra:
+            try:
+                build(accepted + handlers)
+            except ImproperlyConfiguredException as exc:
+                runtime.plugins.fail(plugin, f"routes rejected: {exc.detail}")
+                continue
+            accepted.extend(handlers)
+        return build(accepted)
 
 
 def runtime_of(app: Litestar) -> Runtime:

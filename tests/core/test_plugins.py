@@ -148,3 +148,32 @@ def test_secrets_from_env_are_resolved_but_redacted(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("MY_KEY")
     with pytest.raises(ConfigError, match=r"\[plugins.sample\] greeting: environment variable"):
         config_from_dict({"plugins": {"sample": {"greeting": {"env": "MY_KEY"}}}})
+
+
+async def test_a_plugin_whose_routes_litestar_rejects_degrades(make_config: Any) -> None:
+    from functools import partial
+
+    from litestar import get
+
+    from core import hookimpl
+    from core.plugins import Candidate
+
+    @get("/bad")
+    async def bad(state: Any) -> None:  # Litestar refuses an untyped `state`
+        return None
+
+    class BadRoutes:
+        @hookimpl
+        def register_routes(self, runtime: Any) -> list[Any]:
+            return [bad]
+
+    broken = Candidate("bad-routes", "tests", "entrypoint", True, partial(BadRoutes))
+    sample = next(c for c in entrypoint_candidates() if c.name == "sample")
+    app = create_app(make_config(), candidates=[broken, sample])
+    async with AsyncTestClient(app) as client:
+        health = (await client.get("/health")).json()
+        hello = await client.get("/sample/hello")
+    assert health["status"] == "degraded"
+    assert "routes rejected" in health["plugins"]["bad-routes"]["error"]
+    assert health["plugins"]["sample"]["status"] == "ok"
+    assert hello.status_code == 200
