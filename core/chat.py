@@ -52,14 +52,16 @@ HISTORY_LIMIT = 200
 STALE_STREAM = timedelta(minutes=10)
 ID_NAMESPACE = uuid.UUID("6f1e3a52-6d61-4d69-8a11-636861747631")
 
-CommandHandler = Callable[["Runtime", Principal, str], Awaitable[str]]
+CommandHandler = Callable[["Runtime", Principal, str, str | None], Awaitable[str]]
 COMMANDS: dict[str, CommandHandler] = {}
 
 
 def register_command(name: str, handler: CommandHandler) -> None:
     """Answer messages that start with ``/<name>`` with ``await handler(runtime,
-    principal, argument)`` instead of the LLM. The returned text is stored as the
-    assistant message; ``message_completed`` is not fired for command replies."""
+    principal, argument, conversation_id)`` instead of the LLM (``conversation_id`` is
+    ``None`` for stateless turns; otherwise the conversation is committed by then). The
+    returned text is stored as the assistant message; ``message_completed`` is not fired
+    for command replies."""
     COMMANDS[name] = handler
 
 
@@ -233,7 +235,9 @@ class TurnRun:
     async def _generate(self) -> AsyncGenerator[tuple[str, str | None], None]:
         if self.command is not None:
             handler, argument = self.command
-            yield await handler(self.runtime, self.principal, argument), "stop"
+            await self.saved()  # a failed write must not leave the command's effects behind
+            yield await handler(self.runtime, self.principal, argument,
+                                self.conversation_id), "stop"
             return
         assert self.context is not None
         params = self.request.params or GenerationParams(

@@ -148,14 +148,16 @@ def image_event(job: ImageJob) -> dict[str, Any]:
             "placeholder_reason": job.placeholder_reason}
 
 
-async def image_command(runtime: Runtime, principal: Principal, argument: str) -> str:
-    """``/image <prompt>`` in chat: queue a job and say so at once."""
+async def image_command(runtime: Runtime, principal: Principal, argument: str,
+                        conversation_id: str | None) -> str:
+    """``/image <prompt>`` in chat: queue a job (for the chat's conversation, if stored)
+    and say so at once."""
     try:
         request = image_request(ImageJobCreate(prompt=argument))
         runtime.require("images")
     except MamiError as exc:
         return f"I can't make that image: {exc.message}. Usage: /image <prompt>"
-    job = await jobs.enqueue(runtime, principal.owner, request)
+    job = await jobs.enqueue(runtime, principal.owner, request, conversation_id=conversation_id)
     if not runtime.serverless:  # nothing may run after a response on Lambda
         _watch(runtime, job)
     return (f"Creating an image of \"{request.prompt}\" (job {job.id}). It will appear here "

@@ -331,8 +331,14 @@ async def test_a_slash_command_is_answered_by_its_handler(
     make_runtime: Any, standin: StandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recorder = Recorder()
+    seen: list[tuple[str | None, bool]] = []
 
-    async def shout(runtime: Runtime, principal: Principal, argument: str) -> str:
+    async def shout(runtime: Runtime, principal: Principal, argument: str,
+                    conversation_id: str | None) -> str:
+        async with runtime.db.session() as session:
+            stored = conversation_id is not None and (
+                await session.get(Conversation, conversation_id)) is not None
+        seen.append((conversation_id, stored))
         return f"{principal.owner}: {argument.upper()}"
 
     monkeypatch.setitem(COMMANDS, "shout", shout)
@@ -344,6 +350,9 @@ async def test_a_slash_command_is_answered_by_its_handler(
     stored = await rows(runtime, turn.conversation_id or "")
     assert [m.content for m in stored] == ["/shout hello there", "alice: HELLO THERE"]
     assert recorder.events == []
+    # The handler got the new conversation, already committed; a stateless turn has none.
+    await drain(await start_turn(runtime, ALICE, ChatRequest("/shout x", history=[])))
+    assert seen == [(turn.conversation_id, True), (None, False)]
     # An unknown command goes to the model like any text.
     await drain(await start_turn(runtime, ALICE, ChatRequest("/unknown x", params=FAST)))
     assert len(standin.requests) == 1
@@ -401,7 +410,8 @@ async def test_a_duplicate_sent_concurrently_is_answered_once(
 async def test_a_command_that_refuses_ends_the_turn_as_an_error(
     make_runtime: Any, standin: StandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def picky(runtime: Runtime, principal: Principal, argument: str) -> str:
+    async def picky(runtime: Runtime, principal: Principal, argument: str,
+                    conversation_id: str | None) -> str:
         raise BadRequest("say please")
 
     monkeypatch.setitem(COMMANDS, "picky", picky)

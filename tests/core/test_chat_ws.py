@@ -122,7 +122,8 @@ async def test_bad_input_gets_error_events_and_the_socket_stays_open(server: Any
 async def test_commands_can_push_events_to_the_owners_sockets(
     brief_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def picture(runtime: Any, principal: Principal, argument: str) -> str:
+    async def picture(runtime: Any, principal: Principal, argument: str,
+                      conversation_id: str | None) -> str:
         sent = push_event(runtime, principal.owner, {"type": "image", "prompt": argument})
         return f"queued for {sent} socket(s)"
 

@@ -199,24 +199,29 @@ async def test_no_image_plugin_is_503(make_config: Any, live_server: Any) -> Non
     assert response.status_code == 503 and "images" in response.json()["error"]["message"]
 
 
-async def chat_image(ws_url: str, prompt: str) -> tuple[str, dict[str, Any]]:
-    """Send ``/image <prompt>`` on a chat socket: the reply text and the pushed event."""
+async def chat_image(ws_url: str, prompt: str, conversation_id: str | None = None
+                     ) -> tuple[str, dict[str, Any], str]:
+    """Send ``/image <prompt>`` on a chat socket: the reply text, the pushed event and
+    the conversation the turn was stored in."""
     import json
 
     from websockets.asyncio.client import connect
 
     async with connect(ws_url + "/ws/chat") as ws:
-        await ws.send(json.dumps({"type": "message", "content": f"/image {prompt}"}))
+        await ws.send(json.dumps({"type": "message", "content": f"/image {prompt}",
+                                  "conversation_id": conversation_id}))
         text = ""
         while True:
             event = json.loads(await asyncio.wait_for(ws.recv(), 30))
-            if event["type"] == "delta":
+            if event["type"] == "start":
+                conversation = event["conversation_id"]
+            elif event["type"] == "delta":
                 text += event["text"]
             elif event["type"] == "end":
                 assert event["status"] == "complete"
                 break
         pushed = json.loads(await asyncio.wait_for(ws.recv(), 30))
-    return text, pushed
+    return text, pushed, conversation
 
 
 @pytest.mark.parametrize("worker", ["in-process", "separate"])
@@ -241,8 +246,9 @@ async def test_image_command_in_chat_pushes_the_result(
         other = ImageWorker(runtime, poll_interval=0.05)
         other.start()
     try:
-        text, pushed = await chat_image(live.ws_url, "a blue whale")
-        again, pushed_again = await chat_image(live.ws_url, "a green whale")
+        text, pushed, conversation = await chat_image(live.ws_url, "a blue whale")
+        again, pushed_again, same = await chat_image(live.ws_url, "a green whale",
+                                                     conversation)
     finally:
         if other is not None:
             await other.stop()
@@ -254,7 +260,14 @@ async def test_image_command_in_chat_pushes_the_result(
                       "url": f"/api/images/{job_id}.png", "placeholder_reason": None}
     async with httpx.AsyncClient(base_url=live.url) as client:
         png = await client.get(pushed["url"])
+        views = [(await client.get(f"/api/images/{p['job_id']}")).json()
+                 for p in (pushed, pushed_again)]
+        chat = (await client.get(f"/api/conversations/{conversation}/messages")).json()
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    # the new conversation of the first turn, then the one the second turn named
+    assert same == conversation
+    assert [v["conversation_id"] for v in views] == [conversation, conversation]
+    assert [m["content"] for m in chat][::2] == ["/image a blue whale", "/image a green whale"]
     assert forge.prompts["a blue whale"] == forge.prompts["a green whale"] == 1
     assert pushed_again["job_id"] in again and pushed_again["state"] == "succeeded"
     assert len(runtime_of(app).state["image_job_callbacks"]) == 1  # installed once
