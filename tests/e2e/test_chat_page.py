@@ -239,3 +239,70 @@ def test_a_revoked_token_signs_the_page_out(page: Any, mami: MamiServer) -> None
     expect(page.locator("#signin")).to_be_visible(timeout=30_000)
     expect(page.locator("#alert")).to_contain_text("Unauthorized")
     assert page.evaluate("localStorage.getItem('mami.token')") is None
+
+
+def test_conversations_are_deleted_from_the_list_with_a_confirmation(
+    page: Any, mami: MamiServer
+) -> None:
+    with mami.api() as client:
+        made = [client.post("/api/conversations", json={"title": title}).json()
+                for title in ("Trip plans to delete", "Old notes gone elsewhere")]
+    trip, notes = made
+    sign_in(page, mami)
+    assert finished(send(page, "Hi! This chat will be deleted."))
+    current = current_conversation(page)
+    expect(page.locator(f'#conversations li[data-conversation="{current}"]')).to_be_visible()
+
+    def exists(conversation_id: str) -> bool:
+        with mami.api() as client:
+            status = client.get(f"/api/conversations/{conversation_id}/messages").status_code
+        assert status in (200, 404)
+        return status == 200
+
+    asked: list[str] = []
+
+    def answer(accept: bool) -> None:
+        def handle(dialog: Any) -> None:
+            asked.append(dialog.message)
+            if accept:
+                dialog.accept()
+            else:
+                dialog.dismiss()
+
+        page.once("dialog", handle)
+
+    # Keyboard only: focus the button by its accessible name and press Enter; "Cancel" keeps it.
+    delete_trip = page.get_by_role("button", name="Delete conversation: Trip plans to delete")
+    delete_trip.focus()
+    answer(accept=False)
+    page.keyboard.press("Enter")
+    expect(delete_trip).to_be_visible()
+    assert asked == ['Delete the conversation "Trip plans to delete" and all its messages? '
+                     "This cannot be undone."]
+    assert exists(trip["id"])
+
+    answer(accept=True)
+    page.keyboard.press("Enter")
+    expect(page.locator(f'#conversations li[data-conversation="{trip["id"]}"]')).to_have_count(0)
+    expect(page.locator("#announce")).to_have_text("Conversation deleted: Trip plans to delete")
+    assert page.evaluate("document.activeElement.closest('#conversations') !== null")
+    assert not exists(trip["id"])
+    assert exists(current) and exists(notes["id"])
+
+    # Deleting the open conversation empties the chat.
+    answer(accept=True)
+    page.get_by_role("button", name="Delete conversation: Hi! This chat will be deleted.").click()
+    expect(page.locator(f'#conversations li[data-conversation="{current}"]')).to_have_count(0)
+    expect(page.locator("#messages li")).to_have_count(0)
+    assert page.evaluate("localStorage.getItem('mami.conversation')") is None
+    assert not exists(current)
+    assert page.problems == []
+    screenshot(page, "17-conversation-deleted")
+
+    with mami.api() as client:  # gone behind the page's back
+        assert client.delete(f"/api/conversations/{notes['id']}").status_code == 204
+    answer(accept=True)
+    page.get_by_role("button", name="Delete conversation: Old notes gone elsewhere").click()
+    expect(page.locator("#alert")).to_contain_text(
+        'Already gone: the conversation "Old notes gone elsewhere" was deleted elsewhere.')
+    expect(page.locator(f'#conversations li[data-conversation="{notes["id"]}"]')).to_have_count(0)

@@ -215,12 +215,17 @@ async function loadConversations() {
     ui.conversations.append(element("li", { class: "empty", text: "No conversations yet." }));
   }
   for (const conversation of list) {
+    const label = conversationLabel(conversation);
     const open = element("button", {
-      type: "button", class: "link grow", "data-id": conversation.id,
-      text: conversationLabel(conversation),
+      type: "button", class: "link grow", "data-id": conversation.id, text: label,
       onclick: () => openConversation(conversation.id),
     });
-    const item = element("li", { "data-conversation": conversation.id }, open);
+    const remove = element("button", {
+      type: "button", class: "secondary small", text: "Delete",
+      "aria-label": `Delete conversation: ${label}`,
+      onclick: () => deleteConversation(conversation.id, label),
+    });
+    const item = element("li", { "data-conversation": conversation.id }, open, remove);
     if (conversation.id === state.conversationId) item.setAttribute("aria-current", "true");
     ui.conversations.append(item);
   }
@@ -266,11 +271,36 @@ async function openConversation(id) {
 
 function newChat() {
   if (state.reply) return showAlert("Wait for the reply to finish, or stop it, first.");
+  clearChat();
+  closeMenu();
+  ui.input.focus();
+}
+
+function clearChat() {
   setConversation(null);
   ui.messages.replaceChildren();
   state.images.clear();
-  closeMenu();
-  ui.input.focus();
+}
+
+async function deleteConversation(id, label) {
+  const current = id === state.conversationId;
+  if (current && state.reply) return showAlert("Wait for the reply to finish, or stop it, first.");
+  if (!window.confirm(`Delete the conversation "${label}" and all its messages? ` +
+    "This cannot be undone.")) return;
+  const items = [...ui.conversations.querySelectorAll("li[data-conversation]")];
+  const position = items.findIndex((item) => item.dataset.conversation === id);
+  try {
+    await api("DELETE", `/api/conversations/${encodeURIComponent(id)}`);
+    announce(`Conversation deleted: ${label}`);
+  } catch (error) {
+    if (error.status !== 404) return showAlert(describe(error));
+    showAlert(`Already gone: the conversation "${label}" was deleted elsewhere.`);
+  }
+  if (current) clearChat();
+  await loadConversations().catch((error) => showAlert(describe(error)));
+  // The button that had focus is gone: keep keyboard users in the list.
+  const next = ui.conversations.querySelectorAll("li[data-conversation] button.link");
+  (next[Math.min(position, next.length - 1)] || ui.newChat).focus();
 }
 
 // ---------------------------------------------------------------- message list
