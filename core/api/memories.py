@@ -42,20 +42,9 @@ class MemoryPage:
 
 
 @dataclass
-class DecisionOut:
-    action: str
-    memory_id: str
-    text: str
-    similarity: float | None = None
-    source_message_id: str | None = None
-    at: datetime | None = None
-    matched_memory_id: str | None = None
-
-
-@dataclass
 class History:
     memory_id: str
-    data: list[DecisionOut]
+    data: list[MemoryDecision]
 
 
 @dataclass
@@ -66,11 +55,6 @@ class Erased:
 def _out(memory: Memory) -> MemoryOut:
     return MemoryOut(memory.id, memory.text, memory.seen_count, memory.created_at,
                      memory.updated_at)
-
-
-def _decision(decision: MemoryDecision) -> DecisionOut:
-    return DecisionOut(decision.action, decision.memory_id, decision.text, decision.similarity,
-                       decision.source_message_id, decision.at, decision.matched_memory_id)
 
 
 def checked_id(memory_id: str) -> str:
@@ -123,7 +107,7 @@ class MemoryController(Controller):
         decisions = await store.history(principal.owner, checked_id(memory_id))
         if not decisions:
             raise NotFound(f"memory {memory_id} not found")
-        return History(memory_id, [_decision(d) for d in decisions])
+        return History(memory_id, list(decisions))
 
 
 routes: list[Any] = [MemoryController]
