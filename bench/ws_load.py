@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from websockets.asyncio.client import connect  # noqa: E402
 from core import migrations  # noqa: E402
 from core.db import Database  # noqa: E402
 from core.protocols import ChatMessage, Delta, GenerationParams  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 
 ORIGIN = "https://bench.example"
 DELTAS = 8
@@ -97,12 +97,6 @@ def serve(data_dir: str, port: int, auth: bool) -> None:
 
 
 # -- the client side ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:

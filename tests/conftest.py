@@ -103,14 +103,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 class LiveServer:
     """A uvicorn server on 127.0.0.1 in a background thread."""
 
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(self, app: Any, port: int | None = None, log_level: str = "warning") -> None:
         import uvicorn
 
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level=log_level,
                            lifespan="on", ws_max_size=1 << 20)
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)

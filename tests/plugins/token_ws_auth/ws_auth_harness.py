@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +23,7 @@ from core.db import Database
 from core.plugins import Candidate, builtin_candidates
 from core.protocols import ChatMessage, Delta, GenerationParams
 from plugins.token_ws_auth import tokens
+from tests.conftest import LiveServer
 
 SIGNING_KEY = "test-signing-key-0123456789abcdef-0123456789"
 GOOD_ORIGIN = "https://good.example"
@@ -115,12 +113,6 @@ def auth_candidates(builtins: Sequence[str] = ()) -> list[Candidate]:
             Candidate("paced-llm", "tests", "builtin", True, paced_llm_plugin)]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class AuthServer:
     """A running app: its URLs, its runtime and the database URL."""
@@ -166,28 +158,13 @@ class AuthServer:
                        proxy=None, open_timeout=10, close_timeout=5)
 
 
-class Serving:
+class Serving(LiveServer):
     """uvicorn in a thread; access log on so its redaction is exercised."""
 
     def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="info", lifespan="on",
-            ws_max_size=1 << 20))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
+        super().__init__(app, log_level="info")
+        self.start()
         CAPTURE.attach()
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 class Capture(logging.Handler):
