@@ -41,6 +41,20 @@ class Delta:
     finish_reason: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of ``mami doctor``: ``status`` is ``ok``, ``warn`` or ``fail``; ``fix``
+    says what to do when it is not ``ok``.
+
+    Any provider may define ``async doctor() -> list[Check]`` to add its own checks
+    (files it needs, servers it talks to, permissions)."""
+
+    name: str
+    status: Literal["ok", "warn", "fail"]
+    detail: str
+    fix: str = ""
+
+
 @runtime_checkable
 class LLMProvider(Protocol):
     """A chat model.

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from core.errors import ConfigError
+from core.protocols import Check
 
 if TYPE_CHECKING:
     import numpy as np
@@ -113,6 +114,18 @@ class MiniLMEmbedder:
             raise ConfigError(
                 f"embedding model missing in {self.model_dir} and the download failed: {exc}"
             ) from exc
+
+    def check(self) -> Check:
+        """Whether the model's files are where they are loaded from (for ``mami doctor``)."""
+        needed = ("model.onnx", "tokenizer.json")
+        missing = [name for name in needed if not (self.model_dir / name).is_file()]
+        if not missing:
+            return Check("embedding model", "ok", f"{self.id} in {self.model_dir}")
+        fix = f"copy the files of {self.id}'s onnx/ folder into {self.model_dir}"
+        if self.model_dir == DEFAULT_MODEL_DIR:
+            fix += " (with internet access Chroma downloads them on first use)"
+        return Check("embedding model", "fail",
+                     f"{', '.join(missing)} missing in {self.model_dir}", fix)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         self._load()

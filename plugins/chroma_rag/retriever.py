@@ -20,12 +20,12 @@ from sqlmodel import col, func, select
 
 from core.errors import AuthError, BadRequest, PayloadTooLarge
 from core.models import Document, utcnow
-from core.protocols import DocumentInfo, Passage
+from core.protocols import Check, DocumentInfo, Passage
 from core.runtime import Runtime
 from plugins.chroma_rag import GLOBAL_OWNER, GLOBAL_SCOPE, Settings
 from plugins.chroma_rag.chunking import chunk_text
 from plugins.chroma_rag.embeddings import Embedder, aembed, get_embedder
-from plugins.chroma_rag.store import VectorStore, open_client
+from plugins.chroma_rag.store import VectorStore, open_client, shown_location
 
 
 def document_id(owner: str, scope: str, source: str) -> str:
@@ -51,6 +51,12 @@ class ChromaRetriever:
             settings.collection_prefix, settings.hnsw_ef_search,
         )
         self.embedder = embedder or get_embedder(settings.embedder, settings.model_dir)
+        self.location = shown_location(settings.chroma_url, path)
+
+    async def doctor(self) -> list[Check]:
+        """The embedding model's files and Chroma (see ``mami doctor``)."""
+        checks = [self.embedder.check()] if hasattr(self.embedder, "check") else []
+        return [*checks, await self.store.check("retrieval store", self.location)]
 
     def check_scope(self, scope: str) -> str:
         """``scope`` if it is ``global`` or configured; else a 400 naming the choices."""

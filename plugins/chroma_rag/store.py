@@ -9,6 +9,7 @@ is the only function that runs a vector query, and it requires the owner.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from core.errors import ConfigError
+from core.protocols import Check
 
 __all__ = ["Hit", "IsolationError", "VectorStore", "collection_name", "open_client"]
 
@@ -42,6 +44,14 @@ def open_client(url: str = "", path: str | Path = "", token: str = "") -> Any:
         host=parts.hostname, port=parts.port or (443 if ssl else 80), ssl=ssl,
         headers=headers, settings=settings,
     )
+
+
+def shown_location(url: str, path: str | Path) -> str:
+    """Where Chroma is, fit to print: a URL without credentials or query, else the path."""
+    if not url:
+        return str(path)
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 def collection_name(prefix: str, owner: str, scope: str) -> str:
@@ -85,6 +95,16 @@ class VectorStore:
             if self._client is None:
                 self._client = self._connect()
             return self._client
+
+    async def check(self, what: str, where: str) -> Check:
+        """Whether Chroma opens and answers (for ``mami doctor``)."""
+        try:
+            await asyncio.to_thread(lambda: self.client.heartbeat())
+        except Exception as exc:
+            return Check(what, "fail", f"Chroma at {where} does not open: "
+                         f"{type(exc).__name__}: {exc}",
+                         "start the Chroma server (`chroma run`) or fix chroma_url / path")
+        return Check(what, "ok", f"Chroma at {where} answers")
 
     def _collection(self, owner: str, scope: str, create: bool = False) -> Any | None:
         from chromadb.errors import NotFoundError

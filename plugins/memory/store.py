@@ -21,10 +21,10 @@ from sqlmodel import col, select
 
 from core.errors import AuthError, BadRequest
 from core.models import MemoryDecisionRecord, MemoryRecord, utcnow
-from core.protocols import Memory, MemoryDecision
+from core.protocols import Check, Memory, MemoryDecision
 from core.runtime import Runtime
 from plugins.chroma_rag.embeddings import Embedder, aembed, get_embedder
-from plugins.chroma_rag.store import Hit, VectorStore, open_client
+from plugins.chroma_rag.store import Hit, VectorStore, open_client, shown_location
 from plugins.memory import Settings
 from plugins.memory.index import SCOPE, MemoryIndex
 from plugins.memory.normalize import clean, memory_id, normalize
@@ -71,6 +71,12 @@ class ChromaMemoryStore:
         self.embedder = embedder or get_embedder(settings.embedder, settings.model_dir)
         self.index = MemoryIndex(vectors, self.embedder,
                                  settings.write_behind and not runtime.serverless)
+        self.vectors, self.location = vectors, shown_location(url, path)
+
+    async def doctor(self) -> list[Check]:
+        """The embedding model's files and Chroma (see ``mami doctor``)."""
+        checks = [self.embedder.check()] if hasattr(self.embedder, "check") else []
+        return [*checks, await self.vectors.check("memory store", self.location)]
 
     def candidate(self, text: str) -> tuple[str, str]:
         """``(wording, normalised)`` of a fact, or a 400 saying what is wrong with it."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import stat
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -20,7 +22,7 @@ from urllib.parse import urlsplit
 from litestar.exceptions import WebSocketDisconnect
 
 from core.errors import AuthError
-from core.protocols import Principal
+from core.protocols import Check, Principal
 from plugins.token_ws_auth import keys, redact, tickets, tokens
 
 if TYPE_CHECKING:
@@ -308,6 +310,36 @@ class TokenAuthenticator:
             return
         token, _info = await tokens.create_token(self.db, self.settings.admin_owner, "admin")
         print(bootstrap_message(self.public_url, token), flush=True)
+
+    async def doctor(self) -> list[Check]:
+        """The signing key's source and mode, and whether browsers' origins will match
+        (see ``mami doctor``)."""
+        env = self.settings.signing_key_env
+        if os.environ.get(env):
+            key = Check("signing key", "ok", f"from ${env}")
+        else:
+            mode = stat.S_IMODE(self.key_path.stat().st_mode)
+            key = Check("signing key", "ok" if not mode & 0o077 else "fail",
+                        f"{self.key_path} (mode {mode:o})", f"chmod 600 {self.key_path}")
+        server = self.runtime.config.server
+        loopback = server.host in ("127.0.0.1", "localhost", "::1")
+        if server.public_url:
+            parts = urlsplit(server.public_url)
+            origins = Check("allowed origins", "ok",
+                            f"{parts.scheme}://{parts.netloc} plus "
+                            f"{len(self.settings.allowed_origins)} configured")
+            if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost"):
+                origins = Check("allowed origins", "warn",
+                                f"[server] public_url {server.public_url} is plain http",
+                                "serve browsers over https (deploy/server has nginx configs)")
+        elif loopback:
+            origins = Check("allowed origins", "ok", "loopback only")
+        else:
+            origins = Check("allowed origins", "warn",
+                            f"[server] host is {server.host} but public_url is empty: pages "
+                            "opened at another address are refused", "set [server] public_url "
+                            "to the address browsers use, or list it in allowed_origins")
+        return [key, origins]
 
     @property
     def public_url(self) -> str:
