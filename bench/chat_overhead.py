@@ -5,7 +5,11 @@ user message), same sampling (temperature 0, fixed length), memory and RAG off, 
 run and interleaved (direct, pipeline, HTTP, direct, ...) so machine noise hits every
 path alike. The paths:
 
-- direct:   ``provider.stream(messages, params)``
+- llama.cpp: the model called in this process, in a thread (llama-cpp-python, the same
+            settings and generation code as the model process): the baseline of the
+            process hop
+- direct:   ``provider.stream(messages, params)``: local-llm, whose model runs in its own
+            process behind a pipe
 - pipeline: ``start_turn`` + ``TurnRun.run`` in-process: new stored conversation (SQLite),
             owner row, token budget, user message + placeholder, the answer stored,
             ``message_completed`` fired
@@ -20,7 +24,10 @@ far more than the framework's cost, so the added time is also measured inside ea
 turn: the provider is wrapped in a recorder, and the framework's share of a turn is
 its time to first token (or total) minus the provider's own, in the same turn. The
 direct path is the control: its share shows the method's floor. Targets: the framework
-adds at most 5 ms to the median time to first token and 10 ms to a turn.
+adds at most 5 ms to the median time to first token and 10 ms to a turn, and so does
+the process hop (direct against llama.cpp, paired turn by turn). Also printed: the
+pipe's round trip alone (a one-token ``count`` request, median of 500) and the default
+build's generation speed in tokens per second.
 
     python bench/chat_overhead.py [--turns 40] [--tokens 16]
 """
@@ -49,7 +56,8 @@ from core.app import create_app, runtime_of  # noqa: E402
 from core.chat import ChatRequest, start_turn  # noqa: E402
 from core.config import config_from_dict  # noqa: E402
 from core.plugins import builtin_candidates  # noqa: E402
-from core.protocols import ChatMessage, GenerationParams, Principal  # noqa: E402
+from core.protocols import ChatMessage, Delta, GenerationParams, Principal  # noqa: E402
+from plugins.local_llm.child import generate, load  # noqa: E402
 
 PROMPT = "Name three colours."
 CLIENT = r"""
@@ -105,6 +113,34 @@ class Recorded:
         await self.inner.aclose()
 
 
+class InProcess:
+    """llama.cpp called directly in this process with the model process's own code."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.model, self.system_info = load(settings)
+        self.tokens: list[int] = []
+
+    async def stream(self, messages: Any, params: Any) -> AsyncIterator[Delta]:
+        loop = asyncio.get_running_loop()
+        answers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        class Sink:
+            def send(self, message: dict[str, Any]) -> None:
+                loop.call_soon_threadsafe(answers.put_nowait, message)
+
+        request = {"id": 1, "messages": [{"role": m.role, "content": m.content}
+                                         for m in messages],
+                   "params": {"max_tokens": params.max_tokens, "temperature": 0.0,
+                              "top_p": 1.0, "stop": []}}
+        worker = loop.run_in_executor(None, generate, self.model, request, set(), Sink())
+        text = []
+        while "text" in (message := await answers.get()):
+            text.append(message["text"])
+            yield Delta(message["text"])
+        await worker
+        self.tokens.append(len(self.model.tokenize("".join(text).encode(), add_bos=False)))
+
+
 async def timed(pieces: AsyncIterator[str], provider: Recorded) -> Sample:
     start = time.perf_counter()
     first = None
@@ -140,7 +176,10 @@ async def run(tmp: Path, turns: int, tokens: int) -> None:
     gc.freeze()  # as `mami serve` does right before it starts serving
     server = LiveServer(app).start()
     runtime = runtime_of(app)
-    llm = Recorded(runtime.require("llm"))
+    local = runtime.require("llm")
+    await local.load()
+    baseline = InProcess({**local._child_settings()})
+    llm = Recorded(local)
     runtime.providers["llm"] = {llm.name: llm}
     params = GenerationParams(max_tokens=tokens, temperature=0.0)
     messages = [ChatMessage("system", config.core.system_prompt), ChatMessage("user", PROMPT)]
@@ -150,6 +189,10 @@ async def run(tmp: Path, turns: int, tokens: int) -> None:
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     assert client.stdin is not None and client.stdout is not None
     to_client, from_client = client.stdin, client.stdout
+
+    async def in_process() -> AsyncIterator[str]:
+        async for delta in baseline.stream(messages, params):
+            yield delta.text
 
     async def direct() -> AsyncIterator[str]:
         async for delta in llm.stream(messages, params):
@@ -176,8 +219,15 @@ async def run(tmp: Path, turns: int, tokens: int) -> None:
             return await asyncio.wrap_future(future)
         return go
 
+    def baseline_timed() -> Awaitable[Sample]:
+        async def go() -> Sample:
+            first, total, *_ = await timed(in_process(), llm)
+            return first, total, first, total
+        future = asyncio.run_coroutine_threadsafe(go(), loop)
+        return asyncio.wrap_future(future)
+
     paths: dict[str, Callable[[], Awaitable[Sample]]] = {
-        "direct": on_server(direct), "pipeline": on_server(pipeline),
+        "llama.cpp": baseline_timed, "direct": on_server(direct), "pipeline": on_server(pipeline),
         "http": http,
     }
     for path in paths.values():  # warm-up: model load, prompt cache, connections
@@ -189,8 +239,20 @@ async def run(tmp: Path, turns: int, tokens: int) -> None:
             samples[name].append(await path())
     to_client.close()
     await client.wait()
+    trips = []
+    for _ in range(500):
+        start = time.perf_counter()
+        await asyncio.to_thread(local.count_tokens, "a")
+        trips.append(time.perf_counter() - start)
     server.stop()
+    speed = [n / max(1e-9, s[1] - s[0]) for n, s in zip(baseline.tokens[3:],
+                                                         samples["llama.cpp"], strict=False)]
     report(samples, turns, tokens)
+    print(f"transport alone: a one-token count round trip through the pipe: median "
+          f"{median_ms(trips):.3f} ms, p95 {sorted(trips)[int(len(trips) * 0.95)] * 1000:.3f} ms")
+    features = [f.strip() for f in baseline.system_info.split("|") if f.strip().endswith("= 1")]
+    print(f"default build: {statistics.median(speed):.0f} tokens/s generated after the first "
+          f"token (llama.cpp in process); CPU features: {', '.join(features)}")
 
 
 def median_ms(values: Any) -> float:
@@ -211,9 +273,15 @@ def report(samples: dict[str, list[Sample]], turns: int, tokens: int) -> None:
         add_total = median_ms(s[1] - s[3] for s in got)
         print(f"{name:<10}{ttft:>7.1f} ms{total:>7.1f} ms   "
               f"TTFT +{add_ttft:.2f} ms, total +{add_total:.2f} ms")
-        if name != "direct":
+        if name not in ("direct", "llama.cpp"):
             verdicts.append((name, add_ttft, add_total))
     base = samples["direct"]
+    hop_ttft = median_ms(g[0] - b[0] for g, b in zip(base, samples["llama.cpp"], strict=True))
+    hop_total = median_ms(g[1] - b[1] for g, b in zip(base, samples["llama.cpp"], strict=True))
+    ok = hop_ttft <= 5.0 and hop_total <= 10.0
+    print(f"process hop: the model process added {hop_ttft:+.2f} ms to time to first token "
+          f"(target <= 5) and {hop_total:+.2f} ms to the turn (target <= 10), paired against "
+          f"llama.cpp in process: {'PASS' if ok else 'FAIL'}")
     for name, add_ttft, add_total in verdicts:
         ab_ttft = median_ms(g[0] - b[0] for g, b in zip(samples[name], base, strict=True))
         ab_total = median_ms(g[1] - b[1] for g, b in zip(samples[name], base, strict=True))

@@ -29,7 +29,10 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     ci_lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()
     assert ci_lines[-1] == test_command
     install = bash[0].strip()
-    assert install.startswith("pip install -e") and install.endswith("mami serve")
+    assert install.endswith("mami serve")
+    for command in (install, test_command):  # a fresh venv, a portable uncached build
+        assert command.startswith("python3 -m venv .venv && . .venv/bin/activate && ")
+        assert 'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --no-cache-dir -e' in command
 
 
 async def test_readme_plugin_example_works(make_config: Any, tmp_path: Path,
