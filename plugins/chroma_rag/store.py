@@ -24,6 +24,9 @@ from core.protocols import Check
 __all__ = ["Hit", "IsolationError", "VectorStore", "collection_name", "open_client"]
 
 
+_opening = threading.Lock()
+
+
 def open_client(url: str = "", path: str | Path = "", token: str = "") -> Any:
     """A Chroma client: ``HttpClient`` for ``url`` (``http[s]://host:port``), otherwise
     an embedded ``PersistentClient`` at ``path`` (one process per path). ``token`` is
@@ -34,7 +37,10 @@ def open_client(url: str = "", path: str | Path = "", token: str = "") -> Any:
     settings = ChromaSettings(anonymized_telemetry=False)
     if not url:
         Path(path).mkdir(parents=True, exist_ok=True)
-        return chromadb.PersistentClient(path=str(path), settings=settings)
+        # Chroma shares one system per path in a process, but two threads creating it at
+        # once break it ("no attribute 'bindings'"): memory and retrieval start together.
+        with _opening:
+            return chromadb.PersistentClient(path=str(path), settings=settings)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"chroma_url {url!r}: expected http://host:port or https://host:port")

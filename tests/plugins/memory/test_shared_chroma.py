@@ -1,0 +1,63 @@
+"""Memory and retrieval share one embedded Chroma store: their first uses, at the same
+moment on a fresh server, must both succeed (they raced to open it and one failed)."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from core.app import create_app
+from core.plugins import builtin_candidates
+from plugins.chroma_rag.store import open_client
+from tests.plugins.memory.conftest import ScriptedLLM, candidates
+
+CAT = "Remember that my cat is called Pamuk."
+
+
+def test_two_threads_opening_a_fresh_store_at_once_both_work() -> None:
+    for _ in range(5):
+        path = tempfile.mkdtemp()
+        barrier = threading.Barrier(2)
+
+        def write(n: int, path: str = path, barrier: threading.Barrier = barrier) -> int:
+            barrier.wait()
+            collection = open_client(path=path).get_or_create_collection(
+                f"collection-{n}", embedding_function=None)
+            collection.upsert(ids=["a"], embeddings=[[0.1] * 8], documents=["x"])
+            return int(collection.count())
+
+        with ThreadPoolExecutor(2) as pool:
+            assert list(pool.map(write, range(2))) == [1, 1]
+
+
+def test_the_first_upload_and_the_first_remembered_fact_arrive_together(
+    make_config: Any, live_server: Any, tmp_path: Path
+) -> None:
+    for round_ in range(3):
+        llm = ScriptedLLM()
+        rag = [c for c in builtin_candidates() if c.name == "chroma-rag"]
+        config = make_config(core={"data_dir": str(tmp_path / f"data{round_}"),
+                                   "database_url": f"sqlite:///{tmp_path}/db{round_}.sqlite"})
+        server = live_server(create_app(config, candidates=candidates(llm) + rag))
+        document = {"source": "ships.md", "text": "The ship sails at dawn.", "scope": "default"}
+        chat = {"model": "scripted", "messages": [{"role": "user", "content": CAT}],
+                "metadata": {"conversation_id": "new"}}
+        with ThreadPoolExecutor(2) as pool:
+            upload = pool.submit(httpx.post, server.url + "/api/documents", json=document,
+                                 timeout=60)
+            reply = pool.submit(httpx.post, server.url + "/v1/chat/completions", json=chat,
+                                timeout=60)
+            assert upload.result().status_code == 201, upload.result().text
+            assert reply.result().status_code == 200, reply.result().text
+        memories = httpx.get(server.url + "/api/memories").json()["data"]
+        assert [m["text"] for m in memories] == ["my cat is called Pamuk"]
+        documents = httpx.get(server.url + "/api/documents").json()
+        assert [d["source"] for d in documents] == ["ships.md"]
+        found = httpx.post(server.url + "/api/search", json={"query": "when does the ship sail"},
+                           timeout=60).json()
+        assert found and "dawn" in str(found)
