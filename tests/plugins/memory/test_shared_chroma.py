@@ -61,3 +61,38 @@ def test_the_first_upload_and_the_first_remembered_fact_arrive_together(
         found = httpx.post(server.url + "/api/search", json={"query": "when does the ship sail"},
                            timeout=60).json()
         assert found and "dawn" in str(found)
+
+
+class RecordingLLM(ScriptedLLM):
+    """The scripted model, keeping the prompt of every reply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompts: list[str] = []
+
+    def stream(self, messages: Any, params: Any) -> Any:
+        self.prompts.append("\n".join(m.content for m in messages))
+        return super().stream(messages, params)
+
+
+def test_after_a_restart_the_first_chat_sees_memories_and_documents(
+    make_config: Any, live_server: Any, tmp_path: Path
+) -> None:
+    config = make_config()
+    rag = [c for c in builtin_candidates() if c.name == "chroma-rag"]
+    first = live_server(create_app(config, candidates=candidates(ScriptedLLM()) + rag))
+    document = {"source": "ships.md", "text": "The ship Aurora sails at dawn.",
+                "scope": "default"}
+    assert httpx.post(first.url + "/api/documents", json=document, timeout=60).status_code == 201
+    chat = {"model": "scripted", "messages": [{"role": "user", "content": CAT}],
+            "metadata": {"conversation_id": "new"}}
+    assert httpx.post(first.url + "/v1/chat/completions", json=chat, timeout=60).is_success
+    first.stop()
+    llm = RecordingLLM()
+    again = live_server(create_app(config, candidates=candidates(llm) + rag))
+    question = {"model": "scripted", "messages": [
+        {"role": "user", "content": "What is my cat called, and when does the Aurora sail?"}],
+        "metadata": {"conversation_id": "new"}}
+    assert httpx.post(again.url + "/v1/chat/completions", json=question, timeout=60).is_success
+    prompt = llm.prompts[0]
+    assert "my cat is called Pamuk" in prompt and "sails at dawn" in prompt
