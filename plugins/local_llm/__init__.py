@@ -210,7 +210,9 @@ class LocalLLM:
     async def _generate(
         self, messages: Sequence[ChatMessage], params: GenerationParams
     ) -> AsyncGenerator[Delta, None]:
-        process = await asyncio.to_thread(self._child)
+        process = self._process
+        if process is None or process.died is not None:
+            process = await asyncio.to_thread(self._child)
         loop = asyncio.get_running_loop()
         answers: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
