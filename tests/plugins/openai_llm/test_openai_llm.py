@@ -189,6 +189,7 @@ async def test_sse_events_are_parsed_as_they_complete() -> None:
 
 def test_the_estimate_never_undercounts_ordinary_text() -> None:
     local = LocalLLM(SMOLLM, LocalSettings(n_ctx=512))
+    asyncio.run(local.load())  # the real tokenizer, in the model process
     samples = [
         "The quick brown fox jumps over the lazy dog. " * 5,
         "def f(x: int) -> int:\n    return x ** 2 + 3 * x - 7  # comment\n",
