@@ -115,6 +115,8 @@ class ModelProcess:
         answer: Future[dict[str, Any]] = Future()
 
         def settle(message: dict[str, Any] | None) -> None:
+            if answer.done():
+                return
             if message is None:
                 answer.set_exception(ModelDied(self.died or "the model process ended"))
             else:
@@ -157,7 +159,7 @@ class ModelProcess:
             with self._lock:
                 handler = self._handlers.get(message.get("id"))
             if handler is not None:
-                handler(message)
+                self._deliver(handler, message)
         returncode = self.proc.wait()
         self._stderr_done.wait(2.0)
         last = self._stderr[-1] if self._stderr else ""
@@ -169,7 +171,16 @@ class ModelProcess:
         if returncode != 0:
             log.error("local model: %s", self.died)
         for handler in handlers:
-            handler(None)
+            self._deliver(handler, None)
+
+    @staticmethod
+    def _deliver(handler: Handler, message: dict[str, Any] | None) -> None:
+        """Hand an answer over; a receiver that has gone (its event loop closed) must not
+        stop the reader, which also watches for the process's death."""
+        try:
+            handler(message)
+        except Exception as exc:
+            log.debug("model process: an answer was not delivered: %s", exc)
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
