@@ -113,6 +113,9 @@ class LocalLLM:
         self._failure: str | None = None
         self._retry_at = 0.0
         self.restarts = 0
+        self.last_timing: tuple[float | None, ...] = (None, None)
+        """The model process's own seconds to the first piece and to the end of the last
+        reply (from its arrival there): what is not in them is the process hop."""
 
     def _child(self) -> ModelProcess:
         """The running model process, started (and waited for) when needed. Blocking."""
@@ -248,6 +251,7 @@ class LocalLLM:
                 else:
                     ended = True
                     self._succeeded()
+                    self.last_timing = tuple(message.get("took") or (None, None))
                     yield Delta("", message["end"])
                     return
         finally:

@@ -28,6 +28,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from typing import Any, Protocol, TextIO
 
 from plugins.local_llm.cpu import extra_buffers_allowed
@@ -86,33 +87,38 @@ def load(settings: dict[str, Any]) -> tuple[Any, str]:
 
 def generate(model: Any, request: dict[str, Any], cancelled: set[int],
              channel: Sender) -> None:
-    """Run one generation, sending its pieces and exactly one end."""
+    """Run one generation, sending its pieces and exactly one end. The end carries
+    ``took``: seconds from the request's arrival to the first piece and to the end."""
     ident = request["id"]
     params = request["params"]
-    reason: str | None = None
+    received = request.get("received") or time.perf_counter()
+    reason: str | None = "cancelled"
+    first = None
     try:
-        if ident in cancelled:
-            reason = "cancelled"
-            return
-        chunks = model.create_chat_completion(
-            messages=request["messages"], stream=True, max_tokens=params["max_tokens"],
-            temperature=params["temperature"], top_p=params["top_p"], stop=params["stop"],
-        )
-        for chunk in chunks:
-            if ident in cancelled:
-                reason = "cancelled"
-                break
-            choice = chunk["choices"][0]
-            text = choice["delta"].get("content") or ""
-            if text:
-                channel.send({"id": ident, "text": text})
-            reason = choice.get("finish_reason") or reason
+        if ident not in cancelled:
+            reason = None
+            chunks = model.create_chat_completion(
+                messages=request["messages"], stream=True, max_tokens=params["max_tokens"],
+                temperature=params["temperature"], top_p=params["top_p"],
+                stop=params["stop"],
+            )
+            for chunk in chunks:
+                if ident in cancelled:
+                    reason = "cancelled"
+                    break
+                choice = chunk["choices"][0]
+                text = choice["delta"].get("content") or ""
+                if text:
+                    first = first or time.perf_counter() - received
+                    channel.send({"id": ident, "text": text})
+                reason = choice.get("finish_reason") or reason
     except Exception as exc:
         channel.send({"id": ident, "error": f"{type(exc).__name__}: {exc}"})
         return
     finally:
         cancelled.discard(ident)
-    channel.send({"id": ident, "end": reason or "stop"})
+    channel.send({"id": ident, "end": reason or "stop",
+                  "took": [first, time.perf_counter() - received]})
 
 
 def read_requests(model: Any, jobs: queue.Queue[dict[str, Any] | None],
@@ -128,6 +134,7 @@ def read_requests(model: Any, jobs: queue.Queue[dict[str, Any] | None],
         elif op == "cancel":
             cancelled.add(request["id"])
         elif op == "generate":
+            request["received"] = time.perf_counter()
             jobs.put(request)
     jobs.put(None)
 

@@ -18,6 +18,7 @@ import pytest
 import websockets.sync.client as ws_client
 
 from core.app import create_app
+from plugins.local_llm.child import generate
 from plugins.local_llm.cpu import amx_permitted, extra_buffers_allowed, native_features
 from tests.chat_support import LOCAL
 
@@ -188,3 +189,15 @@ def test_extra_buffers_stay_off_where_amx_is_advertised_but_not_permitted() -> N
     assert extra_buffers_allowed("auto", amx_build) == amx_permitted()
     assert not extra_buffers_allowed("off", "CPU : AVX2 = 1 |")
     assert extra_buffers_allowed("on", amx_build)
+
+
+def test_a_generation_cancelled_before_it_starts_still_sends_its_end() -> None:
+    sent: list[dict[str, Any]] = []
+
+    class Collect:
+        def send(self, message: dict[str, Any]) -> None:
+            sent.append(message)
+
+    request = {"id": 7, "messages": [], "params": {}}
+    generate(None, request, {7}, Collect())  # no model is touched for a cancelled request
+    assert sent[0]["id"] == 7 and sent[0]["end"] == "cancelled" and len(sent) == 1
