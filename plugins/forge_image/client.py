@@ -219,9 +219,9 @@ class ForgeImageGenerator:
                 png, info = await self._txt2img_with_retries(body, job, started)
         except TimeoutError:
             self._cut(job, counts=True)
-            return self._placeholder(
-                request, "timed_out", f"no image within the {self.s.deadline:g}s deadline", started
-            )
+            detail = f"no image within the {self.s.deadline:g}s deadline"
+            self.last_error = f"timed_out: {detail}"
+            return self._placeholder(request, "timed_out", detail, started)
         except BreakerOpen as exc:
             if job.last_fault is not None:  # this job's own attempts opened it: say why
                 fault = job.last_fault
