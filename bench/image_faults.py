@@ -8,6 +8,14 @@ Prints, with a baseline measured in the same run:
    baseline: the old client's call without a timeout, which is still waiting.
 3. jobs per second with an instant Forge (target >= 50/s); baseline: the generator
    alone, without the queue.
+4. time until the breaker opens against a stalled Forge with the default settings,
+   every time setting scaled by 1/100 and the figure scaled back (target: at most
+   ``breaker_threshold x read_timeout``); baseline: the old rule, where the attempt cut
+   by the job deadline counted no failure.
+5. the share of partial (interrupted) images returned as successes when three workers
+   share one slow Forge and requests time out while queued (target 0); baseline: the
+   old client, which interrupted whatever ran on every timeout and trusted every 200
+   (in the generator-level model of the old behaviour; the OldInterrupts subclass).
 
 Run from the repository root: ``python bench/image_faults.py``. The output is also
 written to ``bench/results/image_faults.txt``.
@@ -16,6 +24,7 @@ written to ``bench/results/image_faults.txt``.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import statistics
@@ -36,6 +45,8 @@ from core.models import ImageJob  # noqa: E402
 from core.plugins import builtin_candidates  # noqa: E402
 from core.protocols import ImageRequest  # noqa: E402
 from core.runtime import Runtime  # noqa: E402
+from plugins.forge_image import Settings as ForgeSettings  # noqa: E402
+from plugins.forge_image.client import ForgeImageGenerator  # noqa: E402
 from tests.forge_standin import ForgeStandIn  # noqa: E402
 
 DEADLINE = 2.0
@@ -196,6 +207,123 @@ async def throughput(tmp: Path) -> None:
         forge.stop()
 
 
+SCALE = 100.0
+
+
+class OldBreakerRule(ForgeImageGenerator):
+    """The old rule: an attempt cut by the job deadline counted no failure."""
+
+    def _cut(self, job: Any, *, counts: bool) -> None:
+        super()._cut(job, counts=False)
+
+
+class OldInterrupts(ForgeImageGenerator):
+    """The old client: interrupt whatever runs on every timeout, trust every 200."""
+
+    def _abandon(self, task_id: str) -> None:
+        task = asyncio.create_task(self._interrupt(task_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _was_interrupted(self, info: Any) -> bool:
+        return False
+
+    async def _watch_progress(self, job: Any, progress: Any) -> None:
+        await asyncio.Event().wait()
+
+
+async def breaker_opens(kind: type[ForgeImageGenerator]) -> tuple[float, int]:
+    """Seconds (scaled back) until the breaker opens against a stalled Forge, and jobs."""
+    defaults = ForgeSettings()
+    scaled = {name: getattr(defaults, name) / SCALE for name in (
+        "read_timeout", "deadline", "backoff_initial", "backoff_max", "backoff_jitter",
+        "progress_interval")}
+    forge = ForgeStandIn(mode="stall").start()
+    generator = kind(ForgeSettings(url=forge.url, **scaled))
+    started = time.monotonic()
+    jobs = 0
+    try:
+        while generator.breaker.state != "open":
+            jobs += 1
+            await generator.generate(request(jobs))
+        return (time.monotonic() - started) * SCALE, jobs
+    finally:
+        await generator.aclose()
+        forge.stop()
+
+
+async def stalled_breaker() -> None:
+    defaults = ForgeSettings()
+    target = defaults.breaker_threshold * defaults.read_timeout
+    say(f"4. time until the breaker opens, stalled Forge, default settings (read "
+        f"{defaults.read_timeout:g} s, deadline {defaults.deadline:g} s, threshold "
+        f"{defaults.breaker_threshold}), run 1/{SCALE:g} scale")
+    seconds, jobs = await breaker_opens(ForgeImageGenerator)
+    say(f"   opened after {seconds:.0f} s ({jobs} jobs)")
+    old, old_jobs = await breaker_opens(OldBreakerRule)
+    say(f"   baseline, deadline-cut attempt not counted: {old:.0f} s ({old_jobs} jobs)")
+    say(f"   target <= {target:g} s:          {'PASS' if seconds <= target else 'FAIL'}")
+
+
+async def shared_server(kind: type[ForgeImageGenerator]) -> dict[str, int]:
+    """Three workers, 8 jobs each with short pauses, one Forge at 0.4 s per image and
+    a 1 s read timeout: jobs queued behind two others time out."""
+    from PIL import Image
+
+    from tests.forge_standin import STEPS_KEY
+
+    forge = ForgeStandIn(mode="slow", delay=0.4).start()
+    generators = [kind(ForgeSettings(url=forge.url, read_timeout=1.0, deadline=1.2,
+                                     attempts=1, connect_timeout=0.5, progress_interval=0.02,
+                                     breaker_threshold=10**6)) for _ in range(3)]
+
+    async def eight(generator: ForgeImageGenerator, worker: int) -> list[Any]:
+        results = []
+        for i in range(8):
+            results.append(await generator.generate(ImageRequest(
+                prompt=f"{worker}/{i}", width=64, height=64, steps=4, seed=i)))
+            await asyncio.sleep(0.3 * ((worker + i) % 3))
+        return results
+
+    try:
+        batches = await asyncio.gather(*(eight(g, n) for n, g in enumerate(generators)))
+        for _ in range(500):
+            if not forge.pending and forge.current_task is None:
+                break
+            await asyncio.sleep(0.02)
+        results = [r for batch in batches for r in batch]
+        good = [r for r in results if not r.placeholder]
+        partial = 0
+        for result in good:
+            with Image.open(io.BytesIO(result.png)) as image:
+                partial += image.info.get(STEPS_KEY) != "4/4"
+        delivered = {r.info.get("task_id") for r in good}
+        return {"good": len(good), "partial": partial,
+                "timed_out": sum(r.reason == "timed_out" for r in results),
+                "runs": len(forge.generations),
+                "wasted": sum(g.steps_done for g in forge.generations
+                              if g.task_id not in delivered)}
+    finally:
+        for generator in generators:
+            await generator.aclose()
+        forge.stop()
+
+
+async def partial_images() -> None:
+    say("5. three workers, one slow Forge (0.4 s per image, 4 steps), read timeout 1 s: "
+        "timeouts while queued, 24 jobs")
+    lines = []
+    for label, kind in (("now", ForgeImageGenerator), ("baseline, old interrupts",
+                                                        OldInterrupts)):
+        r = await shared_server(kind)
+        lines.append(r)
+        share = r["partial"] / r["good"] if r["good"] else 0.0
+        say(f"   {label}: successes {r['good']}, of which partial {r['partial']} "
+            f"({share:.0%}); timed out {r['timed_out']}; generations run {r['runs']}; "
+            f"steps sampled for nobody or for a dropped result {r['wasted']}")
+    say(f"   target 0 partial:       {'PASS' if lines[0]['partial'] == 0 else 'FAIL'}")
+
+
 async def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("mami").setLevel(logging.CRITICAL)
@@ -208,6 +336,10 @@ async def main() -> None:
         await forge_down(Path(tmp))
         say()
         await throughput(Path(tmp))
+        say()
+        await stalled_breaker()
+        say()
+        await partial_images()
     save("image_faults")
 
 

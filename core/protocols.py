@@ -186,7 +186,12 @@ class MemoryStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ImageRequest:
-    """Parameters of one text-to-image job."""
+    """Parameters of one text-to-image job.
+
+    For ``sampler``, ``scheduler`` and ``checkpoint``: ``None`` means the generator's
+    configured default, ``""`` the server's own default. For ``cfg_scale`` and
+    ``distilled_cfg_scale``: ``None`` means the configured default, if any, else the
+    server's."""
 
     prompt: str
     negative_prompt: str = ""
@@ -196,6 +201,9 @@ class ImageRequest:
     seed: int = -1
     sampler: str | None = None
     checkpoint: str | None = None
+    scheduler: str | None = None
+    cfg_scale: float | None = None
+    distilled_cfg_scale: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any
 
-from litestar import Response, get, post
+from litestar import Request, Response, get, post
 
 from core import jobs
 from core.api.ws import push_event
@@ -27,6 +29,10 @@ from core.runtime import Runtime
 
 MAX_PROMPT = 2000
 MAX_SIDE = 2048
+MAX_NAME = 200
+SEED_MAX = 2**32 - 1
+CFG_SCALE = (1.0, 30.0)
+DISTILLED_CFG_SCALE = (0.0, 30.0)
 WATCH_POLL = 1.0
 WATCH_LIMIT = 3600.0
 SIGNALS = "images.finished_signals"
@@ -35,7 +41,12 @@ WATCHERS = "images.watchers"
 
 @dataclass
 class ImageJobCreate:
-    """A text-to-image request. Sizes are multiples of 8 from 64 to 2048 pixels."""
+    """A text-to-image request. Sizes are multiples of 8 from 64 to 2048 pixels; ``seed``
+    is -1 (random) or 0 to 2**32-1. ``sampler``, ``scheduler`` and ``checkpoint`` left
+    out take the generator's configured default; an empty string asks for the server's
+    own default. ``cfg_scale`` (1-30) and ``distilled_cfg_scale`` (0-30, Forge's Flux
+    guidance) left out take the configured default, else the server's. Unknown fields
+    are refused."""
 
     prompt: str
     negative_prompt: str = ""
@@ -44,7 +55,10 @@ class ImageJobCreate:
     steps: int = 20
     seed: int = -1
     sampler: str | None = None
+    scheduler: str | None = None
     checkpoint: str | None = None
+    cfg_scale: float | None = None
+    distilled_cfg_scale: float | None = None
     conversation_id: str | None = None
 
 
@@ -69,40 +83,100 @@ def job_view(job: ImageJob) -> dict[str, Any]:
     }
 
 
+def check_body(raw: Any) -> None:
+    """Refuse what a lenient decoder would let through: unknown fields (a typo would
+    otherwise be dropped silently) and values of the wrong JSON type (``"512"`` for a
+    number). :class:`BadRequest` names the fields."""
+    if not isinstance(raw, dict):
+        raise BadRequest("the body must be a JSON object")
+    known = {f.name for f in dataclasses.fields(ImageJobCreate)}
+    unknown = sorted(str(key) for key in raw if key not in known)
+    if unknown:
+        raise BadRequest(f"unknown field{'s' if len(unknown) > 1 else ''}: "
+                         f"{', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    hints = typing.get_type_hints(ImageJobCreate)
+    for name, value in raw.items():
+        expected = _json_kind(hints[name])
+        if not _is_kind(value, expected):
+            raise BadRequest(f"{name}: expected {expected}, got {_kind_of(value)}")
+
+
+def _json_kind(hint: Any) -> str:
+    optional = type(None) in typing.get_args(hint)
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    kind = {str: "a string", int: "an integer", float: "a number"}[base]
+    return f"{kind} or null" if optional else kind
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if value is None:
+        return kind.endswith("or null")
+    if isinstance(value, bool):
+        return False
+    if kind.startswith("a string"):
+        return isinstance(value, str)
+    if kind.startswith("an integer"):
+        return isinstance(value, int)
+    return isinstance(value, int | float)
+
+
+def _kind_of(value: Any) -> str:
+    names = {bool: "true or false", str: "a string", int: "an integer", float: "a number",
+             list: "a list", dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
 def image_request(data: ImageJobCreate) -> ImageRequest:
     """Check a request's values; :class:`BadRequest` names the first bad field."""
     prompt = data.prompt.strip()
     if not prompt:
         raise BadRequest("prompt: must not be empty")
-    if len(prompt) > MAX_PROMPT or len(data.negative_prompt) > MAX_PROMPT:
-        raise BadRequest(f"prompt: at most {MAX_PROMPT} characters")
+    for name in ("prompt", "negative_prompt"):
+        if len(getattr(data, name)) > MAX_PROMPT:
+            raise BadRequest(f"{name}: at most {MAX_PROMPT} characters")
     for name in ("width", "height"):
         value = getattr(data, name)
         if not 64 <= value <= MAX_SIDE or value % 8:
             raise BadRequest(f"{name}: must be a multiple of 8 from 64 to {MAX_SIDE}, got {value}")
     if not 1 <= data.steps <= 150:
         raise BadRequest(f"steps: must be from 1 to 150, got {data.steps}")
+    if not -1 <= data.seed <= SEED_MAX:
+        raise BadRequest(f"seed: must be -1 (random) or from 0 to {SEED_MAX}, got {data.seed}")
+    names = {}
+    for name in ("sampler", "scheduler", "checkpoint"):
+        value = getattr(data, name)
+        if value is not None and len(value.strip()) > MAX_NAME:
+            raise BadRequest(f"{name}: at most {MAX_NAME} characters")
+        names[name] = None if value is None else value.strip()
+    for name, (low, high) in (("cfg_scale", CFG_SCALE),
+                              ("distilled_cfg_scale", DISTILLED_CFG_SCALE)):
+        value = getattr(data, name)
+        if value is not None and not low <= value <= high:
+            raise BadRequest(f"{name}: must be from {low:g} to {high:g}, got {value:g}")
     return ImageRequest(
         prompt=prompt, negative_prompt=data.negative_prompt, width=data.width,
-        height=data.height, steps=data.steps, seed=data.seed, sampler=data.sampler or None,
-        checkpoint=data.checkpoint or None,
+        height=data.height, steps=data.steps, seed=data.seed, cfg_scale=data.cfg_scale,
+        distilled_cfg_scale=data.distilled_cfg_scale, **names,
     )
 
 
 @post("/api/images", summary="Queue an image job", status_code=202)
 async def create_image(
-    data: ImageJobCreate, principal: Principal, runtime: Runtime
+    data: ImageJobCreate, request: Request[Any, Any, Any], principal: Principal,
+    runtime: Runtime,
 ) -> dict[str, Any]:
-    """Answers 202 at once with the job; follow it at ``url``. 503 when no image
-    generator plugin runs."""
-    request = image_request(data)
+    """Answers 202 at once with the job; follow it at ``url``. 400 naming the field for
+    a bad value, a wrong type or an unknown field; 503 when no image generator plugin
+    runs."""
+    check_body(await request.json())
+    image = image_request(data)
     runtime.require("images")
     if data.conversation_id is not None:
         async with runtime.db.session() as session:
             conversation = await session.get(Conversation, data.conversation_id)
         if conversation is None or conversation.owner_id != principal.owner:
             raise NotFound("conversation not found")
-    job = await jobs.enqueue(runtime, principal.owner, request,
+    job = await jobs.enqueue(runtime, principal.owner, image,
                              conversation_id=data.conversation_id)
     return job_view(job)
 

@@ -32,10 +32,16 @@ class Settings:
     password: str = ""
     """HTTP Basic password; put ``{ env = "FORGE_PASSWORD" }`` here, never the secret."""
     checkpoint: str = ""
-    """Default model checkpoint (sent per request via ``override_settings``); empty: the
-    server's current one."""
+    """Default model checkpoint for requests that name none (sent per request via
+    ``override_settings``, restored afterwards); empty: the server's current one."""
     sampler: str = ""
-    """Default sampler name; empty: the server's default."""
+    """Default sampler for requests that name none; empty: the server's API default."""
+    scheduler: str = ""
+    """Default scheduler (A1111 >= 1.9, Forge); empty: the server's default (automatic)."""
+    cfg_scale: float | None = None
+    """Default CFG scale; unset: the server's API default (7). Use 1 for Flux on Forge."""
+    distilled_cfg_scale: float | None = None
+    """Default distilled CFG scale (Forge, Flux); unset: the server's default (3.5)."""
     connect_timeout: float = 3.0
     """Seconds to establish a connection, per attempt."""
     read_timeout: float = 120.0
@@ -57,17 +63,31 @@ class Settings:
     progress_interval: float = 1.0
     """Seconds between ``/sdapi/v1/progress`` polls while a job runs."""
     health_timeout: float = 1.0
-    """Seconds the ``/health`` probe (``/sdapi/v1/sd-models``) may take."""
+    """Seconds the ``/health`` probe and the model, sampler and scheduler list requests
+    (``/sdapi/v1/sd-models`` and friends) may take."""
+    health_interval: float = 15.0
+    """Seconds a ``/health`` probe result is reused: health checks never cost one
+    request to the GPU host each."""
+    orphan_watch: float = 600.0
+    """Seconds to keep watching a request that timed out (perhaps still queued on the
+    server) so that it is interrupted as soon as it starts instead of running for
+    nobody."""
 
     def __post_init__(self) -> None:
         positive = ("connect_timeout", "read_timeout", "deadline", "attempts",
-                    "breaker_threshold", "progress_interval", "health_timeout")
+                    "breaker_threshold", "progress_interval", "health_timeout",
+                    "health_interval", "orphan_watch")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"[plugins.{PLUGIN_NAME}] {name}: must be greater than 0")
         for name in ("backoff_initial", "backoff_max", "backoff_jitter", "breaker_cooldown"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"[plugins.{PLUGIN_NAME}] {name}: must not be negative")
+        for name, low, high in (("cfg_scale", 1.0, 30.0), ("distilled_cfg_scale", 0.0, 30.0)):
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise ConfigError(
+                    f"[plugins.{PLUGIN_NAME}] {name}: must be from {low:g} to {high:g}")
         if not self.url.startswith(("http://", "https://")):
             raise ConfigError(f"[plugins.{PLUGIN_NAME}] url: must start with http:// or https://")
 

@@ -164,6 +164,20 @@ async def test_image_of_unfinished_job_is_409(http: httpx.AsyncClient, forge: Fo
         ({"prompt": "x", "conversation_id": "someone-elses"}, "conversation not found"),
         ({"width": 64}, "Validation failed"),
         ({"prompt": 5}, "Validation failed"),
+        ({"prompt": "x", "cfg_scalee": 7}, "unknown field: cfg_scalee (known: "),
+        ({"prompt": "x", "a": 1, "b": 2}, "unknown fields: a, b"),
+        ({"prompt": "x", "width": "512"}, "width: expected an integer, got a string"),
+        ({"prompt": "x", "steps": True}, "'key': 'steps'"),  # Litestar's own check
+        ({"prompt": "x", "cfg_scale": "7"}, "cfg_scale: expected a number or null"),
+        ({"prompt": "x", "negative_prompt": "n" * 2001},
+         "negative_prompt: at most 2000 characters"),
+        ({"prompt": "x", "sampler": "s" * 201}, "sampler: at most 200 characters"),
+        ({"prompt": "x", "checkpoint": "c" * 201}, "checkpoint: at most 200 characters"),
+        ({"prompt": "x", "scheduler": "c" * 201}, "scheduler: at most 200 characters"),
+        ({"prompt": "x", "seed": 2**32}, "seed: must be -1 (random) or from 0 to 4294967295"),
+        ({"prompt": "x", "seed": -2}, "seed: must be -1"),
+        ({"prompt": "x", "cfg_scale": 99}, "cfg_scale: must be from 1 to 30, got 99"),
+        ({"prompt": "x", "distilled_cfg_scale": 31}, "distilled_cfg_scale: must be from 0 to 30"),
     ],
 )
 async def test_bad_requests_write_nothing(
@@ -177,12 +191,26 @@ async def test_bad_requests_write_nothing(
         await session.commit()
     response = await http.post("/api/images", headers=ANN, json=body)
     assert response.status_code in (400, 404), response.text
-    assert message in response.json()["error"]["message"]
+    error = response.json()["error"]
+    assert message in error["message"] or message in str(error.get("details"))
     async with runtime.db.session() as session:
         assert await session.get(ImageJob, "x") is None
         from sqlmodel import func, select
 
         assert (await session.exec(select(func.count()).select_from(ImageJob))).one() == 0
+
+
+async def test_new_parameters_reach_forge(http: httpx.AsyncClient, forge: ForgeStandIn) -> None:
+    body = {"prompt": "flux", "width": 64, "height": 64, "cfg_scale": 1, "scheduler": "simple",
+            "distilled_cfg_scale": 3.5, "sampler": "Euler", "checkpoint": "dream-v2",
+            "seed": 2**32 - 1}
+    created = await http.post("/api/images", headers=ANN, json=body)
+    assert created.status_code == 202, created.text
+    assert (await wait_final(http, created.json()["id"]))["state"] == "succeeded"
+    sent = forge.last_payload
+    assert (sent["cfg_scale"], sent["scheduler"], sent["distilled_cfg_scale"],
+            sent["sampler_name"], sent["seed"]) == (1, "simple", 3.5, "Euler", 2**32 - 1)
+    assert sent["override_settings"] == {"sd_model_checkpoint": "dream-v2"}
 
 
 async def test_health_shows_the_breaker(http: httpx.AsyncClient) -> None:

@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 
 from core.protocols import ImageGenerator, ImageRequest
+from plugins.forge_image.client import redact_url
 from plugins.forge_image.placeholder import PLACEHOLDER_KEY
 from tests.conftest import free_port
-from tests.forge_standin import ForgeStandIn
+from tests.forge_standin import CHECKPOINTS, STEPS_KEY, ForgeStandIn
 
 REQUEST = ImageRequest(prompt="a red fox", width=64, height=64, steps=4, seed=7)
 
@@ -48,11 +49,15 @@ async def test_real_image_and_payload(forge: ForgeStandIn, make_generator: Any) 
     assert not result.placeholder and result.reason is None
     kind, size, meta = png_meta(result.png)
     assert (kind, size) == ("PNG", (64, 64)) and PLACEHOLDER_KEY not in meta
+    assert meta[STEPS_KEY] == "4/4"
     assert result.info["seed"] == 7
     sent = forge.last_payload
     assert sent["prompt"] == "a red fox" and sent["steps"] == 4 and sent["seed"] == 7
     assert sent["sampler_name"] == "DPM++ 2M"
     assert sent["override_settings"] == {"sd_model_checkpoint": "dream-v2"}
+    assert sent["override_settings_restore_afterwards"] is True
+    assert sent["force_task_id"] == result.info["task_id"]
+    assert forge.options["sd_model_checkpoint"] == CHECKPOINTS[0]  # restored afterwards
     await generator.aclose()
 
 
@@ -95,8 +100,10 @@ async def test_deadline_bounds_a_stalled_job_and_interrupts(
     result = await generator.generate(REQUEST)
     assert time.monotonic() - started <= 1.0  # the deadline, not the 30 s read timeout
     assert result.reason == "timed_out" and generator.attempts_total == 1
+    assert generator.breaker.consecutive_failures == 1  # the cut attempt counts
     await generator.aclose()  # waits for the interrupt it sent
     assert forge.calls["interrupt"] == 1
+    assert forge.interrupted_tasks == [forge.payloads[0]["force_task_id"]]  # ours, running
 
 
 async def test_progress_is_polled(forge: ForgeStandIn, make_generator: Any) -> None:
@@ -135,14 +142,15 @@ async def test_breaker_opens_fails_fast_and_closes_after_recovery(
 
 
 async def test_failed_probe_reopens(forge: ForgeStandIn, make_generator: Any) -> None:
-    forge.set_mode("oom")
-    generator = make_generator(forge.url, breaker_threshold=2, breaker_cooldown=0.2)
+    forge.set_mode("502")
+    generator = make_generator(forge.url, attempts=1, breaker_threshold=2,
+                               breaker_cooldown=0.2)
     await generator.generate(REQUEST)
     await generator.generate(REQUEST)
     assert generator.breaker.state == "open"
     time.sleep(0.25)
     probe = await generator.generate(REQUEST)
-    assert probe.reason == "out_of_memory" and forge.calls["txt2img"] == 3
+    assert probe.reason == "unavailable" and forge.calls["txt2img"] == 3
     assert generator.breaker.state == "open" and generator.breaker.counts["opened"] == 2
     await generator.aclose()
 
@@ -192,19 +200,41 @@ async def test_basic_auth_with_password_from_env(
         standin.stop()
 
 
-async def test_health_probe_is_cheap_and_bounded(forge: ForgeStandIn, make_generator: Any) -> None:
-    generator = make_generator(forge.url)
-    health = await generator.health()
-    assert health["status"] == "ok" and health["models"] == 1
-    assert health["breaker"]["state"] == "closed"
-    assert forge.calls["txt2img"] == 0
+async def test_health_probe_is_cheap_bounded_and_cached(
+    forge: ForgeStandIn, make_generator: Any
+) -> None:
+    generator = make_generator(forge.url, health_interval=60.0)
+    reports = [await generator.health() for _ in range(5)]
+    assert all(r["status"] == "ok" and r["models"] == len(CHECKPOINTS) for r in reports)
+    assert reports[0]["breaker"]["state"] == "closed"
+    assert forge.calls["sd-models"] == 1 and forge.calls["txt2img"] == 0  # one probe
+
     forge.set_mode("stall")  # sd-models hangs too
+    stalled = make_generator(forge.url, health_interval=60.0)
     started = time.monotonic()
-    health = await generator.health()
+    health = await stalled.health()
     assert health["status"] == "unreachable"
     assert time.monotonic() - started < 2.0  # /health gives each probe at most 2 s
-    assert generator.breaker.state == "closed"  # probes never move the breaker
+    assert stalled.breaker.state == "closed"  # probes never move the breaker
     await generator.aclose()
+    await stalled.aclose()
+
+
+async def test_health_shows_no_credentials(make_generator: Any) -> None:
+    standin = ForgeStandIn(auth=("mami", "s3cret")).start()
+    try:
+        generator = make_generator(f"http://mami:s3cret@127.0.0.1:{standin.port}/")
+        assert not (await generator.generate(REQUEST)).placeholder  # userinfo is the auth
+        standin.set_mode("503")
+        await generator.generate(REQUEST)
+        health = await generator.health()
+        assert health["url"] == f"http://127.0.0.1:{standin.port}"
+        assert health["status"] == "ok" and "unavailable" in health["last_error"]
+        assert "s3cret" not in repr(health) + generator.breaker.name
+        await generator.aclose()
+    finally:
+        standin.stop()
+    assert redact_url("https://u:p@[::1]:7860/forge?key=x#f") == "https://[::1]:7860/forge"
 
 
 @pytest.mark.parametrize(("table", "message"), [
