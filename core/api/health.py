@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from litestar import get
+from litestar import Request, get
 from litestar.datastructures import State
 
-from core.api.deps import get_runtime
+from core.api.deps import authenticate, get_runtime
+from core.errors import MamiError
 
 
 @get("/health", summary="Health of the app and of every plugin", exclude_from_auth=True)
-async def health(state: State) -> dict[str, Any]:
+async def health(request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
     """Always 200 while the process serves; ``status`` is ``degraded`` when a plugin failed.
     Providers that implement ``health()`` add their own details (a breaker's state, say);
     one that reports ``{"status": "degraded", "reason": ...}`` marks its plugin, and the
-    app, ``degraded``."""
+    app, ``degraded``. Without a valid credential (when ``[core] auth`` is on) only the
+    status of the app and of each plugin is shown: the details name internal hosts."""
     runtime = get_runtime(state)
     report = runtime.health()
     for registered in runtime.providers.values():
@@ -35,7 +37,22 @@ async def health(state: State) -> dict[str, Any]:
             if entry["health"].get("status") == "degraded" and entry["status"] == "ok":
                 entry["status"] = report["status"] = "degraded"
                 entry["error"] = entry["health"].get("reason")
+    if not await _may_see_details(request, runtime):
+        report["plugins"] = {name: {"status": entry["status"]}
+                             for name, entry in report["plugins"].items()}
     return report
+
+
+async def _may_see_details(request: Request[Any, Any, Any], runtime: Any) -> bool:
+    """True with auth off, or for a caller whose credential is valid."""
+    if not runtime.config.core.auth:
+        return True
+    client = request.client.host if request.client else None
+    try:
+        await authenticate(runtime, dict(request.headers), client)
+    except MamiError:
+        return False
+    return True
 
 
 routes = [health]

@@ -214,9 +214,11 @@ async def test_new_parameters_reach_forge(http: httpx.AsyncClient, forge: ForgeS
 
 
 async def test_health_shows_the_breaker(http: httpx.AsyncClient) -> None:
-    health = (await http.get("/health")).json()
+    health = (await http.get("/health", headers=ANN)).json()
     forge = health["plugins"]["forge-image"]["health"]
     assert forge["status"] == "ok" and forge["breaker"]["state"] == "closed"
+    anonymous = (await http.get("/health")).json()["plugins"]["forge-image"]
+    assert anonymous == {"status": "ok"}  # no URL, no breaker for callers without a token
 
 
 async def test_no_image_plugin_is_503(make_config: Any, live_server: Any) -> None:
