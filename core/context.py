@@ -34,6 +34,8 @@ PROMPT_OVERHEAD = 8
 CHARS_PER_TOKEN = 16
 """More characters per token than any tokenizer averages over ordinary text: a text
 longer than ``limit * CHARS_PER_TOKEN`` is first judged by a prefix of that length."""
+SLICE_SLACK = 4
+"""Tokens a cut between two slices of a text may add to their summed counts."""
 
 Counter = Callable[[str], int]
 
@@ -66,15 +68,23 @@ def message_tokens(message: ChatMessage, count: Counter) -> int:
 
 
 def bounded_count(text: str, limit: int, count: Counter) -> tuple[int, bool]:
-    """``(count(text), True)``; or, when a prefix of ``text`` already has more than
-    ``limit`` tokens, ``(that prefix's count, False)``: a number over ``limit`` and a
-    lower bound of the whole. The whole text is counted only when its prefix fits, which
-    for ordinary text means it is at most ``limit * CHARS_PER_TOKEN`` characters long."""
-    cap = (max(limit, 0) + 1) * CHARS_PER_TOKEN
+    """``(count(text), True)``; or, when the first ``limit * CHARS_PER_TOKEN`` characters
+    of ``text`` already hold more than ``limit`` tokens, ``(a number over limit, False)``.
+
+    The prefix is counted in slices, stopping as soon as their sum passes ``limit`` with
+    a margin for the tokens a cut may add (``SLICE_SLACK`` per slice), so a text many
+    times too long costs a few times ``limit`` tokens of counting. The whole text is
+    counted only when it may fit, which for ordinary text means it is at most ``limit *
+    CHARS_PER_TOKEN`` characters long."""
+    limit = max(limit, 0)
+    cap = (limit + 1) * CHARS_PER_TOKEN
     if len(text) > cap:
-        head = count(text[:cap])
-        if head > limit:
-            return head, False
+        step = (limit + 1) * 2
+        total = 0
+        for slices, start in enumerate(range(0, cap, step), 1):
+            total += count(text[start:start + step])
+            if total - slices * SLICE_SLACK > limit:
+                return total - slices * SLICE_SLACK, False
     return count(text), True
 
 
