@@ -73,6 +73,7 @@ class ConfigError(MamiError):
 
 class NotFound(MamiError):
     status_code = 404
+    code = "not_found"
 
 
 class BadRequest(MamiError):
