@@ -233,12 +233,12 @@ def parse_request(body: dict[str, Any], headers: Any, default_max_tokens: int) -
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise BadRequest("metadata must be an object", param="metadata")
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise BadRequest(f"metadata.{key} must be a string", param=f"metadata.{key}")
     model = _of_type(body, "model", str, "a string")
     conversation = headers.get(CONVERSATION_HEADER.lower()) or metadata.get("conversation_id")
     client_id = headers.get(CLIENT_ID_HEADER.lower()) or metadata.get("client_message_id")
-    for name, value in (("conversation_id", conversation), ("client_message_id", client_id)):
-        if value is not None and not isinstance(value, str):
-            raise BadRequest(f"metadata.{name} must be a string", param=f"metadata.{name}")
     params = parse_params(body, default_max_tokens)
     common: dict[str, Any] = {"model": model or None, "params": params}
     if conversation:

@@ -308,6 +308,8 @@ def test_an_unknown_or_unsupported_field_is_a_400_naming_it(client: openai.OpenA
         ({"seed": "abc"}, "seed"),
         ({"user": 5}, "user"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"metadata": {"conversation_id": 7}}, "metadata.conversation_id"),
+        ({"metadata": {"tag": ["x"]}}, "metadata.tag"),
     ]
     for extra, param in cases:
         with pytest.raises(openai.BadRequestError) as err:
