@@ -29,6 +29,11 @@ the process hop (direct against llama.cpp, paired turn by turn). Also printed: t
 pipe's round trip alone (a one-token ``count`` request, median of 500) and the default
 build's generation speed in tokens per second.
 
+A last row: a 5 MB message (far over the model's window), sent repeatedly from the
+client process, is refused with a 413; its median time to the refusal (target: under
+100 ms) and the p95 latency of ``GET /health`` polled meanwhile, against the same poll
+while the server is idle (target: unaffected within noise, here at most 2x + 5 ms).
+
     python bench/chat_overhead.py [--turns 40] [--tokens 16]
 """
 
@@ -77,6 +82,41 @@ with httpx.Client(base_url=url, timeout=60) as client:
                         and '"content": ""' not in line:
                     first = time.perf_counter()
         print(json.dumps([start, first, time.perf_counter()]), flush=True)
+"""
+REFUSAL_CLIENT = r"""
+import json, sys, threading, time
+import httpx
+url, rounds = sys.argv[1], int(sys.argv[2])
+body = json.dumps({"messages": [{"role": "user", "content": "lorem ipsum " * 440_000}]})
+
+def poll(client, until):
+    took = []
+    while not until():
+        start = time.perf_counter()
+        assert client.get("/health").status_code == 200
+        took.append(time.perf_counter() - start)
+    return took
+
+with httpx.Client(base_url=url, timeout=120) as health, httpx.Client(base_url=url,
+                                                                     timeout=120) as big:
+    idle_until = time.perf_counter() + 2.0
+    idle = poll(health, lambda: time.perf_counter() > idle_until)
+    refusals, done = [], threading.Event()
+
+    def send():
+        for _ in range(rounds):
+            start = time.perf_counter()
+            response = big.post("/v1/chat/completions", content=body,
+                                headers={"content-type": "application/json"})
+            assert response.status_code == 413, response.text[:200]
+            refusals.append(time.perf_counter() - start)
+        done.set()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    busy = poll(health, done.is_set)
+    sender.join()
+print(json.dumps({"idle": idle, "busy": busy, "refusals": refusals}))
 """
 Sample = tuple[float, float, float, float]  # ttft, total; the provider's own ttft, total
 HOPS: list[tuple[float, float]] = []  # per direct turn: the hop's share of TTFT and total
@@ -249,6 +289,9 @@ async def run(tmp: Path, turns: int, tokens: int) -> None:
         start = time.perf_counter()
         await asyncio.to_thread(local.count_tokens, "a")
         trips.append(time.perf_counter() - start)
+    refusal = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", REFUSAL_CLIENT, server.url, "20", stdout=asyncio.subprocess.PIPE)
+    out, _ = await refusal.communicate()
     server.stop()
     speed = [n / max(1e-9, s[1] - s[0]) for n, s in zip(baseline.tokens[3:],
                                                          samples["llama.cpp"], strict=False)]
@@ -258,6 +301,7 @@ async def run(tmp: Path, turns: int, tokens: int) -> None:
     features = [f.strip() for f in baseline.system_info.split("|") if f.strip().endswith("= 1")]
     print(f"default build: {statistics.median(speed):.0f} tokens/s generated after the first "
           f"token (llama.cpp in process); CPU features: {', '.join(features)}")
+    report_refusal(json.loads(out))
 
 
 def median_ms(values: Any) -> float:
@@ -299,6 +343,21 @@ def report(samples: dict[str, list[Sample]], turns: int, tokens: int) -> None:
               f"(target <= 5) and {add_total:.2f} ms to the turn (target <= 10): "
               f"{'PASS' if ok else 'FAIL'}; paired A/B against the direct call before it: "
               f"{ab_ttft:+.1f} / {ab_total:+.1f} ms (model noise included)")
+
+
+def p95_ms(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))] * 1000.0
+
+
+def report_refusal(got: dict[str, list[float]]) -> None:
+    refuse = median_ms(got["refusals"])
+    idle, busy = p95_ms(got["idle"]), p95_ms(got["busy"])
+    ok = refuse < 100.0 and busy <= 2 * idle + 5.0
+    print(f"5 MB message: refused (413) in {refuse:.1f} ms median over "
+          f"{len(got['refusals'])} (target < 100); /health p95 {busy:.1f} ms over "
+          f"{len(got['busy'])} polls meanwhile vs {idle:.1f} ms idle over "
+          f"{len(got['idle'])} (target <= 2x + 5 ms): {'PASS' if ok else 'FAIL'}")
 
 
 if __name__ == "__main__":

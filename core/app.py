@@ -13,53 +13,50 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ImproperlyConfiguredException, ValidationException
-from litestar.handlers import WebsocketRouteHandler
-from litestar.openapi import OpenAPIConfig
+from litestar.handlers import HTTPRouteHandler, WebsocketRouteHandler
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from core.api import ROUTE_MODULES
 from core.api.deps import provide_principal, provide_runtime
 from core.config import Config, load_config
-from core.errors import MamiError
+from core.errors import ErrorBody, MamiError, error_body
 from core.plugins import Candidate
 from core.runtime import Runtime
 
 log = logging.getLogger("mami")
 
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    413: "request_too_large",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "service_unavailable",
-}
+MAX_BODY_BYTES = 10 * 1024 * 1024
+"""Request bodies over this are refused with a 413 while they are read."""
 
-
-def error_body(status: int, message: str, details: Any = None) -> dict[str, Any]:
-    """The one error shape of every endpoint (OpenAI's, so its clients understand it)."""
-    fallback = "server_error" if status >= 500 else "invalid_request_error"
-    error: dict[str, Any] = {
-        "message": message,
-        "type": ERROR_TYPES.get(status, fallback),
-        "code": status,
-    }
-    if details:
-        error["details"] = details
-    return {"error": error}
+STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large",
+                429: "rate_limit_exceeded"}
 
 
 def _mami_error(_: Request[Any, Any, Any], exc: MamiError) -> Response[Any]:
-    return Response(error_body(exc.status_code, exc.message), status_code=exc.status_code)
+    return Response(error_body(exc.status_code, exc.message, param=exc.param, code=exc.code),
+                    status_code=exc.status_code)
+
+
+def _validation_param(exc: ValidationException) -> tuple[str | None, str]:
+    """The first offending field of a Litestar validation error, and a message naming
+    every one of them."""
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    keys = [str(p.get("key")) for p in problems if isinstance(p, dict) and p.get("key")]
+    details = "; ".join(f"{p.get('key')}: {p.get('message')}" for p in problems
+                        if isinstance(p, dict))
+    return (keys[0] if keys else None), (f"{exc.detail} ({details})" if details else exc.detail)
 
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-    details = exc.extra if isinstance(exc, ValidationException) else None
+    param, message = None, exc.detail
+    if isinstance(exc, ValidationException):
+        param, message = _validation_param(exc)
+    if exc.status_code == 413:
+        message = f"the request body is over the limit of {MAX_BODY_BYTES} bytes"
     return Response(
-        error_body(exc.status_code, exc.detail, details),
+        error_body(exc.status_code, message, param=param,
+                   code=STATUS_CODES.get(exc.status_code)),
         status_code=exc.status_code,
         headers=exc.headers,
     )
@@ -70,6 +67,20 @@ def _unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any
     return Response(
         error_body(500, "internal server error"), status_code=HTTP_500_INTERNAL_SERVER_ERROR
     )
+
+
+ERROR_RESPONSE = ResponseSpec(data_container=ErrorBody, generate_examples=False,
+                              description="An error in OpenAI's shape")
+
+
+def document_errors(app: Litestar) -> None:
+    """Document every HTTP operation's errors with the shape they really have (Litestar
+    would otherwise describe its own validation error body)."""
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            if isinstance(handler, HTTPRouteHandler):
+                ranges: dict[Any, ResponseSpec] = {"4XX": ERROR_RESPONSE, "5XX": ERROR_RESPONSE}
+                handler.responses = {400: ERROR_RESPONSE, **ranges, **(handler.responses or {})}
 
 
 def collect_routes(runtime: Runtime) -> tuple[list[Any], list[tuple[str, list[Any]]]]:
@@ -118,7 +129,7 @@ def create_app(
         await runtime.ensure_started()
 
     def build(handlers: list[Any]) -> Litestar:
-        return Litestar(
+        app = Litestar(
             route_handlers=_for_deployment(handlers, serverless),
             state=State({"runtime": runtime}),
             dependencies={
@@ -134,8 +145,11 @@ def create_app(
             },
             openapi_config=OpenAPIConfig(title="mami", version="0.1.0", path="/schema"),
             cors_config=CORSConfig(allow_origins=[]),
+            request_max_body_size=MAX_BODY_BYTES,
             debug=False,
         )
+        document_errors(app)
+        return app
 
     core, extra = collect_routes(runtime)
     try:

@@ -19,7 +19,10 @@ Slash commands (``/name argument``) registered with :func:`register_command` are
 answered by their handler instead of the LLM (:func:`find_command` is the seam).
 
 A provider may define ``async load()``; it is awaited before the provider's tokenizer
-or window is used, so a lazily loaded model never blocks the event loop.
+or window is used, so a lazily loaded model never blocks the event loop. Token counting
+(``count_tokens``, which may be slow or block on a tokenizer) runs in worker threads,
+bounded by :func:`core.context.bounded_count`, so a multi-megabyte message is refused
+with a 413 without holding the event loop.
 """
 
 from __future__ import annotations
@@ -37,7 +40,15 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import col, select
 
-from core.context import Context, Turn, build_context, summary_prompt, turns_from_messages
+from core.context import (
+    CHARS_PER_TOKEN,
+    Context,
+    Turn,
+    build_context,
+    check_user_fits,
+    summary_prompt,
+    turns_from_messages,
+)
 from core.errors import BadRequest, MamiError, NotFound, ProviderError, StreamInterrupted
 from core.events import MessageCompleted
 from core.models import Conversation, Message, Owner, utcnow
@@ -121,7 +132,8 @@ def resolve_llm(runtime: Runtime, model: str | None) -> LLMProvider:
         provider = runtime.providers["llm"].get(model)
         if provider is None:
             known = ", ".join(runtime.providers["llm"]) or "none"
-            raise NotFound(f"model {model!r} not found (available: {known})")
+            raise NotFound(f"model {model!r} not found (available: {known})", param="model",
+                           code="model_not_found")
         return provider  # type: ignore[no-any-return]
     return runtime.require("llm")  # type: ignore[no-any-return]
 
@@ -197,13 +209,17 @@ class TurnRun:
             return
         parts: list[str] = []
         status, error, code, finish = "error", None, None, None
+        reported: Delta | None = None
         try:
             if self.request.client_message_id is not None:
                 # The write is the idempotency gate: a duplicate must not reach the model.
                 await self.saved()
             async with contextlib.aclosing(self._generate()) as generated:
-                async for piece, reason in generated:
-                    finish = reason or finish
+                async for delta in generated:
+                    piece = delta.text
+                    finish = delta.finish_reason or finish
+                    if delta.completion_tokens is not None:
+                        reported = delta
                     if piece:
                         if not parts:
                             await self.saved()
@@ -216,13 +232,15 @@ class TurnRun:
             status = "interrupted" if parts or isinstance(exc, StreamInterrupted) else "error"
             error, code = exc.message, exc.status_code
         except (asyncio.CancelledError, GeneratorExit):
-            await asyncio.shield(self._finish("interrupted", parts, "cancelled", None, None))
+            await asyncio.shield(self._finish("interrupted", parts, "cancelled", None, None,
+                                              reported))
             raise
         except Exception as exc:
             log.exception("reply failed")
             status = "interrupted" if parts else "error"
             error, code = f"{type(exc).__name__}: {exc}", 500
-        finished = await asyncio.shield(self._finish(status, parts, error, code, finish))
+        finished = await asyncio.shield(self._finish(status, parts, error, code, finish,
+                                                     reported))
         after = None
         if status == "complete" and self.stored and self.command is None:
             # Started before the answer is handed over, so a client that leaves now cannot
@@ -232,12 +250,12 @@ class TurnRun:
         if after is not None:
             await asyncio.shield(after)
 
-    async def _generate(self) -> AsyncGenerator[tuple[str, str | None], None]:
+    async def _generate(self) -> AsyncGenerator[Delta, None]:
         if self.command is not None:
             handler, argument = self.command
             await self.saved()  # a failed write must not leave the command's effects behind
-            yield await handler(self.runtime, self.principal, argument,
-                                self.conversation_id), "stop"
+            yield Delta(await handler(self.runtime, self.principal, argument,
+                                      self.conversation_id), "stop")
             return
         assert self.context is not None
         params = self.request.params or GenerationParams(
@@ -248,15 +266,20 @@ class TurnRun:
         deltas = _gen(self.llm.stream(self.context.messages, params))
         async with contextlib.aclosing(deltas):
             async for delta in deltas:
-                yield delta.text, delta.finish_reason
+                yield delta
 
     async def _finish(
         self, status: str, parts: list[str], error: str | None, code: int | None,
-        finish: str | None,
+        finish: str | None, reported: Delta | None = None,
     ) -> Finished:
         text = "".join(parts)
-        usage = Usage(self.context.prompt_tokens if self.context else 0,
-                      self.llm.count_tokens(text) if text else 0)
+        if reported is not None and reported.completion_tokens is not None:
+            usage = Usage(reported.prompt_tokens if reported.prompt_tokens is not None
+                          else self.context.prompt_tokens if self.context else 0,
+                          reported.completion_tokens)
+        else:
+            usage = Usage(self.context.prompt_tokens if self.context else 0,
+                          await asyncio.to_thread(self.llm.count_tokens, text) if text else 0)
         if self.message_id is not None:
             await self.saved()
             async with self.runtime.db.session() as session:
@@ -329,6 +352,12 @@ async def start_turn(runtime: Runtime, principal: Principal, request: ChatReques
     llm = resolve_llm(runtime, request.model)
     await ready(llm)
     command = find_command(request.content)
+    if command is None and len(request.content) > llm.context_window * CHARS_PER_TOKEN:
+        # Refused here, before memories and passages are looked up with the whole text.
+        await asyncio.to_thread(
+            check_user_fits, system_prompt=_system_prompt(runtime, request),
+            user=request.content, count=llm.count_tokens, window=llm.context_window,
+            budget=runtime.config.budget)
     if request.history is not None:
         turn = TurnRun(runtime, principal, request, llm, None, command)
         if command is None:
@@ -544,9 +573,9 @@ async def _context(
         _recall(runtime, principal.owner, request.content),
         _search(runtime, principal.owner, request.content),
     )
-    return build_context(
-        system_prompt=(request.system_prompt if request.system_prompt is not None
-                       else runtime.config.core.system_prompt),
+    return await asyncio.to_thread(
+        build_context,
+        system_prompt=_system_prompt(runtime, request),
         user=request.content,
         history=history,
         count=llm.count_tokens,
@@ -556,6 +585,11 @@ async def _context(
         passages=passages,
         summary=summary,
     )
+
+
+def _system_prompt(runtime: Runtime, request: ChatRequest) -> str:
+    return (request.system_prompt if request.system_prompt is not None
+            else runtime.config.core.system_prompt)
 
 
 async def _recall(runtime: Runtime, owner: str, text: str) -> list[str]:

@@ -13,6 +13,11 @@ Token accounting (:func:`prompt_tokens`) is each message's tokens plus
 ``MESSAGE_OVERHEAD`` for its chat-template markers, plus ``PROMPT_OVERHEAD`` for the
 start of the reply. Both are generous, so the real templated prompt stays inside the
 window too.
+
+Counting is bounded (:func:`bounded_count`): a text far longer than the room left for
+it is judged by a prefix, so a multi-megabyte message costs what its first
+``window * CHARS_PER_TOKEN`` characters cost. Counting calls the model's tokenizer,
+which may be slow or block: callers on an event loop run these functions in a thread.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ from core.protocols import ChatMessage
 
 MESSAGE_OVERHEAD = 8
 PROMPT_OVERHEAD = 8
+CHARS_PER_TOKEN = 16
+"""More characters per token than any tokenizer averages over ordinary text: a text
+longer than ``limit * CHARS_PER_TOKEN`` is first judged by a prefix of that length."""
+SLICE_SLACK = 4
+"""Tokens a cut between two slices of a text may add to their summed counts."""
 
 Counter = Callable[[str], int]
 
@@ -57,6 +67,56 @@ def message_tokens(message: ChatMessage, count: Counter) -> int:
     return count(message.content) + MESSAGE_OVERHEAD
 
 
+def bounded_count(text: str, limit: int, count: Counter) -> tuple[int, bool]:
+    """``(count(text), True)``; or, when the first ``limit * CHARS_PER_TOKEN`` characters
+    of ``text`` already hold more than ``limit`` tokens, ``(a number over limit, False)``.
+
+    The prefix is counted in slices, stopping as soon as their sum passes ``limit`` with
+    a margin for the tokens a cut may add (``SLICE_SLACK`` per slice), so a text many
+    times too long costs a few times ``limit`` tokens of counting. The whole text is
+    counted only when it may fit, which for ordinary text means it is at most ``limit *
+    CHARS_PER_TOKEN`` characters long."""
+    limit = max(limit, 0)
+    cap = (limit + 1) * CHARS_PER_TOKEN
+    if len(text) > cap:
+        step = (limit + 1) * 2
+        total = 0
+        for slices, start in enumerate(range(0, cap, step), 1):
+            total += count(text[start:start + step])
+            if total - slices * SLICE_SLACK > limit:
+                return total - slices * SLICE_SLACK, False
+    return count(text), True
+
+
+def check_user_fits(
+    *, system_prompt: str, user: str, count: Counter, window: int, budget: BudgetSettings,
+) -> int:
+    """The accounted tokens of the user message (with its overhead), after checking that
+    the system prompt and the message leave room for the reserved reply; otherwise
+    :class:`PayloadTooLarge`. Counts at most a bounded prefix of an oversized message."""
+    reserve = max(1, budget.reply_tokens)
+    limit = window - reserve
+    base_room = limit - PROMPT_OVERHEAD - 2 * MESSAGE_OVERHEAD
+    base, _ = bounded_count(system_text(system_prompt, (), (), ""), max(base_room, 0), count)
+    if base > base_room:
+        raise PayloadTooLarge(
+            f"the system prompt alone is over {base_room} tokens, all the model's window of "
+            f"{window} tokens leaves after {reserve} reserved for the reply; shorten it",
+            param="messages", code="context_length_exceeded",
+        )
+    room = base_room - base
+    tokens, whole = bounded_count(user, room, count)
+    if tokens > room:
+        size = f"{tokens} tokens" if whole else f"over {tokens} tokens ({len(user)} characters)"
+        raise PayloadTooLarge(
+            f"the message is {size} but the model's window of {window} tokens "
+            f"leaves room for at most {room} (after the system prompt and "
+            f"{reserve} tokens reserved for the reply); shorten it",
+            param="messages", code="context_length_exceeded",
+        )
+    return tokens + MESSAGE_OVERHEAD
+
+
 def prompt_tokens(messages: Sequence[ChatMessage], count: Counter) -> int:
     """The accounted size of a prompt: what :func:`build_context` keeps inside the window."""
     return sum(message_tokens(m, count) for m in messages) + PROMPT_OVERHEAD
@@ -80,7 +140,7 @@ def _fit(items: Sequence[str], budget: int, count: Counter) -> list[str]:
     kept: list[str] = []
     used = 0
     for item in items:
-        cost = count(item) + 4
+        cost = bounded_count(item, budget - used, count)[0] + 4
         if used + cost > budget:
             break
         kept.append(item)
@@ -106,21 +166,14 @@ def build_context(
     :class:`PayloadTooLarge` when the system prompt and the user message alone leave
     no room for the reserved reply.
     """
-    reserve = max(1, budget.reply_tokens)
-    limit = window - reserve
+    limit = window - max(1, budget.reply_tokens)
     user_msg = ChatMessage("user", user)
-    user_cost = message_tokens(user_msg, count)
-    base_cost = message_tokens(ChatMessage("system", system_text(system_prompt, (), (), "")), count)
-    if base_cost + user_cost + PROMPT_OVERHEAD > limit:
-        room = limit - base_cost - PROMPT_OVERHEAD - MESSAGE_OVERHEAD
-        raise PayloadTooLarge(
-            f"the message is {count(user)} tokens but the model's window of {window} tokens "
-            f"leaves room for at most {max(room, 0)} (after the system prompt and "
-            f"{reserve} tokens reserved for the reply); shorten it"
-        )
+    user_cost = check_user_fits(system_prompt=system_prompt, user=user, count=count,
+                                window=window, budget=budget)
     mems = _fit(memories, budget.memory_tokens, count)
     pas = _fit(passages, budget.rag_tokens, count)
-    summ = summary if summary and count(summary) <= budget.summary_tokens else ""
+    summ = summary if summary and bounded_count(
+        summary, budget.summary_tokens, count)[0] <= budget.summary_tokens else ""
     system = ChatMessage("system", system_text(system_prompt, mems, pas, summ))
     while message_tokens(system, count) + user_cost + PROMPT_OVERHEAD > limit:
         # Separators can tokenize differently in context; shed optional parts until it fits.
@@ -134,7 +187,11 @@ def build_context(
     room = limit - message_tokens(system, count) - user_cost - PROMPT_OVERHEAD
     kept: list[Turn] = []
     for turn in reversed(history):
-        cost = sum(message_tokens(m, count) for m in turn.messages)
+        cost = 0
+        for m in turn.messages:
+            cost += bounded_count(m.content, room - cost, count)[0] + MESSAGE_OVERHEAD
+            if cost > room:
+                break
         if cost > room:
             break
         kept.append(turn)

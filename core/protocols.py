@@ -35,10 +35,14 @@ class GenerationParams:
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """A streamed piece of a reply. The last one carries ``finish_reason``."""
+    """A streamed piece of a reply. The last one carries ``finish_reason``. A provider
+    whose server reports token usage puts it on a delta (usually the last, possibly one
+    with empty text); mami then reports those figures instead of its own count."""
 
     text: str
     finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,13 +136,16 @@ class StandIn:
     connection drops mid-body), ``end_early`` (two words, then a clean end without
     [DONE]), ``status500``, ``status400``, ``flaky`` (503 for the first ``failures``
     requests, then ok), ``stall_first`` (headers, then silence), ``stall_mid`` (one
-    word, then silence). ``requests`` records (headers, body) of each request.
+    word, then silence). ``requests`` records (headers, body) of each request. When a
+    request asks for ``stream_options.include_usage`` a usage chunk with ``usage``
+    (prompt, completion tokens) follows the finish, as OpenAI sends it.
     """
 
     def __init__(self, mode: str = "ok") -> None:
         self.mode = mode
         self.words = ["Hello", " from", " the", " stand-in", "."]
         self.failures = 1
+        self.usage = (17, 4)
         self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
         self.stop_event = threading.Event()
         standin = self
@@ -214,6 +217,13 @@ class StandIn:
             return
         if mode == "ok":
             send(chunk(None, "stop"))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                prompt, completion = self.usage
+                send(b"data: " + json.dumps({
+                    "id": "x", "object": "chat.completion.chunk", "created": 0,
+                    "model": "standin", "choices": [],
+                    "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                              "total_tokens": prompt + completion}}).encode() + b"\n\n")
             send(b"data: [DONE]\n\n")
         h.wfile.write(b"0\r\n\r\n")
         h.wfile.flush()

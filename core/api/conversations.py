@@ -12,9 +12,11 @@ from datetime import datetime
 from typing import Any
 
 from litestar import Controller, delete, get, post
+from litestar.params import Parameter
 from sqlalchemy import delete as sql_delete
 from sqlmodel import col, select
 
+from core.api.deps import MAX_OFFSET
 from core.errors import BadRequest, NotFound
 from core.models import Conversation, Message, Owner
 from core.protocols import Principal
@@ -85,11 +87,13 @@ class ConversationController(Controller):
         return _out(conversation)
 
     @get("/")
-    async def list_conversations(self, runtime: Runtime, principal: Principal,
-                                 limit: int = 50, offset: int = 0) -> list[ConversationOut]:
-        """The caller's conversations, most recently active first."""
-        if not 1 <= limit <= 500 or offset < 0:
-            raise BadRequest("limit must be 1 to 500 and offset not negative")
+    async def list_conversations(
+        self, runtime: Runtime, principal: Principal,
+        limit: int = Parameter(default=50, ge=1, le=500),
+        offset: int = Parameter(default=0, ge=0, le=MAX_OFFSET),
+    ) -> list[ConversationOut]:
+        """The caller's conversations, most recently active first. 400 for a bad
+        limit/offset."""
         async with runtime.db.session() as session:
             rows = (await session.exec(
                 select(Conversation).where(Conversation.owner_id == principal.owner)

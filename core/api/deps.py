@@ -9,6 +9,9 @@ from core.errors import AuthError, PluginUnavailable
 from core.protocols import Principal
 from core.runtime import Runtime
 
+MAX_OFFSET = 2**63 - 1
+"""The largest ``offset`` a page may ask for: what a database's 64-bit integer holds."""
+
 
 def get_runtime(state: State) -> Runtime:
     return state.runtime  # type: ignore[no-any-return]

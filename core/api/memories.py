@@ -16,6 +16,7 @@ from typing import Any
 from litestar import Controller, delete, get
 from litestar.params import Parameter
 
+from core.api.deps import MAX_OFFSET
 from core.errors import BadRequest, NotFound
 from core.protocols import Memory, MemoryDecision, MemoryStore, Principal
 from core.runtime import Runtime
@@ -72,7 +73,7 @@ class MemoryController(Controller):
     async def list_memories(
         self, runtime: Runtime, principal: Principal,
         limit: int = Parameter(default=100, ge=1, le=MAX_PAGE),
-        offset: int = Parameter(default=0, ge=0),
+        offset: int = Parameter(default=0, ge=0, le=MAX_OFFSET),
     ) -> MemoryPage:
         """The caller's memories, most recently seen first. 400 for a bad limit/offset."""
         store: MemoryStore = runtime.require("memory")

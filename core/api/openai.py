@@ -7,7 +7,13 @@ nothing. With a conversation id (header ``X-Mami-Conversation`` or
 from the request and the stored history is used; the answer is stored and the
 response carries the conversation id in the ``X-Mami-Conversation`` header.
 ``metadata.client_message_id`` (or header ``X-Mami-Client-Message-Id``) makes a
-retried stored request idempotent.
+retried stored request idempotent. Every response of a stored turn carries its
+conversation id, errors included (also as ``error.conversation_id``), so a client can
+find the failed turn and retry into it.
+
+The whole body is validated before the model is called or anything is stored (see
+:func:`check_fields`); errors are OpenAI's ``{"error": {"message", "type", "param",
+"code"}}``. ``GET /v1/models/{id}`` returns one model.
 
 ``stream: true`` answers with server-sent events: ``data: <chunk JSON>`` lines ending
 with ``data: [DONE]``; a stream that breaks after it started ends with a
@@ -24,11 +30,14 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, get, post
+from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 
-from core.chat import ChatRequest, Finished, start_turn
-from core.errors import BadRequest, ProviderError
+from core.api.openai_schema import ChatOperation
+from core.chat import ChatRequest, Finished, TurnRun, start_turn
+from core.errors import BadRequest, MamiError, NotFound, ProviderError, error_body
 from core.protocols import ChatMessage, GenerationParams, Principal
 from core.runtime import Runtime
 
@@ -37,48 +46,65 @@ CLIENT_ID_HEADER = "X-Mami-Client-Message-Id"
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "mami"}
+
+
 @get("/v1/models", summary="List the chat models (OpenAI-compatible)")
 async def list_models(runtime: Runtime, principal: Principal) -> dict[str, Any]:
     """Every registered LLM provider, by the name to pass as ``model``."""
-    return {
-        "object": "list",
-        "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "mami"}
-            for name in runtime.providers["llm"]
-        ],
-    }
+    return {"object": "list", "data": [_model(name) for name in runtime.providers["llm"]]}
+
+
+@get("/v1/models/{model_id:path}", summary="One chat model (OpenAI-compatible)")
+async def get_model(runtime: Runtime, principal: Principal, model_id: str) -> dict[str, Any]:
+    """The model named ``model_id`` (404 if no LLM provider has that name)."""
+    name = model_id.lstrip("/")
+    if name not in runtime.providers["llm"]:
+        raise NotFound(f"model {name!r} not found", param="model", code="model_not_found")
+    return _model(name)
 
 
 def _text(content: Any, index: int) -> str:
     """A message's text: a string or a list of ``{"type": "text", "text": ...}`` parts."""
+    param = f"messages[{index}].content"
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         texts = []
         for part in content:
             if not isinstance(part, dict) or part.get("type") != "text":
-                raise BadRequest(f"messages[{index}].content: only text parts are supported")
-            texts.append(str(part.get("text", "")))
+                raise BadRequest(f"{param}: only text parts are supported", param=param)
+            if not isinstance(part.get("text"), str):
+                raise BadRequest(f"{param}: a text part needs a string 'text'", param=param)
+            texts.append(part["text"])
         return "".join(texts)
     if content is None:
         return ""
-    raise BadRequest(f"messages[{index}].content must be a string or a list of text parts")
+    raise BadRequest(f"{param} must be a string or a list of text parts", param=param)
 
 
 def parse_messages(raw: Any) -> list[ChatMessage]:
     if not isinstance(raw, list) or not raw:
-        raise BadRequest("messages must be a non-empty list")
+        raise BadRequest("messages must be a non-empty list", param="messages")
     parsed = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
-            raise BadRequest(f"messages[{i}] must be an object")
-        role = ROLES.get(item.get("role", ""))
+            raise BadRequest(f"messages[{i}] must be an object", param=f"messages[{i}]")
+        raw_role = item.get("role")
+        role = ROLES.get(raw_role) if isinstance(raw_role, str) else None
         if role is None:
             raise BadRequest(f"messages[{i}].role {item.get('role')!r} is not supported "
-                             f"(use one of {', '.join(ROLES)})")
+                             f"(use one of {', '.join(ROLES)})", param=f"messages[{i}].role")
+        if item.get("tool_calls"):
+            raise BadRequest(f"messages[{i}].tool_calls: tools are not supported",
+                             param=f"messages[{i}].tool_calls")
+        name = item.get("name")
+        if name is not None and not isinstance(name, str):
+            raise BadRequest(f"messages[{i}].name must be a string", param=f"messages[{i}].name")
         parsed.append(ChatMessage(role, _text(item.get("content"), i)))  # type: ignore[arg-type]
     if parsed[-1].role != "user":
-        raise BadRequest("the last message must have role 'user'")
+        raise BadRequest("the last message must have role 'user'", param="messages")
     return parsed
 
 
@@ -87,46 +113,132 @@ def _number(body: dict[str, Any], key: str, default: float, low: float, high: fl
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise BadRequest(f"{key} must be a number from {low:g} to {high:g}")
+        raise BadRequest(f"{key} must be a number from {low:g} to {high:g}", param=key)
     return float(value)
 
 
+def _flag(body: dict[str, Any], key: str, where: str = "") -> bool:
+    value = body.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest(f"{where}{key} must be true or false", param=f"{where}{key}")
+    return bool(value)
+
+
+def _of_type(body: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = body.get(key)
+    if value is not None and ((isinstance(value, bool) and kind is not bool)
+                              or not isinstance(value, kind)):
+        raise BadRequest(f"{key} must be {what}", param=key)
+    return value
+
+
+# Fields OpenAI clients commonly send that mami accepts (type-checked) and ignores.
+IGNORED = {
+    "user": (str, "a string"),
+    "seed": (int, "an integer"),
+    "store": (bool, "true or false"),
+    "service_tier": (str, "a string"),
+    "parallel_tool_calls": (bool, "true or false"),
+    "reasoning_effort": (str, "a string"),
+    "prompt_cache_key": (str, "a string"),
+    "safety_identifier": (str, "a string"),
+    "top_logprobs": (int, "an integer"),
+}
+UNSUPPORTED = ("tools", "functions", "audio", "prediction", "web_search_options")
+KNOWN = {
+    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+    "temperature", "top_p", "n", "stop", "metadata", "presence_penalty", "frequency_penalty",
+    "logit_bias", "logprobs", "response_format", "tool_choice", "function_call", "modalities",
+    *IGNORED, *UNSUPPORTED,
+}
+
+
+def check_fields(body: dict[str, Any]) -> None:
+    """400 for unknown fields, wrongly typed ignored ones and features mami does not
+    have (tools, logprobs, JSON output, audio), each naming the field."""
+    unknown = sorted(set(body) - KNOWN)
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}", param=unknown[0])
+    for key, (kind, what) in IGNORED.items():
+        _of_type(body, key, kind, what)
+    for key in ("presence_penalty", "frequency_penalty"):
+        _number(body, key, 0.0, -2.0, 2.0)
+    for key in UNSUPPORTED:
+        if body.get(key):
+            raise BadRequest(f"{key} is not supported", param=key)
+    if _flag(body, "logprobs"):
+        raise BadRequest("logprobs is not supported", param="logprobs")
+    if _of_type(body, "logit_bias", dict, "an object"):
+        raise BadRequest("logit_bias is not supported", param="logit_bias")
+    for key in ("tool_choice", "function_call"):
+        if body.get(key) not in (None, "none", "auto"):
+            raise BadRequest(f"{key}: tools are not supported", param=key)
+    response_format = _of_type(body, "response_format", dict, "an object")
+    if response_format is not None and response_format.get("type") != "text":
+        raise BadRequest("response_format: only {\"type\": \"text\"} is supported",
+                         param="response_format")
+    modalities = _of_type(body, "modalities", list, "a list")
+    if modalities is not None and modalities != ["text"]:
+        raise BadRequest("modalities: only [\"text\"] is supported", param="modalities")
+
+
 def parse_params(body: dict[str, Any], default_max_tokens: int) -> GenerationParams:
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None \
+        else "max_tokens"
+    max_tokens = body.get(key)
     if max_tokens is not None and (
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
     ):
-        raise BadRequest("max_tokens must be a positive integer")
+        raise BadRequest(f"{key} must be a positive integer", param=key)
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
-    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        raise BadRequest("stop must be a string or a list of strings")
-    if body.get("n", 1) != 1:
-        raise BadRequest("only n = 1 is supported")
+    if stop is not None and not (isinstance(stop, list) and len(stop) <= 4
+                                 and all(isinstance(s, str) for s in stop)):
+        raise BadRequest("stop must be a string or a list of up to 4 strings", param="stop")
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):
+        raise BadRequest("only n = 1 is supported", param="n")
     return GenerationParams(
         max_tokens=max_tokens or default_max_tokens,
         temperature=_number(body, "temperature", 0.7, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
-        stop=tuple(stop or ()),
+        stop=tuple(s for s in stop or () if s),  # an empty stop string would end every reply
     )
+
+
+def parse_stream(body: dict[str, Any]) -> tuple[bool, bool]:
+    """``(stream, include_usage)``; 400 for a non-boolean ``stream`` or malformed
+    ``stream_options``."""
+    stream = _flag(body, "stream")
+    options = body.get("stream_options")
+    if options is None:
+        return stream, False
+    if not isinstance(options, dict):
+        raise BadRequest("stream_options must be an object", param="stream_options")
+    unknown = sorted(set(options) - {"include_usage", "include_obfuscation"})
+    if unknown:
+        raise BadRequest(f"stream_options: unknown field(s): {', '.join(unknown)}",
+                         param=f"stream_options.{unknown[0]}")
+    _flag(options, "include_obfuscation", "stream_options.")
+    return stream, _flag(options, "include_usage", "stream_options.")
 
 
 def parse_request(body: dict[str, Any], headers: Any, default_max_tokens: int) -> ChatRequest:
     """The chat request an OpenAI body (plus mami's headers) describes; without
-    ``max_tokens`` the reply may take ``default_max_tokens``."""
+    ``max_tokens`` the reply may take ``default_max_tokens``. Validates every field
+    (see :func:`check_fields`)."""
+    check_fields(body)
     messages = parse_messages(body.get("messages"))
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, dict):
-        raise BadRequest("metadata must be an object")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequest("model must be a string")
+        raise BadRequest("metadata must be an object", param="metadata")
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise BadRequest(f"metadata.{key} must be a string", param=f"metadata.{key}")
+    model = _of_type(body, "model", str, "a string")
     conversation = headers.get(CONVERSATION_HEADER.lower()) or metadata.get("conversation_id")
     client_id = headers.get(CLIENT_ID_HEADER.lower()) or metadata.get("client_message_id")
-    for name, value in (("conversation_id", conversation), ("client_message_id", client_id)):
-        if value is not None and not isinstance(value, str):
-            raise BadRequest(f"metadata.{name} must be a string")
     params = parse_params(body, default_max_tokens)
     common: dict[str, Any] = {"model": model or None, "params": params}
     if conversation:
@@ -152,47 +264,84 @@ def _fail(finished: Finished) -> ProviderError:
     return ProviderError(message, status_code=finished.error_code or 502)
 
 
-@post("/v1/chat/completions", status_code=200, summary="Chat (OpenAI-compatible)")
+async def read_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The body as a JSON object; 413 (while reading) over the app's body limit, 400 for
+    anything but a JSON object."""
+    raw = await request.body()  # raises the 413 itself
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise BadRequest("the body must be JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def _error(exc: MamiError, turn: TurnRun) -> Response[Any]:
+    """The error response of a turn. A stored turn's carries its conversation id (header
+    and ``error.conversation_id``) so the client can look at it or retry into it; without
+    a client message id a blind retry would store the message again, so OpenAI's SDKs
+    are told not to retry (``x-should-retry: false``)."""
+    headers = _conversation(turn)
+    conversation_id = headers.get(CONVERSATION_HEADER)
+    extra = {"conversation_id": conversation_id} if conversation_id else {}
+    if conversation_id and turn.request.client_message_id is None:
+        headers["x-should-retry"] = "false"
+    return Response(
+        error_body(exc.status_code, exc.message, param=exc.param, code=exc.code, **extra),
+        status_code=exc.status_code,
+        headers=headers,
+    )
+
+
+async def _drain(items: AsyncIterator[str | Finished]) -> None:
+    async for _ in items:  # the turn's after-completion events
+        pass
+
+
+@post("/v1/chat/completions", status_code=200, summary="Chat (OpenAI-compatible)",
+      operation_class=ChatOperation)
 async def chat_completions(
     request: Request[Any, Any, Any], runtime: Runtime, principal: Principal
 ) -> Response[Any] | Stream:
     """Answer with one ``chat.completion`` or, with ``stream: true``, a stream of
-    ``chat.completion.chunk`` server-sent events."""
-    try:
-        body = await request.json()
-    except Exception:
-        raise BadRequest("the body must be JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+    ``chat.completion.chunk`` server-sent events. A stored turn's response carries its
+    conversation id in ``X-Mami-Conversation``, errors after it was stored included."""
+    body = await read_json(request)
     chat = parse_request(body, request.headers, runtime.config.budget.reply_tokens)
-    if body.get("stream") and runtime.serverless:
+    stream, include_usage = parse_stream(body)
+    if stream and runtime.serverless:
         raise BadRequest("streaming needs the server deployment (mami serve); "
-                         "on AWS Lambda send stream: false")
+                         "on AWS Lambda send stream: false", param="stream")
     turn = await start_turn(runtime, principal, chat)
-    headers = {CONVERSATION_HEADER: turn.conversation_id} if turn.conversation_id else {}
     meta = {
         "id": f"chatcmpl-{turn.message_id or uuid.uuid4().hex}",
         "created": int(time.time()),
         "model": turn.llm.name,
     }
     items = turn.run()
-    first = await anext(items)
-    if isinstance(first, Finished) and first.status != "complete":
-        raise _fail(first)
-    if body.get("stream"):
-        usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return Stream(_sse(items, first, meta, usage), media_type="text/event-stream",
-                      headers={**headers, "Cache-Control": "no-cache"})
-    text = [] if isinstance(first, Finished) else [first]
-    finished = first if isinstance(first, Finished) else None
-    async for item in items:
-        if isinstance(item, Finished):
-            finished = item
-        else:
-            text.append(item)
-    assert finished is not None
-    if finished.status != "complete":
-        raise _fail(finished)
+    try:
+        first = await anext(items)
+        if isinstance(first, Finished) and first.status != "complete":
+            raise _fail(first)
+        if stream:
+            return Stream(_sse(items, first, meta, include_usage),
+                          media_type="text/event-stream",
+                          headers={**_conversation(turn), "Cache-Control": "no-cache"})
+        finished = first if isinstance(first, Finished) else None
+        while finished is None:
+            item = await anext(items)
+            finished = item if isinstance(item, Finished) else None
+        if finished.status != "complete":
+            raise _fail(finished)
+    except MamiError as exc:
+        await items.aclose()  # type: ignore[attr-defined]
+        return _error(exc, turn)
+    if runtime.serverless:  # nothing runs after a Lambda response: finish in the request
+        await _drain(items)
+        background = None
+    else:
+        background = BackgroundTask(_drain, items)
     return Response(
         {
             **meta,
@@ -205,8 +354,16 @@ async def chat_completions(
             }],
             "usage": finished.usage.as_dict(),
         },
-        headers=headers,
+        headers=_conversation(turn),
+        background=background,
     )
+
+
+def _conversation(turn: TurnRun) -> dict[str, str]:
+    """The conversation header of a stored turn whose rows were written."""
+    if turn.conversation_id is None or turn.unsaved:
+        return {}
+    return {CONVERSATION_HEADER: turn.conversation_id}
 
 
 def _chunk(meta: dict[str, Any], delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -231,8 +388,7 @@ async def _sse(
                 continue
             if item.status != "complete":
                 error = _fail(item)
-                body = {"error": {"message": error.message, "type": "server_error",
-                                  "code": error.status_code}}
+                body = error_body(error.status_code, error.message, code=error.code)
                 yield b"data: " + json.dumps(body).encode() + b"\n\n"
                 break
             yield _chunk(meta, {}, item.finish_reason or "stop")
@@ -246,4 +402,4 @@ async def _sse(
             pass
 
 
-routes = [list_models, chat_completions]
+routes = [list_models, get_model, chat_completions]

@@ -7,11 +7,17 @@ or stalled stream raises :class:`core.errors.StreamInterrupted` carrying the tex
 far, so the reply is stored as interrupted, never as a silent success.
 
 Token counting: with ``tokenizer_path`` (a Hugging Face ``tokenizer.json``) counts are
-exact. Without it :func:`estimate_tokens` over-estimates on purpose (see there).
+exact. Without it :func:`estimate_tokens` over-estimates on purpose (see there). The
+reply's ``usage`` is the server's own figures when it reports them (asked for with
+``stream_options.include_usage``); mami's count is only the fallback.
+
+``retry_budget`` is a hard bound on the wait for the first token, retries and backoff
+included: when it runs out the attempt in flight is abandoned.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -55,8 +61,12 @@ class Settings:
     """Seconds to wait for the next bytes of an answer (first token included)."""
     attempts: int = 3
     """Attempts before the first token (1: no retries)."""
-    retry_budget: float = 30.0
-    """Total seconds all attempts may take before giving up."""
+    retry_budget: float = 60.0
+    """Seconds until the first token, all attempts and waits between them included; a
+    hard bound (the attempt in flight is abandoned when it runs out)."""
+    stream_usage: bool = True
+    """Ask the server for its token usage (``stream_options.include_usage``); turn off
+    for servers that reject the field."""
 
 
 def estimate_tokens(text: str) -> int:
@@ -112,8 +122,19 @@ async def sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
         yield "\n".join(data)
 
 
+def _usage(chunk: dict[str, Any]) -> tuple[int, int] | None:
+    """``(prompt_tokens, completion_tokens)`` of a chunk that reports usage."""
+    usage = chunk.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not (isinstance(prompt, int) and isinstance(completion, int)):
+        return None
+    return prompt, completion
+
+
 def _delta(payload: str) -> Delta | None:
-    """The delta of one chunk, ``None`` for chunks without text or finish reason."""
+    """The delta of one chunk, ``None`` for chunks without text, finish reason or usage."""
     try:
         chunk = json.loads(payload)
     except json.JSONDecodeError as exc:
@@ -121,12 +142,15 @@ def _delta(payload: str) -> Delta | None:
     if isinstance(chunk, dict) and chunk.get("error"):
         error = chunk["error"]
         raise ProviderError(str(error.get("message", error) if isinstance(error, dict) else error))
-    choices = chunk.get("choices") or [] if isinstance(chunk, dict) else []
-    if not choices:
+    if not isinstance(chunk, dict):
         return None
-    choice = choices[0]
+    usage = _usage(chunk)
+    choices = chunk.get("choices") or []
+    choice = choices[0] if choices and isinstance(choices[0], dict) else {}
     text = (choice.get("delta") or {}).get("content") or ""
     finish = choice.get("finish_reason")
+    if usage is not None:
+        return Delta(text, finish, *usage)
     return Delta(text, finish) if text or finish else None
 
 
@@ -185,6 +209,8 @@ class OpenAICompatible:
         }
         if params.stop:
             body["stop"] = list(params.stop)
+        if self.settings.stream_usage:
+            body["stream_options"] = {"include_usage": True}
         return body
 
     async def _open(
@@ -196,12 +222,17 @@ class OpenAICompatible:
 
         s = self.settings
         try:
-            async for attempt in stamina.retry_context(
-                on=_retry, attempts=max(1, s.attempts), timeout=s.retry_budget,
-                wait_initial=0.2, wait_max=5.0, wait_jitter=0.3,
-            ):
-                with attempt:
-                    return await self._first(body)
+            async with asyncio.timeout(s.retry_budget):
+                async for attempt in stamina.retry_context(
+                    on=_retry, attempts=max(1, s.attempts), timeout=s.retry_budget,
+                    wait_initial=0.2, wait_max=5.0, wait_jitter=0.3,
+                ):
+                    with attempt:
+                        return await self._first(body)
+        except TimeoutError as exc:
+            raise ProviderError(
+                f"{self.name}: no answer from {s.base_url} within retry_budget "
+                f"({s.retry_budget:g} s)") from exc
         except httpx.TimeoutException as exc:
             raise ProviderError(f"{self.name}: no answer from {s.base_url} ({exc!r})") from exc
         except httpx.TransportError as exc:

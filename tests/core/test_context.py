@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 from core.config import BudgetSettings
 from core.context import (
+    CHARS_PER_TOKEN,
     Turn,
+    bounded_count,
     build_context,
     prompt_tokens,
     summary_prompt,
@@ -158,3 +160,40 @@ def test_property_the_prompt_never_exceeds_the_window(
     n = len(history) - len(ctx.dropped)
     assert ctx.dropped == history[: len(ctx.dropped)]
     assert kept == [m for t in history[len(history) - n:] for m in t.messages]
+
+
+class Tally:
+    """A counter that remembers how many characters it was given."""
+
+    def __init__(self, chars_per_token: int = 4) -> None:
+        self.chars_per_token = chars_per_token
+        self.seen = 0
+
+    def __call__(self, text: str) -> int:
+        self.seen += len(text)
+        return math.ceil(len(text) / self.chars_per_token)
+
+
+def test_a_text_far_over_the_limit_is_judged_by_a_short_prefix() -> None:
+    tally = Tally()
+    tokens, whole = bounded_count("abcd" * 1_000_000, 1000, tally)
+    assert not whole and tokens > 1000
+    assert tally.seen <= 1001 * CHARS_PER_TOKEN  # not the 4 MB
+
+
+def test_a_text_that_may_fit_is_counted_exactly() -> None:
+    assert bounded_count("abcd" * 1001, 1000, Tally()) == (1001, True)
+    assert bounded_count("abcd" * 999, 1000, Tally()) == (999, True)
+    # Text with unusually many characters per token is never refused by its prefix.
+    sparse = Tally(chars_per_token=100)
+    assert bounded_count("a" * 50_000, 1000, sparse) == (500, True)
+
+
+def test_a_long_message_is_a_413_naming_its_size_without_a_full_count() -> None:
+    tally = Tally()
+    with pytest.raises(PayloadTooLarge) as err:
+        build_context(system_prompt="S", user="abcd" * 2_000_000, history=[], count=tally,
+                      window=2048, budget=BudgetSettings(reply_tokens=100))
+    assert err.value.code == "context_length_exceeded" and err.value.param == "messages"
+    assert "8000000 characters" in err.value.message
+    assert tally.seen <= 2049 * CHARS_PER_TOKEN

@@ -33,7 +33,7 @@ def test_unknown_route_gets_the_json_error_shape(invoke: Invoker, shape: str) ->
     response = invoke(shape, "GET", "/no/such/route", query="a=1&b=two%20words")
     assert response.status == 404
     error = response.json()["error"]
-    assert error["code"] == 404
+    assert (error["code"], error["param"]) == ("not_found", None)  # OpenAI's: a string code
     assert error["type"] == "not_found_error"
     assert error["message"]
 

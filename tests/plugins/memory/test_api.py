@@ -95,6 +95,7 @@ def test_delete_one_and_erase_all(server: Any) -> None:
     ("GET", "/api/memories", {"limit": 0}, 400, "limit"),
     ("GET", "/api/memories", {"limit": 5000}, 400, "limit"),
     ("GET", "/api/memories", {"offset": -1}, 400, "offset"),
+    ("GET", "/api/memories", {"offset": 2**63}, 400, "offset"),
     ("GET", "/api/memories", {"limit": "many"}, 400, "limit"),
     ("DELETE", "/api/memories/not%20an%20id!", {}, 400, "invalid memory id"),
     ("GET", "/api/memories/" + "a" * 65 + "/history", {}, 400, "invalid memory id"),

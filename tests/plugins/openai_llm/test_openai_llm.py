@@ -143,6 +143,32 @@ async def test_a_server_that_stalls_before_answering_times_out(standin: StandIn)
     assert len(standin.requests) == 2
 
 
+async def test_the_retry_budget_is_a_hard_bound_on_the_attempt_in_flight(
+    standin: StandIn
+) -> None:
+    # One attempt could wait read_timeout (10 s) for its first byte; the budget (0.5 s)
+    # abandons it instead of letting it run out, and no further attempt starts.
+    standin.mode = "stall_first"
+    with pytest.raises(ProviderError) as err:
+        await collect(provider_for(standin.url, read_timeout=10.0, attempts=3,
+                                   retry_budget=0.5))
+    assert "retry_budget" in err.value.message and not isinstance(err.value, StreamInterrupted)
+    assert len(standin.requests) == 1
+
+
+async def test_usage_is_the_servers_own_when_it_reports_it(standin: StandIn) -> None:
+    deltas = []
+    provider = provider_for(standin.url)
+    try:
+        deltas = [d async for d in provider.stream(HI, FAST)]
+    finally:
+        await provider.aclose()
+    assert standin.requests[0][1]["stream_options"] == {"include_usage": True}
+    assert (deltas[-1].prompt_tokens, deltas[-1].completion_tokens) == standin.usage
+    quiet = provider_for(standin.url, stream_usage=False)
+    assert "stream_options" not in quiet._body(HI, FAST)
+
+
 async def test_a_stream_that_stalls_midway_is_interrupted(standin: StandIn) -> None:
     standin.mode = "stall_mid"
     with pytest.raises(StreamInterrupted) as err:

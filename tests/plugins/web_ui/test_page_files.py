@@ -62,7 +62,7 @@ def test_unknown_files_are_404_with_a_message(serve: Any) -> None:
     for path in ("/ui/index.html.bak", "/ui/routes.py", "/ui/..%2F__init__.py", "/ui/"):
         response = httpx.get(f"{server.url}{path}")
         assert response.status_code == 404, path
-        assert response.json()["error"]["code"] == 404
+        assert response.json()["error"]["code"] == "not_found"
 
 
 def test_the_title_setting_is_escaped(serve: Any) -> None:
