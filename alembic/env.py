@@ -20,9 +20,13 @@ def database_url() -> str:
     return sync_url(url or load_config().database_url)
 
 
+# A plugin's chain is recorded in its own version table (core.migrations.MigrationSource).
+version_table = config.attributes.get("version_table", "alembic_version")
+
+
 def run_migrations_offline() -> None:
     context.configure(url=database_url(), target_metadata=target_metadata, literal_binds=True,
-                      render_as_batch=True, compare_type=True)
+                      render_as_batch=True, compare_type=True, version_table=version_table)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -33,7 +37,7 @@ def run_migrations_online() -> None:
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata,
-                          render_as_batch=True, compare_type=True)
+                          render_as_batch=True, compare_type=True, version_table=version_table)
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()

@@ -88,9 +88,7 @@ def collect_routes(runtime: Runtime) -> tuple[list[Any], list[tuple[str, list[An
     core: list[Any] = []
     for module_name in ROUTE_MODULES:
         core.extend(importlib.import_module(module_name).routes)
-    extra = [(plugin, list(handlers or []))
-             for plugin, handlers in runtime.plugins.call_each("register_routes", runtime=runtime)]
-    return core, extra
+    return core, runtime.plugins.register_routes(runtime)
 
 
 def _for_deployment(handlers: list[Any], serverless: bool) -> list[Any]:

@@ -15,8 +15,9 @@ retry while the first attempt still streams is a 409. Without a conversation id,
 conversation id is derived from the owner and the client message id, so a retry that
 never learned the id lands in the same conversation.
 
-Slash commands (``/name argument``) registered with :func:`register_command` are
-answered by their handler instead of the LLM (:func:`find_command` is the seam).
+Slash commands (``/name argument``), registered per runtime by plugins'
+``register_chat_commands`` hooks (:class:`ChatCommand`), are answered by their handler
+instead of the LLM (:func:`find_command` is the seam).
 
 A provider may define ``async load()``; it is awaited before the provider's tokenizer
 or window is used, so a lazily loaded model never blocks the event loop. Token counting
@@ -64,25 +65,31 @@ STALE_STREAM = timedelta(minutes=10)
 ID_NAMESPACE = uuid.UUID("6f1e3a52-6d61-4d69-8a11-636861747631")
 
 CommandHandler = Callable[["Runtime", Principal, str, str | None], Awaitable[str]]
-COMMANDS: dict[str, CommandHandler] = {}
 
 
-def register_command(name: str, handler: CommandHandler) -> None:
-    """Answer messages that start with ``/<name>`` with ``await handler(runtime,
+@dataclass(frozen=True, slots=True)
+class ChatCommand:
+    """A slash command, registered by a plugin's ``register_chat_commands`` hook.
+
+    A message that starts with ``/<name>`` is answered with ``await handler(runtime,
     principal, argument, conversation_id)`` instead of the LLM (``conversation_id`` is
     ``None`` for stateless turns; otherwise the conversation is committed by then). The
     returned text is stored as the assistant message; ``message_completed`` is not fired
-    for command replies."""
-    COMMANDS[name] = handler
+    for command replies. ``help`` is one line shown to users."""
+
+    name: str
+    handler: CommandHandler
+    help: str = ""
 
 
-def find_command(content: str) -> tuple[CommandHandler, str] | None:
-    """The handler and argument for a registered slash command, else ``None``."""
+def find_command(runtime: Runtime, content: str) -> tuple[CommandHandler, str] | None:
+    """The handler and argument for a slash command registered with this runtime,
+    else ``None``."""
     if not content.startswith("/"):
         return None
     name, _, argument = content[1:].partition(" ")
-    handler = COMMANDS.get(name)
-    return (handler, argument.strip()) if handler else None
+    command = runtime.chat_commands.get(name)
+    return (command.handler, argument.strip()) if command else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,7 +358,7 @@ async def start_turn(runtime: Runtime, principal: Principal, request: ChatReques
         raise BadRequest("client_message_id must be 1 to 128 characters")
     llm = resolve_llm(runtime, request.model)
     await ready(llm)
-    command = find_command(request.content)
+    command = find_command(runtime, request.content)
     if command is None and len(request.content) > llm.context_window * CHARS_PER_TOKEN:
         # Refused here, before memories and passages are looked up with the whole text.
         await asyncio.to_thread(

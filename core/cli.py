@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -48,39 +50,55 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    """Schema migrations: upgrade, downgrade, current, check."""
+    """Schema migrations: upgrade, downgrade, current, check. Core's chain and the chain
+    of every enabled plugin that has its own tables (``<branch>@<revision>`` names one
+    plugin's revision, e.g. ``mami db downgrade notes@base``)."""
     from core import migrations
 
     url = _config(args).database_url
+    sources = [source for _, source in plugin_host(args.config).register_migrations()]
     if args.db_command == "upgrade":
-        migrations.upgrade(url, args.revision)
-        print(f"database at {migrations.current_revision(url)}")
+        migrations.upgrade(url, args.revision, sources)
+        _print_states(migrations.states(url, sources), "database at")
     elif args.db_command == "downgrade":
-        migrations.downgrade(url, args.revision)
-        print(f"database at {migrations.current_revision(url) or 'base (empty)'}")
+        migrations.downgrade(url, args.revision, sources)
+        _print_states(migrations.states(url, sources), "database at")
     elif args.db_command == "current":
-        current = migrations.current_revision(url)
-        head = migrations.head_revision()
-        state = "up to date" if current == head else f"behind (head is {head})"
-        print(f"{current or 'empty'} ({state})")
+        _print_states(migrations.states(url, sources), "")
     elif args.db_command == "check":
-        current, head = migrations.current_revision(url), migrations.head_revision()
-        if current != head:
-            raise MamiError(f"database is at {current or 'nothing'}, head is {head}: "
-                            "run `mami db upgrade`")
-        diffs = migrations.drift(url)
+        behind = [s for s in migrations.states(url, sources) if s.behind]
+        if behind:
+            raise MamiError("; ".join(
+                f"{'database' if s.name == 'core' else 'branch ' + s.name} is at "
+                f"{s.current or 'nothing'}, head is {s.head}" for s in behind)
+                + ": run `mami db upgrade`")
+        diffs = migrations.drift(url, sources)
         if diffs:
             for diff in diffs:
                 print(f"drift: {diff}")
             raise MamiError(f"{len(diffs)} difference(s) between the models and the migrations")
-        print(f"{head}: no drift between the models and the migrations")
+        names = ", ".join(["core", *(s.branch for s in sources)])
+        print(f"{migrations.head_revision()}: no drift between the models and the migrations "
+              f"({names})")
     return 0
 
 
+def _print_states(states: list[Any], prefix: str) -> None:
+    for state in states:
+        where = state.current or ("base (empty)" if prefix else "empty")
+        mark = "up to date" if not state.behind else f"behind (head is {state.head})"
+        label = "" if state.name == "core" else f"{state.name}: "
+        print(f"{prefix + ' ' if prefix else ''}{label}{where} ({mark})")
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
-    """List plugins with their state and any error."""
+    """List plugins with their state and any error. The plugins are registered and
+    started as ``mami serve`` would (then stopped), so a plugin that fails there is
+    reported failed here."""
     config = _config(args)
-    host = plugin_host(args.config)
+    with contextlib.redirect_stdout(sys.stderr):  # what plugins print on startup: not the list
+        runtime = asyncio.run(_checked_runtime(config))
+    host = runtime.plugins
     rows = [record.as_dict() for record in host.records.values()]
     if args.json:
         print(json.dumps({"status": host.status(), "plugins": rows,
@@ -90,6 +108,24 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         line = f"{row['name']:<16} {row['status']:<9} {row['source']:<10} {row['module']}"
         print(line + (f"  ({row['error']})" if row["error"] else ""))
     return 0
+
+
+async def _checked_runtime(config: Config) -> Any:
+    """A runtime that went through registration and startup, then stopped. A schema
+    that is behind skips the startup hooks (with a warning), not the registration."""
+    from core.runtime import Runtime, SchemaBehind
+
+    runtime = Runtime(config)
+    try:
+        await runtime.ensure_started()
+    except SchemaBehind as exc:
+        print(f"mami: warning: {exc}; plugins were registered but not started",
+              file=sys.stderr)
+        runtime.register_providers()
+        runtime.register_chat_commands()
+    finally:
+        await runtime.stop()
+    return runtime
 
 
 def build_parser(plugin_commands: Callable[[Any], None] | None = None) -> argparse.ArgumentParser:
@@ -124,21 +160,9 @@ def build_parser(plugin_commands: Callable[[Any], None] | None = None) -> argpar
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(func=cmd_plugins)
 
-    for register in CORE_COMMANDS:
-        register(sub)
     if plugin_commands is not None:
         plugin_commands(sub)
     return parser
-
-
-CORE_COMMANDS: list[Callable[[Any], None]] = []
-"""Functions that add core sub-commands (chat, ingest, worker, ...) to the parser."""
-
-
-def core_command(register: Callable[[Any], None]) -> Callable[[Any], None]:
-    """Decorator: add a function that registers a core sub-command."""
-    CORE_COMMANDS.append(register)
-    return register
 
 
 @functools.cache
@@ -149,15 +173,20 @@ def plugin_host(config_path: str | None) -> Any:
     return PluginHost(load_config(config_path))
 
 
-def _plugin_commands(config_path: str | None) -> Callable[[Any], None] | None:
-    """Sub-commands from enabled plugins; a broken config only hides them."""
+def _plugin_commands(config_path: str | None) -> Callable[[Any], None]:
+    """Sub-commands from core and the enabled plugins, all through the
+    ``register_commands`` hook; a broken config leaves core's commands only (the
+    command then reports the config error)."""
+    from core.config import config_from_dict
+    from core.plugins import PluginHost
+
     try:
         host = plugin_host(config_path)
     except MamiError:
-        return None
+        host = PluginHost(config_from_dict({}), candidates=[])
 
     def add(sub: Any) -> None:
-        host.call_each("register_commands", subparsers=sub)
+        host.register_commands(sub)
 
     return add
 
@@ -173,7 +202,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    _load_core_commands()
     parser = build_parser(_plugin_commands(known.config))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -196,19 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _load_core_commands() -> None:
-    import importlib
-
-    for module in ("core.commands",):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-
-
 if __name__ == "__main__":
-    # Run the importable core.cli, not this __main__ copy: core commands register with it.
+    # Run the importable core.cli, not this __main__ copy.
     from core.cli import main as _main
 
     raise SystemExit(_main())

@@ -44,7 +44,13 @@ class CoreSettings:
     image_worker: bool = True
     image_dir: str = ""  # where finished images go; empty: <data_dir>/images
     event_timeout: float = 30.0
+    image_deadline: float = 600.0
     log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        for name in ("event_timeout", "image_deadline"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[core] {name}: must be greater than 0")
 
 
 @dataclass

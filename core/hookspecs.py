@@ -1,13 +1,19 @@
-"""The hooks a mami plugin can implement.
+"""The hooks a mami plugin can implement (the reference is ``docs/plugins.md``).
 
 Every hook is synchronous. Provider hooks receive a ``register`` callback and call it
 with objects whose methods are async (see :mod:`core.protocols`). Lifecycle and event
 hooks may return an awaitable, which mami awaits. Each plugin reads its own settings
 with ``runtime.settings(<plugin name>)``.
 
-Event hooks (``message_completed``, ``image_finished``) are delivered to each
-implementation separately: one that raises or hangs is logged and timed out and does
-not stop the others.
+As with pluggy, an implementation may take any subset of a hook's arguments, by name
+(``def register_llm_providers(register)`` is fine). Each implementation is called on
+its own: one that raises marks only its plugin failed. Hook wrappers
+(``wrapper=True``, ``hookwrapper=True``) are refused.
+
+Event hooks (``message_completed``, ``image_finished``) are delivered to every
+implementation concurrently, each on its own with ``[core] event_timeout`` seconds; a
+synchronous implementation runs in a worker thread. One that raises or hangs is logged
+and timed out and does not stop or delay the others.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ import pluggy
 from core.protocols import Authenticator, ImageGenerator, LLMProvider, MemoryStore, Retriever
 
 if TYPE_CHECKING:
+    from core.chat import ChatCommand
     from core.events import ImageFinished, MessageCompleted
+    from core.migrations import MigrationSource
     from core.runtime import Runtime
 
 hookspec = pluggy.HookspecMarker("mami")
@@ -81,6 +89,29 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:  # type: 
     A command sets ``func`` with ``parser.set_defaults(func=callable)``; the callable
     receives the parsed ``argparse.Namespace`` and returns an exit code. Every
     implementation is called.
+    """
+
+
+@hookspec
+def register_chat_commands(register: Callable[[ChatCommand], None], runtime: Runtime) -> None:
+    """Register slash commands for chat with ``register(ChatCommand(name, handler))``.
+
+    A message starting with ``/<name>`` is answered by ``await handler(runtime,
+    principal, argument, conversation_id)`` instead of the LLM; the text it returns is
+    stored as the assistant message. Called once per runtime at start; every
+    implementation is called. A name registered twice fails the second plugin.
+    """
+
+
+@hookspec
+def register_migrations(register: Callable[[MigrationSource], None]) -> None:
+    """Register the plugin's own Alembic migrations with ``register(MigrationSource(
+    branch, versions))``: a versions directory whose first revision has
+    ``branch_labels = (branch,)`` and ``down_revision = None``.
+
+    ``mami db upgrade`` upgrades every branch to its head; ``mami db check`` compares
+    every branch's models too. Called without a runtime (by ``mami db`` and at start);
+    a disabled plugin's migrations (and tables) are left alone.
     """
 
 

@@ -5,7 +5,9 @@ renews while it works), then ends ``succeeded``, ``placeholder`` (the generator 
 not make the image and returned a placeholder saying why) or ``failed``. A worker that
 dies leaves its lease to expire; the job is then claimed again, up to ``max_attempts``
 claims. Completing is conditional on still holding the lease, so a job is completed
-once even when two workers end up working on it.
+once even when two workers end up working on it. A generator that gives no result
+within ``[core] image_deadline`` seconds is abandoned: the job ends ``failed``, its lease
+is no longer renewed and the worker takes the next job.
 
 Completion callbacks (``add_image_callback``) and ``image_finished`` subscribers run
 after the job is final, each isolated with a timeout; their errors are recorded in
@@ -35,6 +37,7 @@ from core.config import Config
 from core.db import Database
 from core.events import ImageFinished
 from core.models import ImageJob, utcnow
+from core.plugins import contained, describe, within
 from core.protocols import ImageRequest
 from core.runtime import Runtime
 
@@ -368,11 +371,21 @@ class ImageWorker:
             request = ImageRequest(**job.request)
         except TypeError as exc:
             return f"invalid request: {exc}"
+        deadline = self.runtime.config.core.image_deadline
         try:
-            return await generator.generate(request, progress=lambda v: progress.__setitem__(0, v))
-        except Exception as exc:
+            return await within(
+                generator.generate(request, progress=lambda v: progress.__setitem__(0, v)),
+                deadline)
+        except TimeoutError:
+            log.error("job %s: image generator %s gave no result within %gs",
+                      job.id, generator.name, deadline)
+            return (f"the image generator {generator.name} gave no result within "
+                    f"{deadline:g}s ([core] image_deadline)")
+        except BaseException as exc:
+            if not contained(exc):
+                raise
             log.exception("job %s: image generator %s raised", job.id, generator.name)
-            return f"{type(exc).__name__}: {exc}"
+            return describe(exc)
 
     async def _heartbeat(self, job_id: str, progress: list[float]) -> None:
         interval = max(0.05, min(self.lease_seconds / 3, 1.0))
@@ -406,7 +419,7 @@ class ImageWorker:
             error=job.error,
         )
         try:
-            failed = await self.runtime.fire("image_finished", event=event)
+            failed = await self.runtime.image_finished(event)
         except Exception as exc:
             failed = [("?", f"{type(exc).__name__}: {exc}")]
         errors.extend({"plugin": plugin, "error": error} for plugin, error in failed)

@@ -3,15 +3,27 @@
 Alembic is imported only by the functions that change or compare the schema: the check
 every start makes (:func:`current_revision` against :func:`head_revision`) runs on
 each Lambda cold start, which pays for every import.
+
+Core's migrations live in ``alembic/versions`` and are recorded in ``alembic_version``.
+A plugin's own tables have their own chain (:class:`MigrationSource`, registered by the
+``register_migrations`` hook): its revision files in the plugin's ``versions`` directory,
+recorded in their own version table ``alembic_version_<branch>``. The chains are
+independent, so a disabled or uninstalled plugin's tables and version row stay as they
+are and never stand in core's way. Core's chain runs first (a plugin table may point
+at ``owners``). ``<branch>@<revision>`` (``notes@base``, ``notes@-1``, ``notes@head``)
+names a revision of one plugin's chain.
 """
 
 from __future__ import annotations
 
 import ast
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import MetaData, create_engine, inspect, text
 
 from core.db import ensure_sqlite_dir, sync_url
 
@@ -20,17 +32,49 @@ if TYPE_CHECKING:
 
 SCRIPT_LOCATION = Path(__file__).resolve().parent.parent / "alembic"
 VERSION_TABLE = "alembic_version"
+BRANCH = re.compile(r"[a-z][a-z0-9_]{0,40}")
 
 
-def alembic_config(url: str, script_location: Path | None = None) -> AlembicConfig:
+@dataclass(frozen=True)
+class MigrationSource:
+    """A plugin's own migration chain: ``versions`` is the directory of its revision
+    files (the first one has ``down_revision = None`` and ``branch_labels =
+    (branch,)``); ``branch`` (lower-case letters, digits, ``_``) names the chain and its
+    version table. ``metadata`` holds the plugin's tables (its own ``MetaData``, not
+    SQLModel's shared one), so ``mami db check`` compares them too."""
+
+    branch: str
+    versions: Path
+    metadata: MetaData | None = None
+
+    def __post_init__(self) -> None:
+        if not BRANCH.fullmatch(self.branch):
+            raise ValueError(f"migration branch {self.branch!r}: use lower-case letters, "
+                             "digits and _, starting with a letter")
+        if not Path(self.versions).is_dir():
+            raise ValueError(f"migration branch {self.branch}: {self.versions} is not a "
+                             "directory")
+
+    @property
+    def version_table(self) -> str:
+        return f"{VERSION_TABLE}_{self.branch}"
+
+
+def alembic_config(url: str, script_location: Path | None = None,
+                   source: MigrationSource | None = None) -> AlembicConfig:
     """An Alembic configuration for ``url`` using the project's ``alembic/`` scripts
-    (or another script directory, for tests of the migration machinery)."""
+    (or another script directory, for tests of the migration machinery); with
+    ``source``, for that plugin's chain and version table."""
     from alembic.config import Config as AlembicConfig
 
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(script_location or SCRIPT_LOCATION))
     cfg.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
     cfg.attributes["database_url"] = sync_url(url)
+    if source is not None:
+        cfg.set_main_option("path_separator", "os")
+        cfg.set_main_option("version_locations", str(source.versions).replace("%", "%%"))
+        cfg.attributes["version_table"] = source.version_table
     return cfg
 
 
@@ -81,15 +125,16 @@ def _literal_assignments(path: Path, names: tuple[str, ...]) -> dict[str, Any]:
     return found
 
 
-def current_revision(url: str) -> str | None:
-    """The revision the database is at, or ``None`` for an empty database."""
+def current_revision(url: str, version_table: str = VERSION_TABLE) -> str | None:
+    """The revision the database is at (core's, or the chain of ``version_table``), or
+    ``None`` for an empty database."""
     ensure_sqlite_dir(sync_url(url))
     engine = create_engine(sync_url(url))
     try:
         with engine.connect() as conn:
-            if not inspect(conn).has_table(VERSION_TABLE):
+            if not inspect(conn).has_table(version_table):
                 return None
-            rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+            rows = conn.execute(text(f"SELECT version_num FROM {version_table}")).scalars().all()
     finally:
         engine.dispose()
     if len(rows) > 1:
@@ -97,31 +142,120 @@ def current_revision(url: str) -> str | None:
     return rows[0] if rows else None
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def source_head(source: MigrationSource) -> str:
+    """The one head of a plugin's chain; RuntimeError when it has several or none."""
+    quick = files_head(Path(source.versions))
+    if quick is not None:
+        return quick
+    from alembic.script import ScriptDirectory
+
+    heads = ScriptDirectory.from_config(alembic_config("sqlite://", source=source)).get_heads()
+    if len(heads) != 1:
+        raise RuntimeError(f"migration branch {source.branch} has {len(heads)} heads: {heads}")
+    return heads[0]
+
+
+@dataclass(frozen=True)
+class ChainState:
+    """Where one chain (``core`` or a plugin's branch) is and where its head is."""
+
+    name: str
+    current: str | None
+    head: str
+
+    @property
+    def behind(self) -> bool:
+        return self.current != self.head
+
+
+def states(url: str, sources: Sequence[MigrationSource] = ()) -> list[ChainState]:
+    """Core's chain, then each plugin's."""
+    found = [ChainState("core", current_revision(url), head_revision())]
+    for source in sources:
+        found.append(ChainState(source.branch, current_revision(url, source.version_table),
+                                source_head(source)))
+    return found
+
+
+def _target(revision: str, sources: Sequence[MigrationSource]
+            ) -> tuple[MigrationSource | None, str]:
+    """The chain a ``[branch@]revision`` names, and the revision within it."""
+    branch, at, rest = revision.partition("@")
+    if not at or branch in ("", "core"):
+        return None, rest if at else revision
+    for source in sources:
+        if source.branch == branch:
+            return source, rest
+    known = ", ".join(["core", *(s.branch for s in sources)])
+    from core.errors import MamiError
+
+    raise MamiError(f"{revision}: no migration branch {branch!r} among enabled plugins "
+                    f"(known: {known})")
+
+
+def upgrade(url: str, revision: str = "head", sources: Sequence[MigrationSource] = ()) -> None:
+    """Upgrade to ``revision``; ``head`` (or ``heads``) upgrades core and then every
+    plugin chain in ``sources`` to its head."""
     from alembic import command
 
     ensure_sqlite_dir(sync_url(url))
-    command.upgrade(alembic_config(url), revision)
+    if revision in ("head", "heads"):
+        command.upgrade(alembic_config(url), "head")
+        for source in sources:
+            command.upgrade(alembic_config(url, source=source), "head")
+        return
+    source, rev = _target(revision, sources)
+    command.upgrade(alembic_config(url, source=source), rev)
 
 
-def downgrade(url: str, revision: str) -> None:
+def downgrade(url: str, revision: str, sources: Sequence[MigrationSource] = ()) -> None:
+    """Downgrade core's chain, or one plugin's with ``<branch>@<revision>``."""
     from alembic import command
 
-    command.downgrade(alembic_config(url), revision)
+    source, rev = _target(revision, sources)
+    command.downgrade(alembic_config(url, source=source), rev)
 
 
-def drift(url: str) -> list[Any]:
-    """Differences between the models and a database at head (empty list: no drift)."""
+def drift(url: str, sources: Sequence[MigrationSource] = ()) -> list[Any]:
+    """Differences between the models (core's and the ``metadata`` of every source) and
+    a database at head (empty list: no drift). Version tables are not compared; nor are
+    the tables of plugins that are not enabled (see :func:`_disabled_plugin_tables`)."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
     from sqlmodel import SQLModel
 
     import core.models  # noqa: F401  (registers the tables)
 
+    models = MetaData()
+    for metadata in [SQLModel.metadata, *(s.metadata for s in sources if s.metadata)]:
+        for table in metadata.tables.values():
+            table.to_metadata(models)
     engine = create_engine(sync_url(url))
     try:
         with engine.connect() as conn:
-            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-            return list(compare_metadata(ctx, SQLModel.metadata))
+            present = set(inspect(conn).get_table_names())
+            foreign = _disabled_plugin_tables(present, set(models.tables), sources)
+
+            def include(obj: Any, name: str | None, kind: str, reflected: bool,
+                        compare_to: Any) -> bool:
+                if kind == "table" and name is not None and name.startswith(VERSION_TABLE):
+                    return False
+                return not (kind == "table" and reflected and name in foreign)
+
+            ctx = MigrationContext.configure(
+                conn, opts={"compare_type": True, "include_object": include})
+            return list(compare_metadata(ctx, models))
     finally:
         engine.dispose()
+
+
+def _disabled_plugin_tables(present: set[str], modelled: set[str],
+                            sources: Sequence[MigrationSource]) -> set[str]:
+    """Tables in the database that no model declares, when a chain other than core's
+    and the enabled plugins' has a version table here (a disabled or uninstalled
+    plugin's tables): those are left alone. Without such a chain every table counts."""
+    known = {VERSION_TABLE, *(s.version_table for s in sources)}
+    others = {t for t in present if t.startswith(VERSION_TABLE + "_") and t not in known}
+    if not others:
+        return set()
+    return present - modelled - {VERSION_TABLE} - others

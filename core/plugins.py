@@ -3,25 +3,38 @@
 Built-in plugins come from an explicit list (``BUILTINS`` in the package named by
 ``BUILTIN_PACKAGE``); third-party plugins from the ``mami`` entry-point group. Each
 ``[plugins.<name>]`` table of plugins.toml switches a plugin on or off and holds its
-settings, checked against the plugin module's ``Settings`` dataclass.
+settings, checked against the plugin module's ``Settings`` dataclass. Core's own hook
+implementations (``CORE_PLUGINS``: its CLI commands, the ``/image`` chat command) are
+registered the same way but cannot be disabled and are not listed.
 
-A plugin that fails to import, to register or to start is recorded as ``failed``
-with its error and the app runs on without it. A configuration error (unknown plugin,
-bad setting) raises :class:`ConfigError` instead: that is the operator's to fix.
+Every implementation is called on its own, through pluggy's hook execution (so an
+implementation receives only the arguments it names, and pluggy's tracing and call
+monitoring see every call). Anything it raises, ``SystemExit`` included, marks its
+plugin ``failed`` with the reason and the app runs on without it; only a ``KeyboardInterrupt``
+or the cancellation of the caller itself goes through. A configuration error (unknown
+plugin, unknown setting, wrong type) raises :class:`ConfigError` instead: that is the
+operator's to fix. Hook wrappers are refused (the plugin fails): mami calls each
+implementation in isolation, so there is nothing for a wrapper to wrap.
+
+``MAMI_TRACE_PLUGINS=1`` logs every hook call and result (pluggy's tracing) to the
+``mami.plugins.trace`` logger at INFO.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import inspect
 import logging
-from collections.abc import Callable, Iterable
+import os
+import typing
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
@@ -29,11 +42,26 @@ from core import hookspecs
 from core.config import Config, validate_table
 from core.errors import ConfigError
 
+if TYPE_CHECKING:
+    import argparse
+
+    from core.chat import ChatCommand
+    from core.events import ImageFinished, MessageCompleted
+    from core.migrations import MigrationSource
+    from core.runtime import Runtime
+
 log = logging.getLogger("mami.plugins")
+trace_log = logging.getLogger("mami.plugins.trace")
 
 PROJECT = "mami"
 BUILTIN_PACKAGE = "plugins"
+CORE_PLUGINS: tuple[str, ...] = (
+    "core.commands.chat", "core.commands.doctor", "core.commands.ingest", "core.commands.worker",
+    "core.api.images",
+)
+TRACE_ENV = "MAMI_TRACE_PLUGINS"
 hookimpl = pluggy.HookimplMarker(PROJECT)
+T = TypeVar("T")
 
 
 @dataclass
@@ -70,6 +98,10 @@ class Candidate:
     load: Callable[[], ModuleType]
 
 
+class PluginBroken(Exception):
+    """A plugin's own mistake (not the operator's): the plugin fails, the app runs on."""
+
+
 def builtin_candidates(package: str = BUILTIN_PACKAGE) -> list[Candidate]:
     """Built-in plugins as listed by ``<package>.BUILTINS``: ``{name: (module, enabled)}``."""
     try:
@@ -90,22 +122,100 @@ def entrypoint_candidates() -> list[Candidate]:
     return found
 
 
+def contained(exc: BaseException) -> bool:
+    """Whether an exception raised by plugin code is that plugin's failure (contain it)
+    rather than the process being stopped: a ``KeyboardInterrupt`` or the cancellation
+    of the calling task itself is never contained; ``SystemExit``, ``GeneratorExit`` and
+    a ``CancelledError`` the plugin raised on its own are."""
+    if isinstance(exc, KeyboardInterrupt):
+        return False
+    if isinstance(exc, asyncio.CancelledError):
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:
+            return True
+        return task is None or task.cancelling() == 0
+    return True
+
+
+class PluginExit(Exception):
+    """A ``SystemExit`` (or another non-``Exception``) raised by plugin code inside a
+    task, carried as an ordinary exception: asyncio re-raises ``SystemExit`` from a task
+    straight out of the event loop, which would stop the server."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, PluginExit):
+        exc = exc.original
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _guarded(awaitable: Awaitable[T]) -> T:
+    try:
+        return await awaitable
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise PluginExit(exc) from exc
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def within(awaitable: Awaitable[T], seconds: float) -> T:
+    """Await ``awaitable`` for at most ``seconds``, else raise :class:`TimeoutError`.
+
+    On timeout the work is cancelled but not waited for, so code that ignores or
+    swallows cancellation (or blocks a thread) cannot hold the caller past the limit. A
+    ``SystemExit`` from the work arrives as :class:`PluginExit`.
+    """
+    task = asyncio.ensure_future(_guarded(awaitable))
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        raise TimeoutError
+    return task.result()
+
+
 class PluginHost:
     """A fresh pluggy manager plus the record of every plugin.
 
-    The typed methods (``collect``, ``call_each``, ``fire``) are the only way the rest
-    of mami calls hooks.
+    Its typed methods, one per hook (``register_llm_providers`` ... ``image_finished``),
+    are the only way the rest of mami calls hooks.
     """
 
     def __init__(self, config: Config, candidates: Iterable[Candidate] | None = None) -> None:
         self.config = config
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(hookspecs)
+        self.tracing = os.environ.get(TRACE_ENV, "").strip() not in ("", "0")
+        if self.tracing:
+            self.pm.trace.root.setwriter(lambda text: trace_log.info("%s", text.rstrip()))
+            self.pm.enable_tracing()
         self.records: dict[str, PluginRecord] = {}
+        self._migrations: list[tuple[str, MigrationSource]] | None = None
         cands = list(candidates) if candidates is not None else (
             builtin_candidates() + entrypoint_candidates()
         )
+        self._load_core()
         self._load(cands)
+
+    def _load_core(self) -> None:
+        for module in CORE_PLUGINS:
+            self.pm.register(importlib.import_module(module), name=module)
 
     def _load(self, candidates: list[Candidate]) -> None:
         by_name: dict[str, Candidate] = {}
@@ -125,18 +235,7 @@ class PluginHost:
                 record.status = "disabled"
                 self.pm.set_blocked(cand.name)
                 continue
-            try:
-                module = cand.load()
-            except Exception as exc:
-                self.fail(cand.name, f"import failed: {type(exc).__name__}: {exc}")
-                continue
-            record.settings = self._settings_for(cand.name, module)
-            try:
-                self.pm.register(module, name=cand.name)
-            except Exception as exc:
-                self.fail(cand.name, f"registration failed: {exc}")
-                continue
-            record.status = "ok"
+            self._load_one(cand, record)
         while True:  # a misspelled hook implementation fails its plugin, not the app
             try:
                 self.pm.check_pending()
@@ -147,7 +246,45 @@ class PluginHost:
                     raise
                 self.fail(bad, f"unknown hook: {exc}")
 
+    def _load_one(self, cand: Candidate, record: PluginRecord) -> None:
+        try:
+            module = cand.load()
+        except BaseException as exc:
+            if not contained(exc):
+                raise
+            self.fail(cand.name, f"import failed: {describe(exc)}")
+            return
+        try:
+            record.settings = self._settings_for(cand.name, module)
+        except PluginBroken as exc:
+            self.fail(cand.name, str(exc))
+            return
+        try:
+            self.pm.register(module, name=cand.name)
+        except BaseException as exc:
+            if not contained(exc):
+                raise
+            self.fail(cand.name, f"registration failed: {exc}")
+            return
+        wrappers = [impl.function.__name__ for impl in self._plugin_impls(cand.name)
+                    if impl.hookwrapper or impl.wrapper]
+        if wrappers:
+            self.fail(cand.name, f"hook wrappers are not supported ({', '.join(wrappers)}): "
+                                 "mami calls each implementation on its own; implement the "
+                                 "hook without wrapper=True/hookwrapper=True")
+            return
+        record.status = "ok"
+
+    def _plugin_impls(self, name: str) -> list[pluggy.HookImpl]:
+        plugin = self.pm.get_plugin(name)
+        callers = (self.pm.get_hookcallers(plugin) or []) if plugin is not None else []
+        return [impl for caller in callers for impl in caller.get_hookimpls()
+                if impl.plugin_name == name]
+
     def _settings_for(self, name: str, module: ModuleType) -> Any:
+        """The plugin's checked settings. The operator's mistakes (unknown key, wrong
+        type, a value ``__post_init__`` rejects with ConfigError) raise ConfigError; a
+        broken ``Settings`` class raises :class:`PluginBroken`."""
         schema = getattr(module, "Settings", None)
         table = {k: v for k, v in self.config.plugins.get(name, {}).items() if k != "enabled"}
         if schema is None:
@@ -157,28 +294,66 @@ class PluginHost:
                     f"{self.config.source}: [plugins.{name}] {key}: this plugin takes no settings"
                 )
             return None
-        return validate_table(schema, table, self.config.source, f"plugins.{name}")
+        if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
+            raise PluginBroken("its Settings is not a dataclass")
+        try:
+            typing.get_type_hints(schema)
+        except BaseException as exc:
+            if not contained(exc):
+                raise
+            raise PluginBroken(f"its Settings annotations cannot be resolved: {describe(exc)} "
+                               "(a name imported only under TYPE_CHECKING?)") from exc
+        try:
+            return validate_table(schema, table, self.config.source, f"plugins.{name}")
+        except ConfigError:
+            raise
+        except BaseException as exc:
+            if not contained(exc):
+                raise
+            raise PluginBroken(f"its Settings failed: {describe(exc)}") from exc
 
     def fail(self, name: str, error: str) -> None:
         """Mark a plugin failed, unregister it and log the reason."""
+        log.error("plugin %s failed: %s", name, error)
         record = self.records.get(name)
-        if record is None:
+        if record is None or record.status == "failed":
             return
         record.status = "failed"
         record.error = error
         plugin = self.pm.get_plugin(name)
         if plugin is not None:
             self.pm.unregister(plugin)
-        log.error("plugin %s failed: %s", name, error)
 
     def settings(self, name: str) -> Any:
         record = self.records.get(name)
         return record.settings if record else None
 
-    def _impls(self, hook_name: str) -> list[tuple[str, Callable[..., Any]]]:
+    # -- calling implementations ------------------------------------------------------
+
+    def _impls(self, hook_name: str) -> list[pluggy.HookImpl]:
         caller = getattr(self.pm.hook, hook_name)
         # pluggy calls implementations last-registered first, honouring tryfirst/trylast.
-        return [(impl.plugin_name, impl.function) for impl in reversed(caller.get_hookimpls())]
+        return list(reversed(caller.get_hookimpls()))
+
+    def _call(self, impl: pluggy.HookImpl, hook_name: str, kwargs: dict[str, Any]) -> Any:
+        """One implementation through pluggy's own execution: it binds only the
+        arguments the implementation names, and tracing and monitoring see the call."""
+        if self.tracing:
+            trace_log.info("%s: plugin %s", hook_name, impl.plugin_name)
+        results = self.pm._hookexec(hook_name, [impl], kwargs, False)
+        return results[0] if results else None
+
+    def _each(self, hook_name: str, kwargs: dict[str, Any]) -> list[tuple[str, Any]]:
+        """``(plugin, result)`` of every implementation; one that raises fails its plugin."""
+        results = []
+        for impl in self._impls(hook_name):
+            try:
+                results.append((impl.plugin_name, self._call(impl, hook_name, kwargs)))
+            except BaseException as exc:
+                if not contained(exc):
+                    raise
+                self.fail(impl.plugin_name, f"{hook_name} failed: {describe(exc)}")
+        return results
 
     def collect(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call a ``register_*`` hook plugin by plugin; return ``(plugin, object)`` pairs.
@@ -186,56 +361,145 @@ class PluginHost:
         A plugin that raises is marked failed; what it registered is discarded.
         """
         found: list[tuple[str, Any]] = []
-        for plugin_name, function in self._impls(hook_name):
+        for impl in self._impls(hook_name):
             mine: list[Any] = []
             try:
-                function(register=mine.append, **kwargs)
-            except Exception as exc:
-                self.fail(plugin_name, f"{hook_name} failed: {type(exc).__name__}: {exc}")
+                self._call(impl, hook_name, {"register": mine.append, **kwargs})
+            except BaseException as exc:
+                if not contained(exc):
+                    raise
+                self.fail(impl.plugin_name, f"{hook_name} failed: {describe(exc)}")
                 continue
-            found.extend((plugin_name, obj) for obj in mine)
+            found.extend((impl.plugin_name, obj) for obj in mine)
         return found
 
-    def call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call a hook plugin by plugin, returning ``(plugin, result)``; errors mark the
-        plugin failed."""
-        results = []
-        for plugin_name, function in self._impls(hook_name):
+    async def _run_each(self, hook_name: str, kwargs: dict[str, Any],
+                        on_error: Callable[[str, str], None]) -> None:
+        for impl in self._impls(hook_name):
             try:
-                results.append((plugin_name, function(**kwargs)))
-            except Exception as exc:
-                self.fail(plugin_name, f"{hook_name} failed: {type(exc).__name__}: {exc}")
-        return results
-
-    async def start(self, **kwargs: Any) -> None:
-        """Run every ``startup`` hook; a plugin whose startup fails is marked failed."""
-        for plugin_name, function in self._impls("startup"):
-            try:
-                result = function(**kwargs)
+                result = self._call(impl, hook_name, kwargs)
                 if inspect.isawaitable(result):
                     await result
-            except Exception as exc:
-                self.fail(plugin_name, f"startup failed: {type(exc).__name__}: {exc}")
+            except BaseException as exc:
+                if not contained(exc):
+                    raise
+                on_error(impl.plugin_name, describe(exc))
 
     async def fire(self, hook_name: str, timeout: float, **kwargs: Any) -> list[tuple[str, str]]:
-        """Deliver an event to each implementation on its own, with a timeout.
+        """Deliver an event to every implementation concurrently, each on its own with
+        ``timeout`` seconds (a synchronous one runs in a thread, so a blocking call does
+        not hold the event loop).
 
         Returns ``(plugin, error)`` for each implementation that raised or timed out;
         those errors are logged and never propagate.
         """
-        errors: list[tuple[str, str]] = []
-        for plugin_name, function in self._impls(hook_name):
-            try:
-                result = function(**kwargs)
-                if inspect.isawaitable(result):
-                    await asyncio.wait_for(result, timeout)  # type: ignore[arg-type]
-            except TimeoutError:
-                errors.append((plugin_name, f"timed out after {timeout:g}s"))
-            except Exception as exc:
-                errors.append((plugin_name, f"{type(exc).__name__}: {exc}"))
+        impls = self._impls(hook_name)
+        outcomes = await asyncio.gather(
+            *(self._deliver(impl, hook_name, timeout, kwargs) for impl in impls))
+        errors = [(impl.plugin_name, error) for impl, error in zip(impls, outcomes, strict=True)
+                  if error is not None]
         for plugin_name, error in errors:
             log.error("%s handler of plugin %s failed: %s", hook_name, plugin_name, error)
         return errors
+
+    async def _deliver(self, impl: pluggy.HookImpl, hook_name: str, timeout: float,
+                       kwargs: dict[str, Any]) -> str | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            if inspect.iscoroutinefunction(impl.function):
+                result = self._call(impl, hook_name, kwargs)
+            else:
+                result = await within(
+                    asyncio.to_thread(self._call, impl, hook_name, kwargs), timeout)
+            if inspect.isawaitable(result):
+                await within(result, max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            return f"timed out after {timeout:g}s"
+        except BaseException as exc:
+            if not contained(exc):
+                raise
+            return describe(exc)
+        return None
+
+    # -- the typed facade: one method per hook ----------------------------------------
+
+    def register_llm_providers(self, runtime: Runtime) -> list[tuple[str, Any]]:
+        return self.collect("register_llm_providers", runtime=runtime)
+
+    def register_retrievers(self, runtime: Runtime) -> list[tuple[str, Any]]:
+        return self.collect("register_retrievers", runtime=runtime)
+
+    def register_memory_stores(self, runtime: Runtime) -> list[tuple[str, Any]]:
+        return self.collect("register_memory_stores", runtime=runtime)
+
+    def register_image_generators(self, runtime: Runtime) -> list[tuple[str, Any]]:
+        return self.collect("register_image_generators", runtime=runtime)
+
+    def register_authenticators(self, runtime: Runtime) -> list[tuple[str, Any]]:
+        return self.collect("register_authenticators", runtime=runtime)
+
+    def register_chat_commands(self, runtime: Runtime) -> list[tuple[str, ChatCommand]]:
+        return self.collect("register_chat_commands", runtime=runtime)
+
+    def register_migrations(self) -> list[tuple[str, MigrationSource]]:
+        """``(plugin, source)`` per migration chain. Something other than a
+        :class:`~core.migrations.MigrationSource`, or a branch another plugin already
+        registered, fails the plugin (naming the other one). Collected once per host."""
+        if self._migrations is not None:
+            return self._migrations
+        from core.migrations import MigrationSource
+
+        found: list[tuple[str, MigrationSource]] = []
+        owners: dict[str, str] = {}
+        for plugin, source in self.collect("register_migrations"):
+            if not isinstance(source, MigrationSource):
+                self.fail(plugin, f"register_migrations: expected a MigrationSource, got "
+                                  f"{type(source).__name__}")
+            elif source.branch in owners and owners[source.branch] != plugin:
+                self.fail(plugin, f"migration branch {source.branch} is already registered "
+                                  f"by plugin {owners[source.branch]}")
+            else:
+                owners[source.branch] = plugin
+                found.append((plugin, source))
+        self._migrations = [(plugin, source) for plugin, source in found
+                            if self.records.get(plugin) is None
+                            or self.records[plugin].status != "failed"]
+        return self._migrations
+
+    def register_routes(self, runtime: Runtime) -> list[tuple[str, list[Any]]]:
+        """``(plugin, handlers)`` per plugin that returned some; a result that is not a
+        list fails its plugin."""
+        found = []
+        for plugin, handlers in self._each("register_routes", {"runtime": runtime}):
+            if not isinstance(handlers, list | tuple):
+                self.fail(plugin, f"register_routes returned {type(handlers).__name__}, "
+                                  "not a list of route handlers")
+            elif handlers:
+                found.append((plugin, list(handlers)))
+        return found
+
+    def register_commands(self, subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+        self._each("register_commands", {"subparsers": subparsers})
+
+    async def startup(self, runtime: Runtime) -> None:
+        """Run every ``startup`` hook; a plugin whose startup fails is marked failed."""
+        await self._run_each("startup", {"runtime": runtime},
+                             lambda plugin, error: self.fail(plugin, f"startup failed: {error}"))
+
+    async def shutdown(self, runtime: Runtime) -> None:
+        """Run every ``shutdown`` hook; errors are logged."""
+        await self._run_each(
+            "shutdown", {"runtime": runtime},
+            lambda plugin, error: log.error("shutdown of plugin %s failed: %s", plugin, error))
+
+    async def message_completed(self, event: MessageCompleted, runtime: Runtime,
+                                timeout: float) -> list[tuple[str, str]]:
+        return await self.fire("message_completed", timeout, event=event, runtime=runtime)
+
+    async def image_finished(self, event: ImageFinished, runtime: Runtime,
+                             timeout: float) -> list[tuple[str, str]]:
+        return await self.fire("image_finished", timeout, event=event, runtime=runtime)
 
     def status(self) -> str:
         """``ok`` when every enabled plugin runs, else ``degraded``."""

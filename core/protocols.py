@@ -285,3 +285,66 @@ class Authenticator(Protocol):
 
     async def still_valid(self, principal: Principal) -> bool: ...
 
+
+
+OPTIONAL_METHODS: dict[str, tuple[str, ...]] = {
+    "llm": ("load", "aclose"),
+    "retriever": ("validate", "aclose"),
+    "memory": ("page", "aclose"),
+    "images": ("health", "aclose"),
+    "auth": ("check_message", "accept_anonymous", "aclose"),
+}
+"""Per provider kind, the methods mami uses when a provider has them (and never
+requires). Their contracts:
+
+- ``async load() -> None`` (llm): awaited before the tokenizer or window is used.
+- ``async aclose() -> None`` (all): awaited when the app stops.
+- ``validate(owner, source, text, scope) -> int`` (retriever): raises what ``ingest``
+  would raise, before anything is written; returns the size in bytes.
+- ``async page(owner, limit, offset) -> tuple[list[Memory], int]`` (memory): one page of
+  the owner's memories, most recently seen first, and their total.
+- ``async health() -> Mapping[str, Any]`` (images and any other): details for ``/health``.
+- ``check_message(socket, size) -> int | None`` (auth): a close code to refuse a chat
+  socket's message (size, rate), else ``None``.
+- ``async accept_anonymous(socket) -> bool`` (auth): guards sockets when
+  ``[core] auth = false``.
+"""
+
+PROVIDER_PROTOCOLS: dict[str, type] = {
+    "llm": LLMProvider,
+    "retriever": Retriever,
+    "memory": MemoryStore,
+    "images": ImageGenerator,
+    "auth": Authenticator,
+}
+
+
+def protocol_problems(kind: str, provider: object) -> list[str]:
+    """What ``provider`` lacks to be a ``kind`` provider: its protocol's members other
+    than the optional ones must exist (methods callable, ``name`` a non-empty string);
+    an optional method, when present, must be callable."""
+    protocol = PROVIDER_PROTOCOLS[kind]
+    optional = OPTIONAL_METHODS.get(kind, ())
+    problems = []
+    for member in sorted(protocol_members(protocol)):
+        value = getattr(provider, member, None)
+        if member == "name":
+            if not isinstance(value, str) or not value:
+                problems.append("name: must be a non-empty string")
+        elif value is None:
+            if member not in optional:
+                problems.append(f"{member}: missing")
+        elif callable(getattr(protocol, member, None)) and not callable(value):
+            problems.append(f"{member}: not callable")
+    for member in optional:
+        value = getattr(provider, member, None)
+        if value is not None and not callable(value):
+            problems.append(f"{member}: not callable")
+    return problems
+
+
+def protocol_members(protocol: type) -> set[str]:
+    """The attributes and methods a Protocol class declares (not its bases')."""
+    declared = {name for name, value in vars(protocol).items()
+                if callable(value) and not name.startswith("_")}
+    return declared | set(getattr(protocol, "__annotations__", {}))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import IntegrityError
 
@@ -18,8 +18,19 @@ from core.config import Config
 from core.db import Database
 from core.errors import ConfigError, PluginUnavailable
 from core.models import EventReceipt
-from core.plugins import Candidate, PluginHost
-from core.protocols import Authenticator, ImageGenerator, LLMProvider, MemoryStore, Retriever
+from core.plugins import Candidate, PluginHost, describe
+from core.protocols import (
+    Authenticator,
+    ImageGenerator,
+    LLMProvider,
+    MemoryStore,
+    Retriever,
+    protocol_problems,
+)
+
+if TYPE_CHECKING:
+    from core.chat import ChatCommand
+    from core.events import ImageFinished, MessageCompleted
 
 log = logging.getLogger("mami")
 
@@ -49,6 +60,8 @@ class Runtime:
         self.db = Database(config.database_url)
         self.providers: dict[str, dict[str, Any]] = {kind: {} for kind in PROVIDER_HOOKS}
         self.provider_plugin: dict[int, str] = {}
+        self.chat_commands: dict[str, ChatCommand] = {}
+        self._command_owner: dict[str, str] = {}
         self.started = False
         self._start_lock = asyncio.Lock()
         self.state: dict[str, Any] = {}  # plugins may keep per-app objects here
@@ -66,35 +79,102 @@ class Runtime:
                 return
             await asyncio.to_thread(self.prepare_schema)
             self.register_providers()
-            await self.plugins.start(runtime=self)
+            self.register_chat_commands()
+            await self.plugins.startup(self)
             self._drop_failed_providers()
             self.started = True
 
     def prepare_schema(self) -> None:
-        """Upgrade a SQLite database to head when allowed; otherwise refuse a schema
-        that is behind, naming the command that fixes it."""
-        current = migrations.current_revision(self.db.url)
+        """Upgrade a SQLite database to head when allowed; otherwise refuse a core schema
+        that is behind, naming the command that fixes it. A plugin whose own tables are
+        behind (or whose migrations fail) is marked failed; the app runs on."""
+        url = self.db.url
+        auto = self.db.is_sqlite and self.config.core.auto_migrate
+        current = migrations.current_revision(url)
         head = migrations.head_revision()
-        if current == head:
-            return
-        if self.db.is_sqlite and self.config.core.auto_migrate:
+        if current != head:
+            if not auto:
+                raise SchemaBehind(
+                    f"database schema is at {current or 'nothing'} but mami needs {head}: "
+                    "run `mami db upgrade`"
+                )
             log.info("upgrading database schema %s -> %s", current, head)
-            migrations.upgrade(self.db.url)
-            return
-        raise SchemaBehind(
-            f"database schema is at {current or 'nothing'} but mami needs {head}: "
-            "run `mami db upgrade`"
-        )
+            migrations.upgrade(url)
+        for plugin_name, source in self.plugins.register_migrations():
+            try:
+                mine = migrations.current_revision(url, source.version_table)
+                wanted = migrations.source_head(source)
+                if mine == wanted:
+                    continue
+                if not auto:
+                    self.plugins.fail(plugin_name, f"its tables (branch {source.branch}) are "
+                                                   f"at {mine or 'nothing'}, it needs {wanted}: "
+                                                   "run `mami db upgrade`")
+                    continue
+                log.info("upgrading the tables of plugin %s %s -> %s", plugin_name, mine, wanted)
+                migrations.upgrade(url, f"{source.branch}@head", [source])
+            except Exception as exc:
+                self.plugins.fail(plugin_name, f"its migrations failed: {describe(exc)}")
 
     def register_providers(self) -> None:
-        for kind, (hook, _key) in PROVIDER_HOOKS.items():
-            for plugin_name, provider in self.plugins.collect(hook, runtime=self):
-                name = getattr(provider, "name", plugin_name)
-                self.providers[kind].setdefault(name, provider)
-                self.provider_plugin[id(provider)] = plugin_name
-                record = self.plugins.records.get(plugin_name)
-                if record is not None and kind not in record.provides:
-                    record.provides.append(kind)
+        """Collect every plugin's providers. A provider that does not satisfy its
+        protocol, or whose name another plugin already registered, fails its plugin
+        (the message names both plugins); the first one registered keeps the name."""
+        collectors = {
+            "llm": self.plugins.register_llm_providers,
+            "retriever": self.plugins.register_retrievers,
+            "memory": self.plugins.register_memory_stores,
+            "images": self.plugins.register_image_generators,
+            "auth": self.plugins.register_authenticators,
+        }
+        for kind, collect in collectors.items():
+            for plugin_name, provider in collect(self):
+                self._add_provider(kind, plugin_name, provider)
+
+    def _add_provider(self, kind: str, plugin_name: str, provider: Any) -> None:
+        record = self.plugins.records.get(plugin_name)
+        if record is not None and record.status == "failed":
+            return
+        problems = protocol_problems(kind, provider)
+        if problems:
+            self.plugins.fail(plugin_name, f"its {kind} provider {provider!r} does not satisfy "
+                                           f"{PROVIDER_HOOKS[kind][0]}: {'; '.join(problems)}")
+            return
+        name = provider.name
+        holder = self.providers[kind].get(name)
+        if holder is not None:
+            owner = self.provider_plugin.get(id(holder), "?")
+            self.plugins.fail(plugin_name, f"{kind} provider name {name!r} is already "
+                                           f"registered by plugin {owner}")
+            return
+        self.providers[kind][name] = provider
+        self.provider_plugin[id(provider)] = plugin_name
+        if record is not None and kind not in record.provides:
+            record.provides.append(kind)
+
+    def register_chat_commands(self) -> None:
+        """Collect the slash commands of every plugin (and core's own) for this runtime;
+        a name already taken fails the second plugin, naming the first."""
+        owners: dict[str, str] = {}
+        collected = self.plugins.register_chat_commands(self)
+        core_first = sorted(collected, key=lambda pair: pair[0] in self.plugins.records)
+        for plugin_name, command in core_first:
+            record = self.plugins.records.get(plugin_name)
+            if record is not None and record.status == "failed":
+                continue
+            name = getattr(command, "name", None)
+            if not isinstance(name, str) or not name or " " in name or name.startswith("/"):
+                self.plugins.fail(plugin_name, f"chat command {command!r}: the name must be "
+                                               "a word without '/' or spaces")
+            elif not callable(getattr(command, "handler", None)):
+                self.plugins.fail(plugin_name, f"chat command /{name}: handler is not callable")
+            elif name in self.chat_commands:
+                self.plugins.fail(plugin_name, f"chat command /{name} is already registered "
+                                               f"by plugin {owners[name]}")
+            else:
+                self.chat_commands[name] = command
+                owners[name] = plugin_name
+        self._command_owner = owners
 
     def _drop_failed_providers(self) -> None:
         for registered in self.providers.values():
@@ -102,6 +182,10 @@ class Runtime:
                 record = self.plugins.records.get(self.provider_plugin.get(id(provider), ""))
                 if record is not None and record.status == "failed":
                     del registered[name]
+        for name, plugin_name in list(self._command_owner.items()):
+            record = self.plugins.records.get(plugin_name)
+            if record is not None and record.status == "failed":
+                del self.chat_commands[name]
 
     def _active(self, kind: str) -> Any | None:
         registered = self.providers[kind]
@@ -155,13 +239,16 @@ class Runtime:
             hook_name, self.config.core.event_timeout, runtime=self, **kwargs
         )
 
+    async def message_completed(self, event: MessageCompleted) -> list[tuple[str, str]]:
+        """Fire ``message_completed``; returns ``(plugin, error)`` per failed subscriber."""
+        return await self.plugins.message_completed(event, self, self.config.core.event_timeout)
+
+    async def image_finished(self, event: ImageFinished) -> list[tuple[str, str]]:
+        """Fire ``image_finished``; returns ``(plugin, error)`` per failed subscriber."""
+        return await self.plugins.image_finished(event, self, self.config.core.event_timeout)
+
     async def stop(self) -> None:
-        for plugin_name, result in self.plugins.call_each("shutdown", runtime=self):
-            try:
-                if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-                    await result
-            except Exception as exc:
-                log.error("shutdown of plugin %s failed: %s", plugin_name, exc)
+        await self.plugins.shutdown(self)
         for registered in self.providers.values():
             for provider in registered.values():
                 close = getattr(provider, "aclose", None)

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from core import hookimpl
+from core.chat import ChatCommand
 from core.errors import AuthError
 from core.events import MessageCompleted
 from core.plugins import Candidate
@@ -36,6 +37,22 @@ def builtin(name: str, module: str) -> Candidate:
 
 def plugin_object(name: str, obj: Any) -> Candidate:
     return Candidate(name, f"tests.{name}", "builtin", True, lambda: obj)
+
+
+class CommandPlugin:
+    """A plugin that adds one slash command (its hook takes only ``register``)."""
+
+    def __init__(self, command: ChatCommand) -> None:
+        self.command = command
+
+    @hookimpl
+    def register_chat_commands(self, register: Any) -> None:
+        register(self.command)
+
+
+def command_plugin(name: str, handler: Any) -> Candidate:
+    """A plugin candidate whose chat command ``/<name>`` is answered by ``handler``."""
+    return plugin_object(f"command-{name}", CommandPlugin(ChatCommand(name, handler)))
 
 
 LOCAL = builtin("local-llm", "plugins.local_llm")

@@ -144,23 +144,53 @@ def live_server() -> Iterator[Any]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def sample_plugins_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample third-party plugins of tests/sample_plugin, really installed with pip
-    into a private directory (so they never leak into other tests or `mami serve`)."""
+def pip_install_plugins(name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The plugin package tests/<name>, really installed with pip into a private
+    directory (so it never leaks into other tests or `mami serve`); returns that site."""
     import subprocess
     import sys
 
     target = tmp_path_factory.mktemp("site")
-    source = Path(__file__).parent / "sample_plugin"
     build = tmp_path_factory.mktemp("build")
-    shutil.copytree(source, build / "src")
+    shutil.copytree(Path(__file__).parent / name, build / "src")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
          "--target", str(target), str(build / "src")],
         check=True,
     )
     return target
+
+
+@pytest.fixture(scope="session")
+def sample_plugins_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample third-party plugins of tests/sample_plugin, installed with pip."""
+    return pip_install_plugins("sample_plugin", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def contract_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The plugin-contract plugins of tests/contract_plugins, installed with pip."""
+    return pip_install_plugins("contract_plugins", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def notes_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The table-owning plugin of tests/notes_plugin, installed with pip."""
+    return pip_install_plugins("notes_plugin", tmp_path_factory)
+
+
+@pytest.fixture
+def contract(contract_site: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Put the plugin-contract plugins on sys.path for one test."""
+    monkeypatch.syspath_prepend(str(contract_site))
+    return contract_site
+
+
+@pytest.fixture
+def notes(notes_site: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Put the notes plugin on sys.path for one test."""
+    monkeypatch.syspath_prepend(str(notes_site))
+    return notes_site
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """``/api/images``: create image jobs, follow them, fetch their PNGs. Owner-scoped: a job
 of another owner does not exist for the caller (404).
 
-Also the chat command ``/image <prompt>``: it queues a job and answers at once; when
+Also the chat command ``/image <prompt>`` (registered through the
+``register_chat_commands`` hook, as core's own plugin): it queues a job and answers at once; when
 the job is final, ``{"type": "image", "job_id", "state", "url", "placeholder_reason"}``
 is pushed to the owner's open chat sockets (the worker may run in this process or in
 ``mami worker`` elsewhere: an in-process completion wakes the watcher at once, otherwise
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +23,8 @@ from litestar import Request, Response, get, post
 
 from core import jobs
 from core.api.ws import push_event
-from core.chat import register_command
+from core import hookimpl
+from core.chat import ChatCommand
 from core.errors import BadRequest, MamiError, NotFound
 from core.models import Conversation, ImageJob
 from core.protocols import ImageRequest, Principal
@@ -273,6 +276,8 @@ async def _push_when_final(runtime: Runtime, job_id: str, owner: str) -> None:
         runtime.state[SIGNALS].pop(job_id, None)
 
 
-register_command("image", image_command)
+@hookimpl
+def register_chat_commands(register: Callable[[ChatCommand], None]) -> None:
+    register(ChatCommand("image", image_command, "queue an image: /image <prompt>"))
 
 routes = [create_image, list_images, read_image]

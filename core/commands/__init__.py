@@ -1,6 +1,3 @@
-"""Core sub-commands beyond serve/db/plugins. Each module registers its parser with
-:func:`core.cli.core_command`; keep heavy imports inside the command functions."""
-
-from core.commands import chat, doctor, ingest, worker
-
-__all__ = ["chat", "doctor", "ingest", "worker"]
+"""Core sub-commands beyond serve/db/plugins, one module each. Each implements the
+``register_commands`` hook like any plugin and is registered by :class:`core.plugins.PluginHost`
+(``CORE_PLUGINS``); keep heavy imports inside the command functions."""

@@ -10,7 +10,7 @@ import asyncio
 import sys
 from typing import Any
 
-from core.cli import core_command
+from core import hookimpl
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -51,9 +51,9 @@ async def _chat(args: argparse.Namespace) -> int:
     return 0
 
 
-@core_command
-def register(sub: Any) -> None:
-    parser = sub.add_parser("chat", help="send a message and stream the reply",
+@hookimpl
+def register_commands(subparsers: Any) -> None:
+    parser = subparsers.add_parser("chat", help="send a message and stream the reply",
                             description=cmd_chat.__doc__)
     parser.add_argument("text", help="the message")
     parser.add_argument("--owner", help="whose conversation (default: [core] local_owner)")

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from core.cli import core_command
+from core import hookimpl
 from core.protocols import Check
 
 SYMBOLS = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
@@ -172,9 +172,9 @@ async def _generation(runtime: Any, timeout: float) -> Check:
     return Check(f"llm {llm.name}", "ok", f"generated {text!r} in {took:.0f} ms")
 
 
-@core_command
-def register(sub: Any) -> None:
-    parser = sub.add_parser("doctor", help="check this deployment and say how to fix it",
+@hookimpl
+def register_commands(subparsers: Any) -> None:
+    parser = subparsers.add_parser("doctor", help="check this deployment and say how to fix it",
                             description=cmd_doctor.__doc__)
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds the LLM may take to generate one token (default 120)")

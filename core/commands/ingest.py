@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from core.cli import core_command
+from core import hookimpl
 from core.errors import BadRequest
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
@@ -97,9 +97,9 @@ async def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-@core_command
-def register(sub: Any) -> None:
-    parser = sub.add_parser("ingest", help="store text/Markdown files for retrieval (RAG)",
+@hookimpl
+def register_commands(subparsers: Any) -> None:
+    parser = subparsers.add_parser("ingest", help="store text/Markdown files for retrieval (RAG)",
                             description=cmd_ingest.__doc__)
     parser.add_argument("paths", nargs="+", metavar="PATH", help="files or directories")
     parser.add_argument("--owner", required=True, help="owner of the documents")

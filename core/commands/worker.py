@@ -11,7 +11,7 @@ import asyncio
 import signal
 from typing import Any
 
-from core.cli import core_command
+from core import hookimpl
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -42,9 +42,9 @@ async def _work(args: argparse.Namespace) -> int:
     return 0
 
 
-@core_command
-def register(sub: Any) -> None:
-    parser = sub.add_parser("worker", help="run image jobs from the queue",
+@hookimpl
+def register_commands(subparsers: Any) -> None:
+    parser = subparsers.add_parser("worker", help="run image jobs from the queue",
                             description=cmd_worker.__doc__)
     parser.add_argument("--id", help="worker id shown in job leases (default: host:pid:random)")
     parser.add_argument("--lease", type=float, default=30.0,

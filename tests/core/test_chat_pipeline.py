@@ -11,14 +11,14 @@ import pytest
 from sqlmodel import col, select
 
 from core import hookimpl, migrations
-from core.chat import COMMANDS, ChatRequest, Conflict, Finished, TurnRun, start_turn
+from core.chat import ChatRequest, Conflict, Finished, TurnRun, start_turn
 from core.db import is_sqlite
 from core.errors import BadRequest, NotFound, PayloadTooLarge
 from core.models import Conversation, Message, Owner
 from core.plugins import Candidate
 from core.protocols import ChatMessage, GenerationParams, Memory, Passage, Principal
 from core.runtime import Runtime
-from tests.chat_support import LOCAL, OPENAI, Recorder, StandIn, plugin_object
+from tests.chat_support import LOCAL, OPENAI, Recorder, StandIn, command_plugin, plugin_object
 
 FAST = GenerationParams(max_tokens=8, temperature=0.0)
 ALICE = Principal("alice")
@@ -328,7 +328,7 @@ async def test_stateless_turns_store_nothing(make_runtime: Any, standin: StandIn
 
 
 async def test_a_slash_command_is_answered_by_its_handler(
-    make_runtime: Any, standin: StandIn, monkeypatch: pytest.MonkeyPatch
+    make_runtime: Any, standin: StandIn
 ) -> None:
     recorder = Recorder()
     seen: list[tuple[str | None, bool]] = []
@@ -341,8 +341,8 @@ async def test_a_slash_command_is_answered_by_its_handler(
         seen.append((conversation_id, stored))
         return f"{principal.owner}: {argument.upper()}"
 
-    monkeypatch.setitem(COMMANDS, "shout", shout)
     runtime = await make_runtime(OPENAI, plugin_object("recorder", recorder),
+                                 command_plugin("shout", shout),
                                  plugins=openai_table(standin))
     turn = await start_turn(runtime, ALICE, ChatRequest("/shout hello there"))
     _, finished = await drain(turn)
@@ -408,14 +408,14 @@ async def test_a_duplicate_sent_concurrently_is_answered_once(
 
 
 async def test_a_command_that_refuses_ends_the_turn_as_an_error(
-    make_runtime: Any, standin: StandIn, monkeypatch: pytest.MonkeyPatch
+    make_runtime: Any, standin: StandIn
 ) -> None:
     async def picky(runtime: Runtime, principal: Principal, argument: str,
                     conversation_id: str | None) -> str:
         raise BadRequest("say please")
 
-    monkeypatch.setitem(COMMANDS, "picky", picky)
-    runtime = await make_runtime(OPENAI, plugins=openai_table(standin))
+    runtime = await make_runtime(OPENAI, command_plugin("picky", picky),
+                                 plugins=openai_table(standin))
     turn = await start_turn(runtime, ALICE, ChatRequest("/picky now"))
     _, finished = await drain(turn)
     assert (finished.status, finished.error, finished.error_code) == ("error", "say please", 400)

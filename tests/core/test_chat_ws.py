@@ -15,9 +15,14 @@ from websockets.exceptions import ConnectionClosed
 from core.api import ws as ws_module
 from core.api.ws import push_event
 from core.app import create_app
-from core.chat import COMMANDS
 from core.protocols import Principal
-from tests.chat_support import LOCAL, AuthPlugin, HeaderAuthenticator, plugin_object
+from tests.chat_support import (
+    LOCAL,
+    AuthPlugin,
+    HeaderAuthenticator,
+    command_plugin,
+    plugin_object,
+)
 
 
 @pytest.fixture
@@ -120,14 +125,15 @@ async def test_bad_input_gets_error_events_and_the_socket_stays_open(server: Any
 
 
 async def test_commands_can_push_events_to_the_owners_sockets(
-    brief_server: Any, monkeypatch: pytest.MonkeyPatch
+    make_config: Any, live_server: Any
 ) -> None:
     async def picture(runtime: Any, principal: Principal, argument: str,
                       conversation_id: str | None) -> str:
         sent = push_event(runtime, principal.owner, {"type": "image", "prompt": argument})
         return f"queued for {sent} socket(s)"
 
-    monkeypatch.setitem(COMMANDS, "picture", picture)
+    brief_server = live_server(create_app(make_config(budget={"reply_tokens": 24}),
+                                          candidates=[LOCAL, command_plugin("picture", picture)]))
     url = brief_server.ws_url + "/ws/chat"
     async with connect(url) as other, connect(url) as ws:
         await send(other, type="ping")

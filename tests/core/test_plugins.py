@@ -115,6 +115,10 @@ def test_mami_plugins_cli_reports_failures_and_redacts_secrets(
     by_name = {p["name"]: p for p in report["plugins"]}
     assert report["status"] == "degraded"
     assert by_name["broken-import"]["status"] == "failed"
+    # Registration and startup run, as under `mami serve`.
+    assert by_name["broken-startup"]["status"] == "failed"
+    assert "sample plugin failed to start" in by_name["broken-startup"]["error"]
+    assert by_name["sample"]["provides"] == ["llm", "images"]
     assert report["config"]["sample"]["greeting"] == "***"
     assert "s3cr3t-value" not in result.stdout + result.stderr
 
@@ -138,6 +142,19 @@ def test_plugin_commands_appear_in_help(tmp_path: Path, sample_plugins: Path) ->
         assert command in help_text
     ran = _mami(["sample-hello"], tmp_path, sample_plugins)
     assert ran.stdout.strip() == "hello from sample"
+
+
+def test_mami_chat_answers_slash_commands_of_core_and_plugins(
+    tmp_path: Path, sample_plugins: Path
+) -> None:
+    image = _mami(["chat", "/image a cat"], tmp_path, sample_plugins)
+    assert image.returncode == 0, image.stderr
+    reply = image.stdout.strip().splitlines()[-1]  # (the first run also shows an admin token)
+    assert reply.startswith('Creating an image of "a cat" (job ')
+    shout = _mami(["chat", "/shout hi there"], tmp_path, sample_plugins)
+    assert shout.stdout.strip().splitlines()[-1] == "HI THERE"
+    plain = _mami(["chat", "hi there"], tmp_path, sample_plugins)
+    assert plain.stdout.strip().splitlines()[-1] == "hi there"  # the sample model echoes
 
 
 def test_secrets_from_env_are_resolved_but_redacted(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,5 @@
-"""A working third-party plugin that implements every mami hook (used by the meta-test)."""
+"""A working third-party plugin that implements every mami hook but ``register_migrations``
+(``tests/notes_plugin`` has that one); used by the meta-test."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from litestar import get
 from litestar.datastructures import State
 
 from core import hookimpl
+from core.chat import ChatCommand
 from core.protocols import ChatMessage, Delta, GenerationParams, ImageResult, Principal
 
 
@@ -101,6 +103,15 @@ def register_routes(runtime: Any) -> list[Any]:
 def register_commands(subparsers: Any) -> None:
     parser = subparsers.add_parser("sample-hello", help="print a greeting (sample plugin)")
     parser.set_defaults(func=lambda args: print("hello from sample") or 0)
+
+
+async def shout(runtime: Any, principal: Principal, argument: str, conversation_id: Any) -> str:
+    return argument.upper()
+
+
+@hookimpl
+def register_chat_commands(register: Any, runtime: Any) -> None:
+    register(ChatCommand("shout", shout, "repeat, louder"))
 
 
 @hookimpl
