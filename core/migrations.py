@@ -201,8 +201,8 @@ def upgrade(url: str, revision: str = "head", sources: Sequence[MigrationSource]
     ensure_sqlite_dir(sync_url(url))
     if revision in ("head", "heads"):
         command.upgrade(alembic_config(url), "head")
-        for source in sources:
-            command.upgrade(alembic_config(url, source=source), "head")
+        for each in sources:
+            command.upgrade(alembic_config(url, source=each), "head")
         return
     source, rev = _target(revision, sources)
     command.upgrade(alembic_config(url, source=source), rev)

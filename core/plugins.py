@@ -341,6 +341,7 @@ class PluginHost:
         if self.tracing:
             trace_log.info("%s: plugin %s", hook_name, impl.plugin_name)
         results = self.pm._hookexec(hook_name, [impl], kwargs, False)
+        assert isinstance(results, list)  # firstresult=False: a list of non-None results
         return results[0] if results else None
 
     def _each(self, hook_name: str, kwargs: dict[str, Any]) -> list[tuple[str, Any]]:

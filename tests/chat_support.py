@@ -39,6 +39,50 @@ def plugin_object(name: str, obj: Any) -> Candidate:
     return Candidate(name, f"tests.{name}", "builtin", True, lambda: obj)
 
 
+class UnusedMemoryMethods:
+    """The rest of the MemoryStore protocol for a stub store (mami checks providers
+    against their protocol when they are registered)."""
+
+    async def remember(self, owner: str, text: str, source_message_id: str | None = None
+                       ) -> Any:
+        raise NotImplementedError
+
+    async def recall(self, owner: str, query: str, k: int = 5) -> list[Any]:
+        raise NotImplementedError
+
+    async def list_memories(self, owner: str) -> list[Any]:
+        raise NotImplementedError
+
+    async def delete_memory(self, owner: str, memory_id: str) -> bool:
+        raise NotImplementedError
+
+    async def erase_owner(self, owner: str) -> int:
+        raise NotImplementedError
+
+    async def history(self, owner: str, memory_id: str) -> list[Any]:
+        raise NotImplementedError
+
+
+class UnusedRetrieverMethods:
+    """The rest of the Retriever protocol for a stub retriever."""
+
+    async def ingest(self, owner: str, source: str, text: str, scope: str = "default") -> Any:
+        raise NotImplementedError
+
+    async def search(self, owner: str, query: str, k: int = 5, scopes: Any = None
+                     ) -> list[Any]:
+        raise NotImplementedError
+
+    async def list_documents(self, owner: str) -> list[Any]:
+        raise NotImplementedError
+
+    async def delete_document(self, owner: str, document_id: str) -> bool:
+        raise NotImplementedError
+
+    async def erase_owner(self, owner: str) -> int:
+        raise NotImplementedError
+
+
 class CommandPlugin:
     """A plugin that adds one slash command (its hook takes only ``register``)."""
 

@@ -21,9 +21,8 @@ from typing import Any
 
 from litestar import Request, Response, get, post
 
-from core import jobs
+from core import hookimpl, jobs
 from core.api.ws import push_event
-from core import hookimpl
 from core.chat import ChatCommand
 from core.errors import BadRequest, MamiError, NotFound
 from core.models import Conversation, ImageJob

@@ -18,7 +18,16 @@ from core.models import Conversation, Message, Owner
 from core.plugins import Candidate
 from core.protocols import ChatMessage, GenerationParams, Memory, Passage, Principal
 from core.runtime import Runtime
-from tests.chat_support import LOCAL, OPENAI, Recorder, StandIn, command_plugin, plugin_object
+from tests.chat_support import (
+    LOCAL,
+    OPENAI,
+    Recorder,
+    StandIn,
+    UnusedMemoryMethods,
+    UnusedRetrieverMethods,
+    command_plugin,
+    plugin_object,
+)
 
 FAST = GenerationParams(max_tokens=8, temperature=0.0)
 ALICE = Principal("alice")
@@ -220,14 +229,14 @@ async def test_history_of_the_conversation_is_sent_to_the_model(
     assert sent[0]["role"] == "system" and "mami" in sent[0]["content"]
 
 
-class BrokenRecall:
+class BrokenRecall(UnusedMemoryMethods):
     name = "broken-memory"
 
     async def recall(self, owner: str, query: str, k: int = 5) -> list[Memory]:
         raise RuntimeError("memory backend down")
 
 
-class BrokenSearch:
+class BrokenSearch(UnusedRetrieverMethods):
     name = "broken-rag"
 
     async def search(self, owner: str, query: str, k: int = 5, scopes: Any = None
@@ -235,7 +244,7 @@ class BrokenSearch:
         raise RuntimeError("vector store down")
 
 
-class Remembering:
+class Remembering(UnusedMemoryMethods):
     name = "fixed-memory"
 
     def __init__(self) -> None:

@@ -6,7 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, Text, false, insert, select
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    false,
+    insert,
+    select,
+)
 
 from core import hookimpl
 from core.chat import ChatCommand
