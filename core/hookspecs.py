@@ -1,7 +1,10 @@
 """The hooks a mami plugin can implement (the reference is ``docs/plugins.md``).
 
 Every hook is synchronous. Provider hooks receive a ``register`` callback and call it
-with objects whose methods are async (see :mod:`core.protocols`). Lifecycle and event
+with objects whose methods are async (see :mod:`core.protocols`); each object is checked
+against its protocol when registered, and a provider name another plugin already
+registered fails the second plugin (``core.protocols.OPTIONAL_METHODS`` lists the
+methods a provider may add). Lifecycle and event
 hooks may return an awaitable, which mami awaits. Each plugin reads its own settings
 with ``runtime.settings(<plugin name>)``.
 

@@ -7,6 +7,7 @@ way to call a retriever or a memory store without saying whose data it is.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -322,25 +323,30 @@ PROVIDER_PROTOCOLS: dict[str, type] = {
 def protocol_problems(kind: str, provider: object) -> list[str]:
     """What ``provider`` lacks to be a ``kind`` provider: its protocol's members other
     than the optional ones must exist (methods callable, ``name`` a non-empty string);
-    an optional method, when present, must be callable."""
+    an optional method, when present, must be callable. Members are looked up without
+    running properties, so a lazily loaded provider stays unloaded."""
     protocol = PROVIDER_PROTOCOLS[kind]
     optional = OPTIONAL_METHODS.get(kind, ())
     problems = []
-    for member in sorted(protocol_members(protocol)):
-        value = getattr(provider, member, None)
-        if member == "name":
-            if not isinstance(value, str) or not value:
-                problems.append("name: must be a non-empty string")
-        elif value is None:
+    name = getattr(provider, "name", None)
+    if not isinstance(name, str) or not name:
+        problems.append("name: must be a non-empty string")
+    for member in sorted(protocol_members(protocol) - {"name"}):
+        value = inspect.getattr_static(provider, member, None)
+        if value is None:
             if member not in optional:
                 problems.append(f"{member}: missing")
-        elif callable(getattr(protocol, member, None)) and not callable(value):
+        elif callable(getattr(protocol, member, None)) and not _callable(value):
             problems.append(f"{member}: not callable")
     for member in optional:
-        value = getattr(provider, member, None)
-        if value is not None and not callable(value):
+        value = inspect.getattr_static(provider, member, None)
+        if value is not None and not _callable(value):
             problems.append(f"{member}: not callable")
     return problems
+
+
+def _callable(value: object) -> bool:
+    return callable(value) or isinstance(value, staticmethod | classmethod | property)
 
 
 def protocol_members(protocol: type) -> set[str]:
