@@ -288,12 +288,13 @@ class Authenticator(Protocol):
 
 
 
+COMMON_OPTIONAL = ("aclose", "health", "doctor")
 OPTIONAL_METHODS: dict[str, tuple[str, ...]] = {
-    "llm": ("load", "aclose"),
-    "retriever": ("validate", "aclose"),
-    "memory": ("page", "aclose"),
-    "images": ("health", "aclose"),
-    "auth": ("check_message", "accept_anonymous", "aclose"),
+    "llm": ("load", *COMMON_OPTIONAL),
+    "retriever": ("validate", *COMMON_OPTIONAL),
+    "memory": ("page", *COMMON_OPTIONAL),
+    "images": COMMON_OPTIONAL,
+    "auth": ("check_message", "accept_anonymous", *COMMON_OPTIONAL),
 }
 """Per provider kind, the methods mami uses when a provider has them (and never
 requires). Their contracts:
@@ -304,7 +305,8 @@ requires). Their contracts:
   would raise, before anything is written; returns the size in bytes.
 - ``async page(owner, limit, offset) -> tuple[list[Memory], int]`` (memory): one page of
   the owner's memories, most recently seen first, and their total.
-- ``async health() -> Mapping[str, Any]`` (images and any other): details for ``/health``.
+- ``async health() -> Mapping[str, Any]`` (all): details for ``/health``.
+- ``async doctor() -> list[Check]`` (all): the provider's own ``mami doctor`` checks.
 - ``check_message(socket, size) -> int | None`` (auth): a close code to refuse a chat
   socket's message (size, rate), else ``None``.
 - ``async accept_anonymous(socket) -> bool`` (auth): guards sockets when
