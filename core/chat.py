@@ -303,9 +303,8 @@ class TurnRun:
 
     async def _after_complete(self, finished: Finished) -> None:
         assert self.conversation_id and self.user_message_id and finished.message_id
-        await self.runtime.fire(
-            "message_completed",
-            event=MessageCompleted(
+        await self.runtime.message_completed(
+            MessageCompleted(
                 owner=self.principal.owner,
                 conversation_id=self.conversation_id,
                 message_id=finished.message_id,
