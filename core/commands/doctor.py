@@ -90,18 +90,21 @@ def _data_dir(path: Any) -> Check:
 
 
 def _schema(runtime: Any) -> Check:
+    """Core's schema and every plugin's migration chain: reachable and at head."""
     from core import migrations
 
     url = runtime.db.url
     try:
-        current = migrations.current_revision(url)
+        sources = [source for _plugin, source in runtime.plugins.register_migrations()]
+        chains = migrations.states(url, sources)
     except Exception as exc:
         return Check("database", "fail", f"cannot connect: {type(exc).__name__}: {exc}",
                      "check [core] database_url / MAMI_DATABASE_URL and that the server runs")
-    head = migrations.head_revision()
-    if current == head:
-        return Check("database", "ok", f"reachable, schema at {head}")
-    state = f"schema at {current or 'nothing'}, mami needs {head}"
+    behind = [c for c in chains if c.behind]
+    if not behind:
+        return Check("database", "ok", "reachable, schema at " + ", ".join(
+            f"{c.head}" if c.name == "core" else f"{c.name}@{c.head}" for c in chains))
+    state = "; ".join(f"{c.name} at {c.current or 'nothing'}, needs {c.head}" for c in behind)
     if runtime.db.is_sqlite and runtime.config.core.auto_migrate:
         return Check("database", "warn", state, "`mami serve` upgrades SQLite on start, "
                      "or run `mami db upgrade`")
