@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,17 @@ from plugins.chroma_rag.store import open_client
 from tests.plugins.memory.conftest import ScriptedLLM, candidates
 
 CAT = "Remember that my cat is called Pamuk."
+
+
+def memories_of(server: Any, expected: int = 1) -> list[str]:
+    """The caller's memories, once ``expected`` are there (extraction runs after the
+    response) or after 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        found = [m["text"] for m in httpx.get(server.url + "/api/memories").json()["data"]]
+        if len(found) >= expected or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 def test_two_threads_opening_a_fresh_store_at_once_both_work() -> None:
@@ -38,7 +50,7 @@ def test_two_threads_opening_a_fresh_store_at_once_both_work() -> None:
 def test_the_first_upload_and_the_first_remembered_fact_arrive_together(
     make_config: Any, live_server: Any, tmp_path: Path
 ) -> None:
-    for round_ in range(3):
+    for round_ in range(10):
         llm = ScriptedLLM()
         rag = [c for c in builtin_candidates() if c.name == "chroma-rag"]
         config = make_config(core={"data_dir": str(tmp_path / f"data{round_}"),
@@ -54,8 +66,7 @@ def test_the_first_upload_and_the_first_remembered_fact_arrive_together(
                                 timeout=60)
             assert upload.result().status_code == 201, upload.result().text
             assert reply.result().status_code == 200, reply.result().text
-        memories = httpx.get(server.url + "/api/memories").json()["data"]
-        assert [m["text"] for m in memories] == ["my cat is called Pamuk"]
+        assert memories_of(server) == ["my cat is called Pamuk"]
         documents = httpx.get(server.url + "/api/documents").json()
         assert [d["source"] for d in documents] == ["ships.md"]
         found = httpx.post(server.url + "/api/search", json={"query": "when does the ship sail"},
@@ -87,6 +98,7 @@ def test_after_a_restart_the_first_chat_sees_memories_and_documents(
     chat = {"model": "scripted", "messages": [{"role": "user", "content": CAT}],
             "metadata": {"conversation_id": "new"}}
     assert httpx.post(first.url + "/v1/chat/completions", json=chat, timeout=60).is_success
+    assert memories_of(first) == ["my cat is called Pamuk"]
     first.stop()
     llm = RecordingLLM()
     again = live_server(create_app(config, candidates=candidates(llm) + rag))
