@@ -222,14 +222,20 @@ def read_response(response: dict[str, Any]) -> LambdaResponse:
     return LambdaResponse(int(response["statusCode"]), headers, body, is_b64)
 
 
+API_TIMEOUT_MS = 29_000  # the API function's timeout in template.yaml
+
+
 class Invoker:
-    """Calls the handler the way the Lambda runtime does: ``handler(event, context)``."""
+    """Calls the handler the way the Lambda runtime does: ``handler(event, context)``,
+    with a context that has ``remaining_ms`` left (the function's whole timeout)."""
 
     def __init__(self, module: ModuleType) -> None:
         self.module = module
+        self.remaining_ms = API_TIMEOUT_MS
 
     def __call__(self, shape: str, method: str, path: str, **kwargs: Any) -> LambdaResponse:
-        raw = self.module.handler(make_event(shape, method, path, **kwargs), None)
+        context = LambdaContext(self.remaining_ms, function_name="mami-api")
+        raw = self.module.handler(make_event(shape, method, path, **kwargs), context)
         return read_response(raw)
 
     @property
