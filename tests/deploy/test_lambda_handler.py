@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from core import migrations
 from core.errors import ConfigError
@@ -173,3 +174,23 @@ def test_cold_path_imports_nothing_heavy(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     result = __import__("json").loads(done.stdout.strip().splitlines()[-1])
     assert result == {"status": 200, "imported": []}
+
+
+def test_schema_ahead_of_the_code_says_so_and_names_the_revision(
+    invoke: Invoker, lambda_env: Any, tmp_path: Path
+) -> None:
+    """A database upgraded by a newer mami: not "run `mami db upgrade`" (which cannot
+    help) but the revision, and what to do."""
+    url = f"sqlite:///{tmp_path / 'ahead.db'}"
+    migrations.upgrade(url)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'f00dfacecafe'"))
+    engine.dispose()
+    lambda_env(MAMI_DATABASE_URL=url)
+    response = invoke("http-api-v2", "GET", "/health")
+    assert response.status == 500
+    message = response.json()["error"]["message"]
+    assert "f00dfacecafe" in message and migrations.head_revision() in message
+    assert "newer mami" in message and "mami db upgrade" not in message
+    assert migrations.current_revision(url) == "f00dfacecafe"  # left as it was
