@@ -72,6 +72,10 @@ SECRET_CONNECT_TIMEOUT = 2.0
 SECRET_READ_TIMEOUT = 3.0
 SECRET_ATTEMPTS = 2
 
+# Proxies in front of the event source (CloudFront, ...) whose X-Forwarded-For entries
+# are trusted: 0 trusts only what AWS itself saw.
+FORWARDED_HOPS = "MAMI_FORWARDED_HOPS"
+
 # Time kept back from the Lambda deadline to store an interrupted reply and answer.
 DEADLINE_MARGIN_SECONDS = 2.5
 
@@ -114,18 +118,65 @@ WORKER_MARGIN_SECONDS = 20.0
 DEFAULT_JOB_SECONDS = 180.0
 
 _mangum: Mangum | None = None
+_app: Any = None
 _worker_runtime: Runtime | None = None
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The Lambda handler: build the app on first use, then let Mangum serve ``event``."""
-    global _mangum
+    global _mangum, _app
     if _mangum is None:
         candidates = builtin_candidates() + entrypoint_candidates()  # found once
-        app = create_app(lambda_config(os.environ, candidates), candidates=candidates,
-                         serverless=True)
-        _mangum = Mangum(RequestDeadline(app), lifespan="off")
+        hops = forwarded_hops(os.environ)
+        _app = create_app(lambda_config(os.environ, candidates), candidates=candidates,
+                          serverless=True)
+        _mangum = Mangum(RequestDeadline(TrustedClient(_app, hops)), lifespan="off")
     return _mangum(event, context)
+
+
+def forwarded_hops(environ: Mapping[str, str]) -> int:
+    """``MAMI_FORWARDED_HOPS`` (default 0); ConfigError naming it when it is not a count."""
+    value = environ.get(FORWARDED_HOPS, "").strip() or "0"
+    if not value.isdigit():
+        raise ConfigError(f"{FORWARDED_HOPS}: expected a number of proxies (0 or more), "
+                          f"got {value!r}")
+    return int(value)
+
+
+def client_address(event: Mapping[str, Any], hops: int) -> str | None:
+    """The caller's address for rate limits: the address AWS saw (API Gateway's and
+    function URLs' ``sourceIp``; for an ALB the last ``X-Forwarded-For`` entry, which the
+    ALB appends), or with ``hops`` trusted proxies in front, the entry that many places
+    to its left. Entries further left are the client's own claims and never used."""
+    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+    for key, values in (event.get("multiValueHeaders") or {}).items():
+        headers.setdefault(key.lower(), ", ".join(values))
+    chain = [hop.strip() for hop in headers.get("x-forwarded-for", "").split(",") if hop.strip()]
+    context = event.get("requestContext") or {}
+    seen = (context.get("http") or {}).get("sourceIp") or (
+        context.get("identity") or {}).get("sourceIp")
+    if seen and (not chain or chain[-1] != seen):
+        chain.append(seen)
+    if not chain:
+        return None
+    return chain[max(0, len(chain) - 1 - hops)]
+
+
+class TrustedClient:
+    """ASGI wrapper: the scope's client is :func:`client_address` of the Lambda event
+    (Mangum passes an ALB's whole ``X-Forwarded-For`` header through, first hop
+    included, which any caller can write)."""
+
+    def __init__(self, app: Any, hops: int) -> None:
+        self.app = app
+        self.hops = hops
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        event = scope.get("aws.event")
+        if scope["type"] == "http" and event is not None:
+            address = client_address(event, self.hops)
+            scope = {**scope, "client": (address, 0) if address else None}  # type: ignore[typeddict-item]
+        await self.app(scope, receive, send)
 
 
 class RequestDeadline:
@@ -140,10 +191,6 @@ class RequestDeadline:
     def __init__(self, app: Any, margin: float = DEADLINE_MARGIN_SECONDS) -> None:
         self.app = app
         self.margin = margin
-
-    @property
-    def state(self) -> Any:
-        return self.app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         context = scope.get("aws.context")

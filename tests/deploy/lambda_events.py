@@ -112,6 +112,13 @@ def make_event(
     raise ValueError(shape)
 
 
+def forwarded_for(headers: dict[str, str], seen: str = SOURCE_IP) -> str:
+    """``X-Forwarded-For`` as AWS passes it on: what the caller sent, plus the address
+    API Gateway, the function URL or the ALB saw (``seen``)."""
+    sent = headers.get("x-forwarded-for")
+    return f"{sent}, {seen}" if sent else seen
+
+
 def _v2_event(
     shape: str, method: str, path: str, query: str, headers: dict[str, str],
     body: str | None, is_b64: bool,
@@ -120,7 +127,7 @@ def _v2_event(
         "abcdefghijklmnopqrstuvwxyz123456.lambda-url.eu-west-1.on.aws"
         if shape == "function-url" else "r3pmxmplak.execute-api.eu-west-1.amazonaws.com"
     )
-    headers = {**headers, "host": domain, "x-forwarded-for": SOURCE_IP,
+    headers = {**headers, "host": domain, "x-forwarded-for": forwarded_for(headers),
                "x-forwarded-proto": "https", "x-forwarded-port": "443"}
     event: dict[str, Any] = {
         "version": "2.0",
@@ -160,7 +167,9 @@ def _v1_event(
     is_b64: bool,
 ) -> dict[str, Any]:
     params = parse_qsl(query)
-    headers = {**headers, "X-Forwarded-For": SOURCE_IP, "X-Forwarded-Proto": "https"}
+    sent = forwarded_for(headers)
+    headers = {k: v for k, v in headers.items() if k != "x-forwarded-for"}
+    headers = {**headers, "X-Forwarded-For": sent, "X-Forwarded-Proto": "https"}
     return {
         "resource": "/{proxy+}",
         "path": path,
@@ -204,8 +213,8 @@ def _alb_event(
         "path": path,
         # ALB passes the query string still URL-encoded
         "queryStringParameters": {quote_plus(k): quote_plus(v) for k, v in parse_qsl(query)},
-        "headers": {**headers, "x-forwarded-for": SOURCE_IP, "x-forwarded-proto": "https",
-                    "x-forwarded-port": "443"},
+        "headers": {**headers, "x-forwarded-for": forwarded_for(headers),
+                    "x-forwarded-proto": "https", "x-forwarded-port": "443"},
         "body": body or "",
         "isBase64Encoded": is_b64,
     }
@@ -240,7 +249,7 @@ class Invoker:
 
     @property
     def runtime(self) -> Any:
-        return self.module._mangum.app.state.runtime
+        return self.module._app.state.runtime
 
     def worker(self, context: LambdaContext | None = None) -> dict[str, Any]:
         """The scheduled worker function, in the same execution environment."""
