@@ -8,14 +8,10 @@ import json
 import os
 import socket
 import threading
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 from sqlalchemy.engine import make_url
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -24,37 +20,12 @@ from websockets.typing import Origin, Subprotocol
 from core.app import create_app
 from core.errors import ConfigError
 from core.plugins import builtin_candidates
-from tests.conftest import free_port
 from tests.deploy.lambda_events import Invoker, bearer, load_handler_module
 
 REGION = "eu-west-1"
 KEY = "shared-signing-key-of-lambda-and-server-0123456789"
 ORIGIN = "https://chat.example.com"
 MISSING = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:mami/nothing-AbCdEf"
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """boto3 pointed at moto (fresh state), as the function's environment would be;
-    returns a session for the operator's side (creating secrets)."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST"))
-    yield boto3.session.Session(region_name=REGION)
 
 
 def put_secret(aws: Any, name: str, value: str) -> str:
