@@ -110,6 +110,9 @@ LAMBDA_OFF_UNLESS: dict[str, str | None] = {
     "chroma-rag": "MAMI_CHROMA_URL",
     "memory": "MAMI_CHROMA_URL",  # uses chroma-rag's server unless given its own
 }
+# Plugins that cannot work without their server: off without it, and switching one on
+# anyway is an error (forge-image would make every image job a placeholder).
+LAMBDA_NEEDS: dict[str, str] = {"forge-image": "MAMI_FORGE_URL"}
 
 # The worker claims no job it could not finish before Lambda stops it (a job cut off
 # would wait for its lease to expire): one job may take the image generator's
@@ -327,6 +330,14 @@ def config_from_env(
         if name in candidates:
             wanted = bool(switch and environ.get(switch))
             raw["plugins"].setdefault(name, {}).setdefault("enabled", wanted)
+    for name, variable in LAMBDA_NEEDS.items():
+        if name in candidates and not environ.get(variable):
+            table = raw["plugins"].setdefault(name, {})
+            if table.get("enabled"):
+                switch = f"{PREFIX}PLUGINS__{name.upper().replace('-', '_')}__ENABLED"
+                raise ConfigError(f"{switch}=true needs {variable}: without its server "
+                                  f"{name} cannot work")
+            table["enabled"] = False
     return config_from_dict(raw)
 
 

@@ -194,3 +194,17 @@ def test_schema_ahead_of_the_code_says_so_and_names_the_revision(
     assert "f00dfacecafe" in message and migrations.head_revision() in message
     assert "newer mami" in message and "mami db upgrade" not in message
     assert migrations.current_revision(url) == "f00dfacecafe"  # left as it was
+
+
+def test_images_without_a_forge_url_are_refused_not_placeholders() -> None:
+    """Blank MAMI_FORGE_URL: forge-image is off (``/api/images`` says 503); switched on
+    anyway, the first invocation stops naming both variables."""
+    module = load_handler_module()
+    assert module.config_from_env({"MAMI_FORGE_URL": ""}).plugins["forge-image"]["enabled"] is False
+    on = module.config_from_env({"MAMI_FORGE_URL": "http://forge.internal:7860"})
+    assert on.plugins["forge-image"]["enabled"] is True
+    with pytest.raises(ConfigError) as caught:
+        module.config_from_env({"MAMI__PLUGINS__FORGE_IMAGE__ENABLED": "true",
+                                "MAMI_FORGE_URL": ""})
+    assert "MAMI__PLUGINS__FORGE_IMAGE__ENABLED=true" in caught.value.message
+    assert "MAMI_FORGE_URL" in caught.value.message
