@@ -191,15 +191,18 @@ def size_mb(folder: Path) -> float:
     return total / 1e6
 
 
+VERSION_PROBE = "import sys; print('%d.%d' % sys.version_info[:2])"
+
+
 def lambda_python() -> str | None:
     """A working CPython 3.12 interpreter on this machine (PATH, then pyenv), or ``None``."""
     pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
     candidates = [shutil.which(f"python{PYTHON_VERSION}"),
                   *map(str, sorted(pyenv.glob(f"{PYTHON_VERSION}.*/bin/python{PYTHON_VERSION}")))]
     for candidate in filter(None, candidates):
-        done = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2])"],
-                              capture_output=True, text=True, check=False)
-        if done.returncode == 0 and done.stdout.strip() == str(tuple(map(int, PYTHON_VERSION.split(".")))):
+        done = subprocess.run([candidate, "-c", VERSION_PROBE], capture_output=True,
+                              text=True, check=False)
+        if done.returncode == 0 and done.stdout.strip() == PYTHON_VERSION:
             return candidate
     return None
 
@@ -235,9 +238,9 @@ def check(arches: Iterable[str], keep: Path | None) -> int:
             install(arch, target)
             size = size_mb(target)
             ok = size <= ZIP_LIMIT_MB
-            print(f"{arch}: {len(pins())} pinned packages installed for CPython {PYTHON_VERSION} manylinux glibc "
-                  f"2.{GLIBC_MINOR}: {size:.1f} MB without bytecode (limit {ZIP_LIMIT_MB:.0f} MB"
-                  f" unzipped): {'PASS' if ok else 'FAIL'}")
+            print(f"{arch}: {len(pins())} pinned packages installed for CPython "
+                  f"{PYTHON_VERSION} manylinux glibc 2.{GLIBC_MINOR}: {size:.1f} MB without "
+                  f"bytecode (limit {ZIP_LIMIT_MB:.0f} MB unzipped): {'PASS' if ok else 'FAIL'}")
             if not ok:
                 failures.append(f"{arch} size")
             if arch != os.uname().machine:

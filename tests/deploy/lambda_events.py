@@ -25,7 +25,12 @@ HANDLER_PATH = Path(__file__).resolve().parents[2] / "deploy" / "lambda" / "hand
 
 def load_handler_module() -> ModuleType:
     """Import ``deploy/lambda/handler.py`` afresh, as a new execution environment would."""
-    spec = importlib.util.spec_from_file_location("mami_lambda_handler", HANDLER_PATH)
+    return load_by_path(HANDLER_PATH, "mami_lambda_handler")
+
+
+def load_by_path(path: Path, name: str) -> ModuleType:
+    """A fresh module from a file that no package path reaches (``lambda`` is a keyword)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from cfnlint.api import lint_file
 from cfnlint.decode.cfn_yaml import load
 
 from plugins.forge_image import Settings as ForgeSettings
+from tests.deploy.lambda_events import load_by_path
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "deploy" / "lambda" / "template.yaml"
@@ -102,7 +102,7 @@ def test_image_copies_what_the_handler_needs() -> None:
 def test_image_is_the_platform_the_dependency_check_proves() -> None:
     """The base image's Python is the one dependencies.py installs and imports for, and
     the image installs the checked lock the way the check does."""
-    dependencies = _load(ROOT / "deploy" / "lambda" / "dependencies.py")
+    dependencies = load_by_path(ROOT / "deploy" / "lambda" / "dependencies.py", "deps")
     text = DOCKERFILE.read_text()
     assert f"FROM public.ecr.aws/lambda/python:{dependencies.PYTHON_VERSION}\n" in text
     assert "pip install --no-cache-dir --no-deps --only-binary=:all:" in text
@@ -141,22 +141,3 @@ def test_images_on_without_a_forge_url_is_refused_by_a_rule(template: dict[str, 
     assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "Images"}, "on"]}
     (assertion,) = rule["Assertions"]
     assert assertion["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ForgeUrl"}, ""]}]}
-
-
-def _load(path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_readme_documents_every_variable_the_handler_reads(handler: Any) -> None:
-    readme = (ROOT / "deploy" / "README.md").read_text()
-    documented = {name for name in re.findall(r"`(MAMI_[A-Z_]+)`", readme)
-                  if not name.startswith(handler.PREFIX)}
-    read = set(handler.ALIASES) | {"MAMI_DATABASE_URL", handler.DEFAULT_SIGNING_KEY_ENV,
-                                   handler.DATABASE_PASSWORD, handler.FORWARDED_HOPS} | {
-        name + handler.SECRET_SUFFIX for name in handler.SECRET_VARIABLES}
-    assert read <= documented
-    assert documented - read <= {"MAMI_DATA_DIR", "MAMI_CONFIG"}
