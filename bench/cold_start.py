@@ -161,7 +161,8 @@ def main() -> int:
     sizes: tuple[float, float] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        command, extra = [sys.executable], {}
+        command: list[str] = [sys.executable]
+        extra: dict[str, str] = {}
         if not args.venv:
             command, extra, *measured = lambda_install(folder)
             sizes = (measured[0], measured[1])

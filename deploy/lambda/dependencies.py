@@ -126,7 +126,7 @@ def reachable(install: list[dict[str, Any]], arch: str) -> dict[str, str]:
     try:
         from packaging.requirements import Requirement
     except ImportError:  # pip always carries it
-        from pip._vendor.packaging.requirements import Requirement
+        from pip._vendor.packaging.requirements import Requirement  # type: ignore[assignment]
 
     meta = {canonical(i["metadata"]["name"]): i for i in install}
     env = {"python_version": PYTHON_VERSION, "python_full_version": PYTHON_VERSION + ".0",
