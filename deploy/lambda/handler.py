@@ -43,8 +43,9 @@ from dataclasses import fields
 from typing import Any
 
 # httpx imports its command-line tool (and with it rich, click and pygments) when they
-# are installed, as they are in the image: 100-350 ms of a cold start here for a tool a
-# function never runs. A None entry makes that import fail, and httpx falls back.
+# are installed (the image leaves them out; a full environment has them): 100-350 ms of a
+# cold start for a tool a function never runs. A None entry makes that import fail, and
+# httpx falls back.
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 from mangum import Mangum  # noqa: E402
@@ -60,7 +61,6 @@ log = logging.getLogger("mami")
 
 PREFIX = "MAMI__"
 SECRET_SUFFIX = "_SECRET_ARN"
-SIGNING_KEY_ARN = "MAMI_SIGNING_KEY" + SECRET_SUFFIX
 DATABASE_PASSWORD = "MAMI_DATABASE_PASSWORD"
 # Variables that may hold a secret, and so may come from <VARIABLE>_SECRET_ARN instead.
 SECRET_VARIABLES = ("MAMI_DATABASE_URL", DATABASE_PASSWORD, "MAMI_LLM_API_KEY",
