@@ -1,6 +1,8 @@
 """Images on Lambda: the API function queues a job (202), the scheduled worker function
 runs it against a Forge stand-in, and the PNG comes back base64-encoded through every
-event shape. Both functions share the database and the image directory (EFS)."""
+event shape. Both functions share the database and the images: a directory here, an S3
+bucket (moto's server) for the large image, which is answered with a presigned
+redirect."""
 
 from __future__ import annotations
 
