@@ -79,6 +79,11 @@ FORWARDED_HOPS = "MAMI_FORWARDED_HOPS"
 # Time kept back from the Lambda deadline to store an interrupted reply and answer.
 DEADLINE_MARGIN_SECONDS = 2.5
 
+# A synchronous invocation's response may be at most 6 MB; a larger one reaches the
+# caller as a bare gateway error. Headroom for the headers and the JSON around the body.
+RESPONSE_LIMIT_BYTES = 6 * 1024 * 1024
+RESPONSE_HEADROOM_BYTES = 64 * 1024
+
 # environment variable: (plugin, setting)
 ALIASES: dict[str, tuple[str, str]] = {
     "MAMI_LLM_BASE_URL": ("openai-llm", "base_url"),
@@ -134,7 +139,28 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         _app = create_app(lambda_config(os.environ, candidates), candidates=candidates,
                           serverless=True)
         _mangum = Mangum(RequestDeadline(TrustedClient(_app, hops)), lifespan="off")
-    return _mangum(event, context)
+    return fit_response(_mangum(event, context))
+
+
+def fit_response(response: dict[str, Any]) -> dict[str, Any]:
+    """``response``, or when its body would break Lambda's 6 MB response limit, a 502 in
+    mami's error shape that says so and how to avoid it (images in S3)."""
+    size = len(response.get("body") or "")
+    if size <= RESPONSE_LIMIT_BYTES - RESPONSE_HEADROOM_BYTES:
+        return response
+    message = (f"the response ({size / 1e6:.1f} MB as sent) is larger than the 6 MB an AWS "
+               "Lambda function may return; for images set [core] image_store to an S3 "
+               "bucket (answers are then redirects to presigned URLs)")
+    log.warning("%s", message)
+    body = json.dumps(error_body(502, message))
+    fitted = {key: value for key, value in response.items()
+              if key not in ("headers", "multiValueHeaders", "body")}
+    headers_key = "multiValueHeaders" if "multiValueHeaders" in response else "headers"
+    content_type = "application/json"
+    fitted.update({"statusCode": 502, "body": body, "isBase64Encoded": False,
+                   headers_key: {"content-type": [content_type] if headers_key ==
+                                 "multiValueHeaders" else content_type}})
+    return fitted
 
 
 def forwarded_hops(environ: Mapping[str, str]) -> int:

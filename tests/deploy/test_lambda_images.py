@@ -157,3 +157,24 @@ def test_an_image_over_6_mb_is_a_presigned_redirect_to_s3(
     other = other.strip().splitlines()[-1]
     refused = invoke("alb", "GET", f"/api/images/{job['id']}.png", headers=bearer(other))
     assert refused.status == 404 and "location" not in refused.headers
+
+
+def test_an_image_over_6_mb_from_a_directory_is_a_clear_502_not_a_gateway_error(
+    invoke: Invoker, lambda_env: Any, token: str, noisy_forge: ForgeStandIn, tmp_path: Path,
+) -> None:
+    """Without S3 the PNG would go out base64 and break Lambda's 6 MB limit (API Gateway
+    then answers a bare 502): the handler answers mami's JSON error naming the fix."""
+    lambda_env(MAMI_FORGE_URL=noisy_forge.url, MAMI__CORE__IMAGE_DIR=str(tmp_path / "images"))
+    job = queue_image(invoke, "http-api-v2", token, width=2048, height=2048)
+    assert invoke.worker()["completed"] == [job["id"]]
+    assert next((tmp_path / "images").glob("*.png")).stat().st_size > 6 * 1024 * 1024 * 3 // 4
+    for shape in SHAPES:
+        response = invoke(shape, "GET", f"/api/images/{job['id']}.png", headers=bearer(token))
+        assert response.status == 502, response.body[:200]
+        assert response.headers["content-type"] == "application/json"
+        error = response.json()["error"]
+        assert "6 MB" in error["message"] and "image_store" in error["message"]
+    small = queue_image(invoke, "alb", token)  # small images still come back inline
+    invoke.worker()
+    assert invoke("alb", "GET", f"/api/images/{small['id']}.png",
+                  headers=bearer(token)).status == 200
