@@ -27,14 +27,16 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlmodel import col
 
+from core.config import Config
 from core.db import Database
 from core.events import ImageFinished
-from core.image_store import ImageStore, open_image_store
+from core.image_store import DirectoryStore, ImageStore, open_image_store
 from core.models import ImageJob, utcnow
 from core.plugins import contained, describe, within
 from core.protocols import ImageRequest
@@ -48,6 +50,15 @@ CALLBACKS_KEY = "image_job_callbacks"
 WAKEUP_KEY = "image_job_wakeup"
 STORE_KEY = "image_store"
 _jobs = ImageJob.__table__  # type: ignore[attr-defined]
+
+
+def image_file(config: Config, job: ImageJob) -> Path | None:
+    """The local file of a finished job's PNG when images are kept in a directory;
+    ``None`` with an S3 store or for a job without a result."""
+    store = open_image_store(config)
+    if job.result_path is None or not isinstance(store, DirectoryStore):
+        return None
+    return store.folder / job.result_path
 
 
 def image_store(runtime: Runtime) -> ImageStore:
