@@ -51,9 +51,9 @@ sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 from mangum import Mangum  # noqa: E402
 from mangum.types import Message, Receive, Scope, Send  # noqa: E402
 
-from core.app import create_app, error_body  # noqa: E402
+from core.app import create_app  # noqa: E402
 from core.config import BudgetSettings, Config, CoreSettings, ServerSettings, config_from_dict  # noqa: E402
-from core.errors import ConfigError  # noqa: E402
+from core.errors import ConfigError, error_body  # noqa: E402
 from core.plugins import Candidate, builtin_candidates, entrypoint_candidates  # noqa: E402
 from core.runtime import Runtime  # noqa: E402
 
@@ -152,7 +152,7 @@ def fit_response(response: dict[str, Any]) -> dict[str, Any]:
                "Lambda function may return; for images set [core] image_store to an S3 "
                "bucket (answers are then redirects to presigned URLs)")
     log.warning("%s", message)
-    body = json.dumps(error_body(502, message))
+    body = json.dumps(error_body(502, message, code="response_too_large"))
     fitted = {key: value for key, value in response.items()
               if key not in ("headers", "multiValueHeaders", "body")}
     headers_key = "multiValueHeaders" if "multiValueHeaders" in response else "headers"
@@ -249,7 +249,7 @@ class RequestDeadline:
             message = (f"the request did not finish within the {budget:.1f} s this "
                        "deployment allows; retry, ask for a shorter answer (max_tokens), "
                        "or use the server deployment")
-            body = json.dumps(error_body(504, message)).encode()
+            body = json.dumps(error_body(504, message, code="deadline_exceeded")).encode()
             await send({"type": "http.response.start", "status": 504,
                         "headers": [(b"content-type", b"application/json"),
                                     (b"content-length", str(len(body)).encode())]})

@@ -122,7 +122,7 @@ def test_a_model_that_stalls_past_the_deadline_gets_mamis_504_and_the_row_is_clo
     response = post_chat(invoke, shape, token, body, conversation="new")
     assert response.status == 504, response.body
     error = response.json()["error"]
-    assert error["code"] == 504 and "did not finish within" in error["message"]
+    assert error["code"] == "deadline_exceeded" and "did not finish within" in error["message"]
     assert response.headers["content-type"] == "application/json"
 
     invoke.remaining_ms = API_TIMEOUT_MS

@@ -174,6 +174,7 @@ def test_an_image_over_6_mb_from_a_directory_is_a_clear_502_not_a_gateway_error(
         assert response.headers["content-type"] == "application/json"
         error = response.json()["error"]
         assert "6 MB" in error["message"] and "image_store" in error["message"]
+        assert error["code"] == "response_too_large"
     small = queue_image(invoke, "alb", token)  # small images still come back inline
     invoke.worker()
     assert invoke("alb", "GET", f"/api/images/{small['id']}.png",
