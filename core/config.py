@@ -43,6 +43,9 @@ class CoreSettings:
     local_owner: str = "local"
     image_worker: bool = True
     image_dir: str = ""  # where finished images go; empty: <data_dir>/images
+    image_store: str = ""  # empty: image_dir; s3://bucket/prefix: an S3 bucket
+    s3_endpoint_url: str = ""  # another S3-compatible API than AWS's
+    image_url_ttl: float = 300.0  # seconds a presigned image URL stays valid
     event_timeout: float = 30.0
     image_deadline: float = 600.0
     log_level: str = "INFO"

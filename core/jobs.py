@@ -36,6 +36,7 @@ from sqlmodel import col
 from core.config import Config
 from core.db import Database
 from core.events import ImageFinished
+from core.image_store import DirectoryStore, ImageStore, open_image_store
 from core.models import ImageJob, utcnow
 from core.plugins import contained, describe, within
 from core.protocols import ImageRequest
@@ -47,18 +48,25 @@ FINAL_STATES = frozenset({"succeeded", "placeholder", "failed"})
 JobCallback = Callable[[ImageJob], Awaitable[None] | None]
 CALLBACKS_KEY = "image_job_callbacks"
 WAKEUP_KEY = "image_job_wakeup"
+STORE_KEY = "image_store"
 _jobs = ImageJob.__table__  # type: ignore[attr-defined]
 
 
-def image_dir(config: Config) -> Path:
-    """Where finished images are stored: ``[core] image_dir`` or ``<data_dir>/images``."""
-    configured = getattr(config.core, "image_dir", "")
-    return Path(configured).expanduser() if configured else config.data_dir / "images"
-
-
 def image_file(config: Config, job: ImageJob) -> Path | None:
-    """The stored PNG of a finished job, if it has one."""
-    return image_dir(config) / job.result_path if job.result_path else None
+    """The local file of a finished job's PNG when images are kept in a directory;
+    ``None`` with an S3 store or for a job without a result."""
+    store = open_image_store(config)
+    if job.result_path is None or not isinstance(store, DirectoryStore):
+        return None
+    return store.folder / job.result_path
+
+
+def image_store(runtime: Runtime) -> ImageStore:
+    """The runtime's image store (``[core] image_store``), made once."""
+    store = runtime.state.get(STORE_KEY)
+    if store is None:
+        store = runtime.state[STORE_KEY] = open_image_store(runtime.config)
+    return store  # type: ignore[no-any-return]
 
 
 def add_image_callback(runtime: Runtime, callback: JobCallback) -> None:
@@ -334,7 +342,7 @@ class ImageWorker:
             heartbeat.cancel()
         if isinstance(result, str):
             return await complete(self.runtime.db, job.id, self.worker_id, "failed", error=result)
-        name, path = await self._store(job, result.png, shared=result.placeholder)
+        name = await self._store(job, result.png, shared=result.placeholder)
         final = await complete(
             self.runtime.db, job.id, self.worker_id,
             "placeholder" if result.placeholder else "succeeded",
@@ -345,22 +353,21 @@ class ImageWorker:
         if final is None:
             log.warning("job %s: lease lost to another worker; result discarded", job.id)
             if not result.placeholder:
-                path.unlink(missing_ok=True)
+                await image_store(self.runtime).delete(name)
         return final
 
-    async def _store(self, job: ImageJob, png: bytes, *, shared: bool) -> tuple[str, Path]:
-        """Write a result; placeholders are identical per reason and size, so they are
-        stored once under their content hash (failing fast stays cheap)."""
+    async def _store(self, job: ImageJob, png: bytes, *, shared: bool) -> str:
+        """Write a result; its name. Placeholders are identical per reason and size, so
+        they are stored once under their content hash (failing fast stays cheap)."""
+        store = image_store(self.runtime)
         if shared:
             name = f"placeholder-{hashlib.sha256(png).hexdigest()[:24]}.png"
-            path = image_dir(self.runtime.config) / name
-            if not path.exists():
-                _write_atomically(path, png)
-            return name, path
+            if not await store.exists(name):
+                await store.put(name, png)
+            return name
         name = f"{job.id}.{job.attempts}.png"
-        path = image_dir(self.runtime.config) / name
-        await asyncio.to_thread(_write_atomically, path, png)
-        return name, path
+        await store.put(name, png)
+        return name
 
     async def _generate(self, job: ImageJob, progress: list[float]) -> Any:
         """The generator's result, or an error message for a failed job."""
@@ -440,13 +447,6 @@ async def _call_isolated(callback: JobCallback, job: ImageJob, timeout: float) -
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def start_image_worker(runtime: Runtime) -> ImageWorker | None:

@@ -91,6 +91,32 @@ def head_revision() -> str:
     return heads[0]
 
 
+def known_revisions() -> set[str]:
+    """Every revision id in ``alembic/versions`` (read from the files, without Alembic)."""
+    found = (_literal_assignments(path, ("revision",)).get("revision")
+             for path in (SCRIPT_LOCATION / "versions").glob("*.py"))
+    return {revision for revision in found if isinstance(revision, str)}
+
+
+def is_ahead(current: str | None) -> bool:
+    """True when the database is at a revision this code does not have: a newer
+    version of mami upgraded it."""
+    return current is not None and current not in known_revisions()
+
+
+def schema_problem(current: str | None, head: str) -> str | None:
+    """What is wrong with a database at ``current`` for code whose head is ``head``, with
+    the way out; ``None`` when they match."""
+    if current == head:
+        return None
+    if is_ahead(current):
+        return (f"database schema is at {current}, a revision this version of mami does "
+                f"not have (its newest is {head}): a newer mami upgraded it. Deploy that "
+                f"version, or run its `mami db downgrade {head}` first")
+    return (f"database schema is at {current or 'nothing'} but mami needs {head}: "
+            "run `mami db upgrade`")
+
+
 def files_head(versions: Path) -> str | None:
     """The head read from the revision files' literal ``revision`` and ``down_revision``
     assignments, without importing Alembic; ``None`` unless that gives exactly one head

@@ -48,6 +48,10 @@ class SchemaBehind(ConfigError):
     """The database schema is older than the code."""
 
 
+class SchemaAhead(ConfigError):
+    """The database schema is at a revision the code does not have (a newer mami's)."""
+
+
 class Runtime:
     """Everything a request handler or plugin needs, for one app instance."""
 
@@ -92,6 +96,8 @@ class Runtime:
         auto = self.db.is_sqlite and self.config.core.auto_migrate
         current = migrations.current_revision(url)
         head = migrations.head_revision()
+        if migrations.is_ahead(current):
+            raise SchemaAhead(str(migrations.schema_problem(current, head)))
         if current != head:
             if not auto:
                 raise SchemaBehind(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, Response, get, post
+from litestar.response import Redirect
 
 from core import hookimpl, jobs
 from core.api.ws import push_event
@@ -194,26 +195,31 @@ async def list_images(principal: Principal, runtime: Runtime, limit: int = 50,
 
 
 @get("/api/images/{ref:str}", summary="An image job's status, or its PNG with .png")
-async def read_image(ref: str, principal: Principal, runtime: Runtime) -> Response[Any]:
+async def read_image(ref: str, principal: Principal, runtime: Runtime) -> Response[Any] | Redirect:
     """``/api/images/{id}``: state, progress, placeholder reason. ``/api/images/{id}.png``:
-    the image (or the placeholder, marked by the ``X-Mami-Placeholder`` header); 409
-    while the job is not finished."""
+    the image (or the placeholder, marked by the ``X-Mami-Placeholder`` header), or with
+    an S3 image store a 307 redirect to a short-lived presigned URL of it; 409 while the
+    job is not finished."""
     job_id, wants_png = (ref[:-4], True) if ref.endswith(".png") else (ref, False)
     job = await jobs.get_job(runtime.db, job_id, owner=principal.owner)
     if job is None:
         raise NotFound("image job not found")
     if not wants_png:
         return Response(job_view(job))
-    path = jobs.image_file(runtime.config, job)
-    if job.state not in ("succeeded", "placeholder") or path is None:
+    if job.state not in ("succeeded", "placeholder") or job.result_path is None:
         raise BadRequest(f"image job is {job.state}: no image", status_code=409)
-    try:
-        content = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise NotFound("image file is missing from storage") from exc
     headers = {"Cache-Control": "private, max-age=86400"}
     if job.state == "placeholder":
         headers["X-Mami-Placeholder"] = job.placeholder_reason or "unknown"
+    store = jobs.image_store(runtime)
+    link = store.link(job.result_path)
+    if link is not None:  # the link expires: so must any cached copy of the redirect
+        headers["Cache-Control"] = "private, no-store"
+        return Redirect(link, status_code=307, headers=headers)
+    try:
+        content = await store.read(job.result_path)
+    except FileNotFoundError as exc:
+        raise NotFound("image file is missing from storage") from exc
     return Response(content, media_type="image/png", headers=headers)
 
 

@@ -27,7 +27,6 @@ from core.jobs import (
     complete,
     enqueue,
     get_job,
-    image_file,
 )
 from core.models import ImageJob
 from core.plugins import Candidate, builtin_candidates
@@ -121,9 +120,9 @@ async def test_worker_produces_images_and_placeholders(
     assert placeholder is not None and placeholder.state == "placeholder"
     assert placeholder.placeholder_reason == "out_of_memory" and "CUDA" in (placeholder.error or "")
     for job in (ok, placeholder):
-        path = image_file(runtime.config, job)
-        assert path is not None and path.read_bytes().startswith(b"\x89PNG")
-        assert path.parent == runtime.config.data_dir / "images"
+        assert job.result_path is not None
+        path = runtime.config.data_dir / "images" / job.result_path
+        assert path.read_bytes().startswith(b"\x89PNG")
     assert worker.completed == [good.id, bad.id]
 
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from moto.server import ThreadedMotoServer
 
 from tests.chat_support import LlamaServer
+from tests.conftest import free_port
 from tests.deploy.lambda_events import Invoker, load_handler_module, mami
 from tests.forge_standin import ForgeStandIn
 from tests.plugins.chroma_rag.conftest import ChromaServer
@@ -99,3 +103,29 @@ def forge() -> Iterator[ForgeStandIn]:
     yield server
     server.stop()
 
+
+AWS_REGION = "eu-west-1"
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """boto3 pointed at moto's server (fresh state), as the function's environment would
+    be; returns a session for the operator's side (creating secrets and buckets)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", AWS_REGION)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST"))
+    yield boto3.session.Session(region_name=AWS_REGION)

@@ -25,7 +25,12 @@ HANDLER_PATH = Path(__file__).resolve().parents[2] / "deploy" / "lambda" / "hand
 
 def load_handler_module() -> ModuleType:
     """Import ``deploy/lambda/handler.py`` afresh, as a new execution environment would."""
-    spec = importlib.util.spec_from_file_location("mami_lambda_handler", HANDLER_PATH)
+    return load_by_path(HANDLER_PATH, "mami_lambda_handler")
+
+
+def load_by_path(path: Path, name: str) -> ModuleType:
+    """A fresh module from a file that no package path reaches (``lambda`` is a keyword)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -112,6 +117,13 @@ def make_event(
     raise ValueError(shape)
 
 
+def forwarded_for(headers: dict[str, str], seen: str = SOURCE_IP) -> str:
+    """``X-Forwarded-For`` as AWS passes it on: what the caller sent, plus the address
+    API Gateway, the function URL or the ALB saw (``seen``)."""
+    sent = headers.get("x-forwarded-for")
+    return f"{sent}, {seen}" if sent else seen
+
+
 def _v2_event(
     shape: str, method: str, path: str, query: str, headers: dict[str, str],
     body: str | None, is_b64: bool,
@@ -120,7 +132,7 @@ def _v2_event(
         "abcdefghijklmnopqrstuvwxyz123456.lambda-url.eu-west-1.on.aws"
         if shape == "function-url" else "r3pmxmplak.execute-api.eu-west-1.amazonaws.com"
     )
-    headers = {**headers, "host": domain, "x-forwarded-for": SOURCE_IP,
+    headers = {**headers, "host": domain, "x-forwarded-for": forwarded_for(headers),
                "x-forwarded-proto": "https", "x-forwarded-port": "443"}
     event: dict[str, Any] = {
         "version": "2.0",
@@ -160,7 +172,9 @@ def _v1_event(
     is_b64: bool,
 ) -> dict[str, Any]:
     params = parse_qsl(query)
-    headers = {**headers, "X-Forwarded-For": SOURCE_IP, "X-Forwarded-Proto": "https"}
+    sent = forwarded_for(headers)
+    headers = {k: v for k, v in headers.items() if k != "x-forwarded-for"}
+    headers = {**headers, "X-Forwarded-For": sent, "X-Forwarded-Proto": "https"}
     return {
         "resource": "/{proxy+}",
         "path": path,
@@ -204,8 +218,8 @@ def _alb_event(
         "path": path,
         # ALB passes the query string still URL-encoded
         "queryStringParameters": {quote_plus(k): quote_plus(v) for k, v in parse_qsl(query)},
-        "headers": {**headers, "x-forwarded-for": SOURCE_IP, "x-forwarded-proto": "https",
-                    "x-forwarded-port": "443"},
+        "headers": {**headers, "x-forwarded-for": forwarded_for(headers),
+                    "x-forwarded-proto": "https", "x-forwarded-port": "443"},
         "body": body or "",
         "isBase64Encoded": is_b64,
     }
@@ -222,19 +236,25 @@ def read_response(response: dict[str, Any]) -> LambdaResponse:
     return LambdaResponse(int(response["statusCode"]), headers, body, is_b64)
 
 
+API_TIMEOUT_MS = 29_000  # the API function's timeout in template.yaml
+
+
 class Invoker:
-    """Calls the handler the way the Lambda runtime does: ``handler(event, context)``."""
+    """Calls the handler the way the Lambda runtime does: ``handler(event, context)``,
+    with a context that has ``remaining_ms`` left (the function's whole timeout)."""
 
     def __init__(self, module: ModuleType) -> None:
         self.module = module
+        self.remaining_ms = API_TIMEOUT_MS
 
     def __call__(self, shape: str, method: str, path: str, **kwargs: Any) -> LambdaResponse:
-        raw = self.module.handler(make_event(shape, method, path, **kwargs), None)
+        context = LambdaContext(self.remaining_ms, function_name="mami-api")
+        raw = self.module.handler(make_event(shape, method, path, **kwargs), context)
         return read_response(raw)
 
     @property
     def runtime(self) -> Any:
-        return self.module._mangum.app.state.runtime
+        return self.module._app.state.runtime
 
     def worker(self, context: LambdaContext | None = None) -> dict[str, Any]:
         """The scheduled worker function, in the same execution environment."""

@@ -4,9 +4,11 @@ operator makes them for a Lambda deployment: ``mami token create`` against its d
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
+from core.errors import ConfigError
 from tests.deploy.lambda_events import SHAPES, Invoker, bearer
 
 
@@ -62,3 +64,44 @@ def test_bad_body_is_a_400_and_writes_nothing(
 
     listed = invoke("alb", "GET", "/api/tokens", headers=bearer(token))
     assert len(listed.json()["data"]) == 1
+
+
+def failed_logins(invoke: Invoker, shape: str, token: str, claims: list[str]) -> list[int]:
+    """Statuses of bad-token requests, each claiming another first X-Forwarded-For hop,
+    then of one request with the good token."""
+    statuses = [invoke(shape, "GET", "/api/tokens",
+                       headers={**bearer(token[:-4] + "AAAA"), "x-forwarded-for": claim}).status
+                for claim in claims]
+    good = invoke(shape, "GET", "/api/tokens",
+                  headers={**bearer(token), "x-forwarded-for": claims[-1]})
+    return [*statuses, good.status]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_forged_first_forwarded_hop_does_not_escape_the_failed_login_limit(
+    invoke: Invoker, lambda_env: Any, token: str, shape: str
+) -> None:
+    """Behind an ALB (and API Gateway, function URLs) the limit counts the address AWS
+    saw, whatever the caller writes into X-Forwarded-For."""
+    lambda_env(MAMI__PLUGINS__TOKEN_WS_AUTH__MAX_FAILED_ATTEMPTS="3")
+    claims = [f"10.0.0.{i}" for i in range(4)]
+    assert failed_logins(invoke, shape, token, claims) == [401, 401, 401, 429, 429]
+
+
+def test_trusted_hops_take_the_address_a_trusted_proxy_saw(
+    invoke: Invoker, lambda_env: Any, token: str
+) -> None:
+    """With a CloudFront distribution in front of the ALB (``MAMI_FORWARDED_HOPS=1``)
+    the address CloudFront appended identifies the caller: distinct callers behind the
+    same edge are counted apart, and a forged hop further left is still ignored."""
+    lambda_env(MAMI__PLUGINS__TOKEN_WS_AUTH__MAX_FAILED_ATTEMPTS="3", MAMI_FORWARDED_HOPS="1")
+    callers = [f"forged, 203.0.113.{i}" for i in range(4)]
+    assert failed_logins(invoke, "alb", token, callers) == [401, 401, 401, 401, 200]
+    same = [f"forged-{i}, 203.0.113.50" for i in range(4)]
+    assert failed_logins(invoke, "alb", token, same) == [401, 401, 401, 429, 429]
+
+
+def test_a_bad_hop_count_names_the_variable(invoke: Invoker, lambda_env: Any) -> None:
+    lambda_env(MAMI_FORWARDED_HOPS="all")
+    with pytest.raises(ConfigError, match="MAMI_FORWARDED_HOPS"):
+        invoke("alb", "GET", "/health")

@@ -4,13 +4,14 @@ plugin against a real ``llama_cpp.server`` on loopback (SmolLM2)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.chat_support import LlamaServer
+from tests.chat_support import LlamaServer, StandIn
 from tests.conftest import free_port
-from tests.deploy.lambda_events import SHAPES, Invoker, bearer
+from tests.deploy.lambda_events import API_TIMEOUT_MS, SHAPES, Invoker, bearer
 
 QUESTION = {"messages": [{"role": "user", "content": "Name a colour."}],
             "max_tokens": 8, "temperature": 0}
@@ -89,3 +90,50 @@ def test_no_websocket_routes_on_lambda(invoke: Invoker, token: str) -> None:
     paths = invoke("http-api-v2", "GET", "/schema/openapi.json").json()["paths"]
     assert "/v1/chat/completions" in paths
     assert not [p for p in paths if p.startswith("/ws")]
+
+
+@pytest.fixture
+def stalling_model() -> Iterator[StandIn]:
+    """An OpenAI-compatible server that stops answering (mode set by each test)."""
+    server = StandIn("stall_first").start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(("shape", "mode", "stored"), [
+    ("http-api-v2", "stall_first", ("interrupted", "")),
+    ("rest-api-v1", "stall_mid", ("interrupted", "Hello")),
+    ("alb", "stall_first", ("interrupted", "")),
+    ("function-url", "stall_mid", ("interrupted", "Hello")),
+])
+def test_a_model_that_stalls_past_the_deadline_gets_mamis_504_and_the_row_is_closed(
+    invoke: Invoker, lambda_env: Any, token: str, stalling_model: StandIn, shape: str,
+    mode: str, stored: tuple[str, str],
+) -> None:
+    """The model's own timeouts (read 60 s, retry budget 30 s) outlast the function;
+    the handler's deadline (time left minus the margin) ends the request first: a JSON
+    504, the reply stored interrupted with what arrived, and a retry is not refused."""
+    stalling_model.mode = mode
+    lambda_env(MAMI_LLM_BASE_URL=stalling_model.url, MAMI_LLM_MODEL="standin",
+               MAMI__PLUGINS__OPENAI_LLM__READ_TIMEOUT="60",
+               MAMI__PLUGINS__OPENAI_LLM__RETRY_BUDGET="30")
+    invoke.remaining_ms = int((invoke.module.DEADLINE_MARGIN_SECONDS + 1.5) * 1000)
+    body = {**QUESTION, "metadata": {"client_message_id": f"deadline-{shape}"}}
+    response = post_chat(invoke, shape, token, body, conversation="new")
+    assert response.status == 504, response.body
+    error = response.json()["error"]
+    assert error["code"] == "deadline_exceeded" and "did not finish within" in error["message"]
+    assert response.headers["content-type"] == "application/json"
+
+    invoke.remaining_ms = API_TIMEOUT_MS
+    (conversation,) = invoke(shape, "GET", "/api/conversations", headers=bearer(token)).json()
+    messages = invoke(shape, "GET", f"/api/conversations/{conversation['id']}/messages",
+                      headers=bearer(token)).json()
+    assert [(m["role"], m["status"]) for m in messages] == [
+        ("user", "complete"), ("assistant", stored[0])]
+    assert messages[1]["content"] == stored[1]
+
+    stalling_model.mode = "ok"  # the same message again: answered, not 409
+    retried = post_chat(invoke, shape, token, body, conversation=conversation["id"])
+    assert retried.status == 200, retried.body
+    assert retried.json()["choices"][0]["message"]["content"] == "Hello from the stand-in."

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from core import migrations
 from core.errors import ConfigError
@@ -173,3 +174,37 @@ def test_cold_path_imports_nothing_heavy(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     result = __import__("json").loads(done.stdout.strip().splitlines()[-1])
     assert result == {"status": 200, "imported": []}
+
+
+def test_schema_ahead_of_the_code_says_so_and_names_the_revision(
+    invoke: Invoker, lambda_env: Any, tmp_path: Path
+) -> None:
+    """A database upgraded by a newer mami: not "run `mami db upgrade`" (which cannot
+    help) but the revision, and what to do."""
+    url = f"sqlite:///{tmp_path / 'ahead.db'}"
+    migrations.upgrade(url)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'f00dfacecafe'"))
+    engine.dispose()
+    lambda_env(MAMI_DATABASE_URL=url)
+    response = invoke("http-api-v2", "GET", "/health")
+    assert response.status == 500
+    message = response.json()["error"]["message"]
+    assert "f00dfacecafe" in message and migrations.head_revision() in message
+    assert "newer mami" in message and "mami db upgrade" not in message
+    assert migrations.current_revision(url) == "f00dfacecafe"  # left as it was
+
+
+def test_images_without_a_forge_url_are_refused_not_placeholders() -> None:
+    """Blank MAMI_FORGE_URL: forge-image is off (``/api/images`` says 503); switched on
+    anyway, the first invocation stops naming both variables."""
+    module = load_handler_module()
+    assert module.config_from_env({"MAMI_FORGE_URL": ""}).plugins["forge-image"]["enabled"] is False
+    on = module.config_from_env({"MAMI_FORGE_URL": "http://forge.internal:7860"})
+    assert on.plugins["forge-image"]["enabled"] is True
+    with pytest.raises(ConfigError) as caught:
+        module.config_from_env({"MAMI__PLUGINS__FORGE_IMAGE__ENABLED": "true",
+                                "MAMI_FORGE_URL": ""})
+    assert "MAMI__PLUGINS__FORGE_IMAGE__ENABLED=true" in caught.value.message
+    assert "MAMI_FORGE_URL" in caught.value.message

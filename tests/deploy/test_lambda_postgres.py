@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.chat_support import LlamaServer
+from tests.chat_support import LlamaServer, StandIn
 from tests.deploy.lambda_events import Invoker, bearer, mami
 from tests.forge_standin import ForgeStandIn
 from tests.plugins.chroma_rag.conftest import ChromaServer
@@ -62,3 +62,33 @@ def test_deployment_flow_on_postgres(
     assert png.status == 200 and png.base64
     assert png.body.startswith(b"\x89PNG")
     assert rows(postgres_url, "image_jobs") == 1
+
+
+@pytest.mark.postgres
+def test_deadline_on_postgres_closes_the_reply_row(
+    invoke: Invoker, lambda_env: Any, postgres_url: str, tmp_path: Path, aws: Any,
+) -> None:
+    """A stalled model past the deadline on PostgreSQL (password from Secrets Manager,
+    as the template passes it): a 504, and no row left ``streaming``."""
+    mami("db", "upgrade", database_url=postgres_url, cwd=tmp_path)
+    token = mami("token", "create", "--owner", "alice", database_url=postgres_url,
+                 cwd=tmp_path).strip().splitlines()[-1]
+    secret = aws.client("secretsmanager").create_secret(
+        Name="rds!db-mami", SecretString=json.dumps({"username": "postgres", "password": "pw"}))
+    model = StandIn("stall_mid").start()
+    try:
+        lambda_env(MAMI_DATABASE_URL=postgres_url, MAMI__CORE__AUTH="true",
+                   MAMI_DATABASE_PASSWORD_SECRET_ARN=secret["ARN"] + "#password",
+                   MAMI_LLM_BASE_URL=model.url, MAMI_LLM_MODEL="standin")
+        invoke.remaining_ms = int((invoke.module.DEADLINE_MARGIN_SECONDS + 1.5) * 1000)
+        chat = invoke("rest-api-v1", "POST", "/v1/chat/completions", headers={
+            **bearer(token), "content-type": "application/json", "x-mami-conversation": "new"},
+            body=json.dumps({"messages": [{"role": "user", "content": "Hi"}]}))
+    finally:
+        model.stop()
+    assert chat.status == 504, chat.body
+    assert invoke.runtime.db.url.startswith("postgresql+psycopg://postgres:pw@")
+    dsn = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn) as conn:
+        stored = conn.execute("SELECT role, status, content FROM messages ORDER BY seq").fetchall()
+    assert stored == [("user", "complete", "Hi"), ("assistant", "interrupted", "Hello")]

@@ -13,6 +13,7 @@ from cfnlint.api import lint_file
 from cfnlint.decode.cfn_yaml import load
 
 from plugins.forge_image import Settings as ForgeSettings
+from tests.deploy.lambda_events import load_by_path
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "deploy" / "lambda" / "template.yaml"
@@ -69,8 +70,8 @@ def test_environment_only_uses_variables_the_handler_reads(
     template: dict[str, Any], handler: Any
 ) -> None:
     known = set(handler.ALIASES) | {
-        "MAMI_DATABASE_URL", "MAMI_DATA_DIR", handler.SIGNING_KEY_ARN, "HOME",
-    }
+        "MAMI_DATABASE_URL", "MAMI_DATA_DIR", "HOME", handler.FORWARDED_HOPS,
+    } | {name + handler.SECRET_SUFFIX for name in handler.SECRET_VARIABLES}
     variables = template["Globals"]["Function"]["Environment"]["Variables"]
     for function in _functions(template).values():
         env = function["Properties"].get("Environment", {}).get("Variables", {})
@@ -98,11 +99,45 @@ def test_image_copies_what_the_handler_needs() -> None:
         assert f"COPY {needed} " in text
 
 
-def test_readme_documents_every_variable_the_handler_reads(handler: Any) -> None:
-    readme = (ROOT / "deploy" / "README.md").read_text()
-    documented = {name for name in re.findall(r"`(MAMI_[A-Z_]+)`", readme)
-                  if not name.startswith(handler.PREFIX)}
-    read = set(handler.ALIASES) | {"MAMI_DATABASE_URL", handler.SIGNING_KEY_ARN,
-                                   handler.DEFAULT_SIGNING_KEY_ENV}
-    assert read <= documented
-    assert documented - read <= {"MAMI_DATA_DIR", "MAMI_CONFIG"}
+def test_image_is_the_platform_the_dependency_check_proves() -> None:
+    """The base image's Python is the one dependencies.py installs and imports for, and
+    the image installs the checked lock the way the check does."""
+    dependencies = load_by_path(ROOT / "deploy" / "lambda" / "dependencies.py", "deps")
+    text = DOCKERFILE.read_text()
+    assert f"FROM public.ecr.aws/lambda/python:{dependencies.PYTHON_VERSION}\n" in text
+    assert "pip install --no-cache-dir --no-deps --only-binary=:all:" in text
+    assert "-r /tmp/requirements.txt" in text and "COPY deploy/lambda/requirements.txt" in text
+
+
+def test_no_plain_secret_values_only_arns_and_reads_of_exactly_those(
+    template: dict[str, Any], handler: Any
+) -> None:
+    """Every secret reaches the function as an ARN parameter; the one policy that reads
+    secrets lists exactly those parameters."""
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert not set(handler.SECRET_VARIABLES) - {"MAMI_DATABASE_URL"} & set(variables)
+    arn_parameters = {name for name in template["Parameters"] if name.endswith("SecretArn")}
+    assert arn_parameters == {"DatabasePasswordSecretArn", "ChromaTokenSecretArn",
+                              "LlmApiKeySecretArn", "ForgeCredentialsSecretArn",
+                              "SigningKeySecretArn"}
+    assert not [p for p in template["Parameters"].values() if p.get("NoEcho")]
+    (statement,) = template["Resources"]["ReadSecretsPolicy"]["Properties"][
+        "PolicyDocument"]["Statement"]
+    assert sorted(statement["Action"]) == ["secretsmanager:GetSecretValue", "ssm:GetParameter"]
+    assert {_referenced(r) for r in statement["Resource"]} == arn_parameters
+    for function in _functions(template).values():
+        assert {"Ref": "ReadSecretsPolicy"} in function["Properties"]["Policies"]
+
+
+def _referenced(value: Any) -> str:
+    """The parameter a (possibly conditional, possibly split) ARN expression refers to."""
+    text = str(value)
+    (name,) = {p for p in re.findall(r"'Ref': '(\w+)'", text) if p != "AWS::NoValue"}
+    return name
+
+
+def test_images_on_without_a_forge_url_is_refused_by_a_rule(template: dict[str, Any]) -> None:
+    rule = template["Rules"]["ImagesNeedForge"]
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "Images"}, "on"]}
+    (assertion,) = rule["Assertions"]
+    assert assertion["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ForgeUrl"}, ""]}]}
