@@ -167,7 +167,7 @@ async def test_image_of_unfinished_job_is_409(http: httpx.AsyncClient, forge: Fo
         ({"prompt": "x", "cfg_scalee": 7}, "unknown field: cfg_scalee (known: "),
         ({"prompt": "x", "a": 1, "b": 2}, "unknown fields: a, b"),
         ({"prompt": "x", "width": "512"}, "width: expected an integer, got a string"),
-        ({"prompt": "x", "steps": True}, "steps: Expected `int`, got `bool`"),  # Litestar's own check
+        ({"prompt": "x", "steps": True}, "steps: Expected `int`, got `bool`"),
         ({"prompt": "x", "cfg_scale": "7"}, "cfg_scale: expected a number or null"),
         ({"prompt": "x", "negative_prompt": "n" * 2001},
          "negative_prompt: at most 2000 characters"),
