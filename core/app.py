@@ -23,6 +23,7 @@ from core.config import Config, load_config
 from core.errors import ErrorBody, MamiError, error_body
 from core.plugins import Candidate
 from core.runtime import Runtime
+from core.security import guards
 
 log = logging.getLogger("mami")
 
@@ -136,6 +137,7 @@ def create_app(
             },
             lifespan=[] if serverless else [lifespan],
             before_request=start_lazily,
+            middleware=guards(runtime),
             exception_handlers={
                 MamiError: _mami_error,
                 HTTPException: _http_error,

@@ -63,6 +63,8 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str = ""
+    allowed_hosts: list[str] = field(default_factory=list)
+    allowed_origins: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from litestar.datastructures import UploadFile
 from core.errors import BadRequest, NotFound
 from core.protocols import DocumentInfo, Principal, Retriever
 from core.runtime import Runtime
+from core.security import ACCEPTS_UPLOADS
 
 
 @dataclass
@@ -111,7 +112,7 @@ class DocumentController(Controller):
     path = "/api/documents"
     tags = ["documents"]
 
-    @post("/", status_code=201)
+    @post("/", status_code=201, opt={ACCEPTS_UPLOADS: True})
     async def upload(self, request: Request[Any, Any, Any], runtime: Runtime,
                      principal: Principal) -> list[DocumentOut]:
         """Store documents for retrieval. The same source and scope again replaces the

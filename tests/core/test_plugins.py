@@ -26,7 +26,7 @@ def third_party_app(make_config: Any, **plugins: Any) -> Any:
 
 async def test_entry_point_plugins_are_discovered_and_broken_ones_degrade(make_config: Any) -> None:
     app = third_party_app(make_config, sample={"greeting": "merhaba", "times": 2})
-    async with AsyncTestClient(app) as client:
+    async with AsyncTestClient(app, base_url="http://127.0.0.1") as client:
         health = (await client.get("/health")).json()
         hello = await client.get("/sample/hello")
     assert health["status"] == "degraded"
@@ -47,7 +47,7 @@ async def test_disabled_plugins_are_not_loaded(make_config: Any) -> None:
         **{"broken-import": {"enabled": False}, "broken-startup": {"enabled": False},
            "sample": {"enabled": False}},
     )
-    async with AsyncTestClient(app) as client:
+    async with AsyncTestClient(app, base_url="http://127.0.0.1") as client:
         health = (await client.get("/health")).json()
         missing = await client.get("/sample/hello")
     assert health["status"] == "ok"
@@ -187,7 +187,7 @@ async def test_a_plugin_whose_routes_litestar_rejects_degrades(make_config: Any)
     broken = Candidate("bad-routes", "tests", "entrypoint", True, partial(BadRoutes))
     sample = next(c for c in entrypoint_candidates() if c.name == "sample")
     app = create_app(make_config(), candidates=[broken, sample])
-    async with AsyncTestClient(app) as client:
+    async with AsyncTestClient(app, base_url="http://127.0.0.1") as client:
         health = (await client.get("/health")).json()
         hello = await client.get("/sample/hello")
     assert health["status"] == "degraded"

@@ -45,7 +45,7 @@ async def test_readme_plugin_example_works(make_config: Any, tmp_path: Path,
     candidate = Candidate("word-counter", "word_counter", "entrypoint", True,
                           partial(import_module, "word_counter"))
     app = create_app(make_config(plugins={"word-counter": {"per": 1}}), candidates=[candidate])
-    async with AsyncTestClient(app) as client:
+    async with AsyncTestClient(app, base_url="http://127.0.0.1") as client:
         runtime = runtime_of(app)
         event = MessageCompleted("local", "c", "m", "u", "hi", "one two three")
         assert await runtime.fire("message_completed", event=event) == []

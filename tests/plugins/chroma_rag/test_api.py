@@ -27,7 +27,7 @@ async def client(make_config: Any,
     config = make_config(core={"auth": True},
                          plugins={"chroma-rag": {**rag_settings, "max_bytes": 5000}})
     app = create_app(config, candidates=rag_candidates(HEADER_AUTH))
-    async with AsyncTestClient(app) as test_client:
+    async with AsyncTestClient(app, base_url="http://127.0.0.1") as test_client:
         yield test_client
 
 

@@ -87,7 +87,8 @@ def test_auth_off_warns_at_start(tmp_path: Path) -> None:
     config = config_from_dict({"core": {"auth": False, "data_dir": str(tmp_path),
                                         "database_url": f"sqlite:///{tmp_path / 'm.db'}"}})
     try:
-        with TestClient(create_app(config, candidates=auth_candidates())) as client:
+        with TestClient(create_app(config, candidates=auth_candidates()),
+                    base_url="http://127.0.0.1") as client:
             assert client.get("/api/tokens").status_code == 200
     finally:
         logging.getLogger("mami.auth").removeHandler(records)
@@ -100,7 +101,8 @@ def test_auth_on_without_authenticator_is_503(tmp_path: Path) -> None:
     config = config_from_dict({"core": {"auth": True, "data_dir": str(tmp_path),
                                         "database_url": f"sqlite:///{tmp_path / 'm.db'}"},
                                "plugins": {"token-ws-auth": {"enabled": False}}})
-    with TestClient(create_app(config, candidates=auth_candidates())) as client:
+    with TestClient(create_app(config, candidates=auth_candidates()),
+                    base_url="http://127.0.0.1") as client:
         assert client.get("/api/tokens").status_code == 404
         assert client.get("/health").status_code == 200
 
