@@ -9,6 +9,7 @@ from litestar import Request, get
 from litestar.datastructures import State
 
 from core.api.deps import authenticate, get_runtime
+from core.config import hide_url_secrets
 from core.errors import MamiError
 
 
@@ -40,7 +41,7 @@ async def health(request: Request[Any, Any, Any], state: State) -> dict[str, Any
     if not await _may_see_details(request, runtime):
         report["plugins"] = {name: {"status": entry["status"]}
                              for name, entry in report["plugins"].items()}
-    return report
+    return hide_url_secrets(report)  # type: ignore[no-any-return]
 
 
 async def _may_see_details(request: Request[Any, Any, Any], runtime: Any) -> bool:

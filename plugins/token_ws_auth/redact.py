@@ -17,6 +17,7 @@ SECRET_PATTERNS = (
     (re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), REDACTED),
     (re.compile(r"(?i)(bearer\s+)\S+"), r"\1" + REDACTED),
     (re.compile(r"(?i)((?:token|ticket)=)[^&\s\"']+"), r"\1" + REDACTED),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s\"'@]+@"), r"\1" + REDACTED + "@"),
 )
 QUERY = re.compile(r"\?[^\s\"']*")
 ACCESS_LOGGERS = ("uvicorn.access",)

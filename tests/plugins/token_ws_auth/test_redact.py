@@ -58,3 +58,8 @@ def test_tracebacks_are_redacted() -> None:
 def test_ordinary_text_is_kept() -> None:
     text = formatted("mami.test", "what is 2+2? see https://example.com/a?b=c")
     assert "what is 2+2? see https://example.com/a?b=c" in text
+
+
+def test_userinfo_in_urls_is_redacted() -> None:
+    text = formatted("mami.test", "cannot reach %s", "http://user:pass@gpu:7860/sdapi")
+    assert "http://[redacted]@gpu:7860/sdapi" in text and "pass" not in text
