@@ -137,7 +137,7 @@ def create_app(
             },
             lifespan=[] if serverless else [lifespan],
             before_request=start_lazily,
-            middleware=guards(runtime),
+            middleware=guards(runtime, MAX_BODY_BYTES),
             exception_handlers={
                 MamiError: _mami_error,
                 HTTPException: _http_error,

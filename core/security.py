@@ -10,6 +10,7 @@ also receive ``multipart/form-data``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     from core.runtime import Runtime
 
 ACCEPTS_UPLOADS = "mami.accepts_uploads"
+MAX_JSON_DEPTH = 64
+MAX_INT_DIGITS = 18  # what a 64-bit integer column holds
+STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+BRACKET = re.compile(rb"[\[\]{}]")
+LONG_NUMBER = re.compile(rb"\d{%d,}" % (MAX_INT_DIGITS + 1))
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::"})
@@ -48,6 +54,60 @@ def origin_of(url: str) -> str | None:
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}".lower()
 
 
+class _BigInt(str):
+    """An integer literal too long to store, kept as text so its field can be named."""
+
+
+def _int_literal(text: str) -> int | _BigInt:
+    return _BigInt(text) if len(text.lstrip("-")) > MAX_INT_DIGITS else int(text)
+
+
+def json_depth(raw: bytes) -> int:
+    """How deeply arrays and objects nest in a JSON text (strings ignored)."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return 0  # cannot nest deeper than the limit: skip the scan
+    depth = deepest = 0
+    for match in BRACKET.finditer(STRING.sub(b'""', raw)):
+        depth += 1 if match.group() in (b"[", b"{") else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _bad_value(value: Any, path: str) -> tuple[str, str] | None:
+    if isinstance(value, _BigInt):
+        return f"{path or 'body'}: integer has more than {MAX_INT_DIGITS} digits", path
+    if isinstance(value, str):
+        return (f"{path or 'body'}: contains a NUL character", path) if "\x00" in value else None
+    items: Any = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, list) else ())
+    for key, item in items:
+        if isinstance(key, str) and "\x00" in key:
+            return f"{path or 'body'}: a key contains a NUL character", path
+        sub = f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else key)
+        found = _bad_value(item, sub)
+        if found is not None:
+            return found
+    return None
+
+
+def json_problem(raw: bytes | str) -> tuple[str, str | None] | None:
+    """What is wrong with a JSON text before it may be parsed and stored, as ``(message,
+    field)``: nested deeper than :data:`MAX_JSON_DEPTH`, an integer longer than
+    :data:`MAX_INT_DIGITS` digits, or a NUL character in a string (PostgreSQL cannot store
+    one). ``None`` when it has none of these; invalid JSON is left to the handler."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    if json_depth(data) > MAX_JSON_DEPTH:
+        return f"JSON nested deeper than {MAX_JSON_DEPTH} levels", None
+    if b"\\u0000" not in data and b"\x00" not in data and not LONG_NUMBER.search(data):
+        return None
+    try:
+        value = json.loads(data, parse_int=_int_literal)
+    except (ValueError, RecursionError):
+        return None
+    found = _bad_value(value, "")
+    return (found[0], found[1] or None) if found else None
+
+
 class BrowserGuard(ASGIMiddleware):
     """Refuses, before any handler runs:
 
@@ -56,15 +116,18 @@ class BrowserGuard(ASGIMiddleware):
       own (its ``Host``), the ``public_url``'s, one in ``[server] allowed_origins`` nor
       one the authenticator allows: 403 (4403);
     - an unsafe method with a body that is not JSON (or multipart where uploads are
-      accepted): 415.
+      accepted): 415;
+    - a NUL character in the URL, or a JSON body with a problem :func:`json_problem`
+      finds: 400 naming the field; a body over ``max_body``: 413.
 
     Lambda skips the ``Host`` check: API Gateway and function URLs route by host
     themselves, so no foreign name reaches the function."""
 
     scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, max_body: int) -> None:
         self.runtime = runtime
+        self.max_body = max_body
 
     def allowed_hosts(self) -> set[str] | None:
         """Host names served, or ``None`` when any is (``"*"`` or Lambda)."""
@@ -104,6 +167,8 @@ class BrowserGuard(ASGIMiddleware):
         if hosts is not None and host_name(host) not in hosts:
             return (421, f"host {host!r} is not served here: add it to [server] allowed_hosts "
                          "or set [server] public_url", "host_not_allowed")
+        if "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b""):
+            return 400, "the URL contains a NUL character", "invalid_characters"
         websocket = scope["type"] == ScopeType.WEBSOCKET
         if not websocket and scope.get("method", "GET") not in UNSAFE_METHODS:
             return None
@@ -134,6 +199,16 @@ class BrowserGuard(ASGIMiddleware):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         refused = self.refusal(scope)
+        if refused is None and _is_json_write(scope):
+            body, more = await self._read_body(receive)
+            if more:
+                refused = (413, f"the request body is over the limit of {self.max_body} bytes",
+                           "request_too_large")
+            elif (problem := json_problem(body)) is not None:
+                await _send_error(send, 400, problem[0], "invalid_request_body", problem[1])
+                return
+            else:
+                receive = _replay(body, receive)
         if refused is None:
             await next_app(scope, receive, send)
             return
@@ -148,11 +223,56 @@ class BrowserGuard(ASGIMiddleware):
             await send(accept)  # type: ignore[arg-type]
             await send({"type": "websocket.close", "code": CLOSE_FORBIDDEN, "reason": message[:120]})
             return
-        body = json.dumps(error_body(status, message, code=code)).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await _send_error(send, status, message, code)
+
+    async def _read_body(self, receive: Receive) -> tuple[bytes, bool]:
+        """The whole body, and whether it went on past ``max_body`` (then it is cut)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return b"", True
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks), False
+
+
+def _is_json_write(scope: Scope) -> bool:
+    if scope["type"] != ScopeType.HTTP or scope.get("method") not in UNSAFE_METHODS:
+        return False
+    media = headers_of(scope).get("content-type", "").partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/")
+                                           and media.endswith("+json"))
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the already read body over once, then defers to the
+    client's (for a disconnect)."""
+    sent = False
+
+    async def replay() -> Any:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay  # type: ignore[return-value]
+
+
+async def _send_error(send: Send, status: int, message: str, code: str,
+                      param: str | None = None) -> None:
+    body = json.dumps(error_body(status, message, code=code, param=param)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def headers_of(scope: Scope) -> dict[str, str]:
@@ -160,6 +280,7 @@ def headers_of(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
 
-def guards(runtime: Runtime) -> list[Any]:
-    """The middleware :func:`core.app.create_app` installs."""
-    return [BrowserGuard(runtime)]
+def guards(runtime: Runtime, max_body: int) -> list[Any]:
+    """The middleware :func:`core.app.create_app` installs (``max_body``: the largest
+    request body in bytes)."""
+    return [BrowserGuard(runtime, max_body)]

@@ -82,6 +82,10 @@ async def _uploads(request: Request[Any, Any, Any]) -> tuple[list[Upload], str]:
     if request.content_type[0] == "multipart/form-data":
         form = await request.form()
         scope = form.get("scope") or "default"
+        for key, value in form.multi_items():
+            name = value.filename if isinstance(value, UploadFile) else value
+            if "\x00" in str(name or "") or "\x00" in key:
+                raise BadRequest(f"{key}: contains a NUL character", param=key)
         uploads: list[Upload] = []
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):

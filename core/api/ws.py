@@ -47,6 +47,7 @@ from core.chat import ChatRequest, Finished, Usage, start_turn
 from core.errors import MamiError
 from core.protocols import Principal
 from core.runtime import Runtime
+from core.security import json_problem
 
 log = logging.getLogger("mami.ws")
 
@@ -127,10 +128,14 @@ class ChatSocket:
             if code is not None:
                 await self.socket.close(code=code, reason="message too large or too frequent")
                 return
+            problem = json_problem(raw)
+            if problem is not None:
+                self.error(problem[0], 400)
+                continue
             try:
                 message = json.loads(raw)
                 kind = message.get("type") if isinstance(message, dict) else None
-            except ValueError:
+            except (ValueError, RecursionError):
                 self.error("invalid JSON", 400)
                 continue
             if kind == "ping":

@@ -70,11 +70,15 @@ def hash_token(token: str) -> str:
 def parse_duration(text: str) -> timedelta:
     """``30d``, ``12h``, ``15m``, ``90s``, ``2w`` or plain seconds; raises BadRequest."""
     match = DURATION_RE.match(text)
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    if match and len(match.group(1)) > 12:  # over ten years in any unit; int() would choke
+        raise BadRequest(f"invalid duration {shown!r}: at most ten years", param="expires_in")
     if not match or int(match.group(1)) <= 0:
-        raise BadRequest(f"invalid duration {text!r}: use a positive number with s, m, h, d or w")
+        raise BadRequest(f"invalid duration {shown!r}: use a positive number with s, m, h, "
+                         "d or w", param="expires_in")
     seconds = int(match.group(1)) * UNITS[match.group(2)]
     if seconds > 10 * 365 * 86400:
-        raise BadRequest(f"invalid duration {text!r}: at most ten years")
+        raise BadRequest(f"invalid duration {shown!r}: at most ten years", param="expires_in")
     return timedelta(seconds=seconds)
 
 
