@@ -153,8 +153,6 @@ class TokenAuthenticator:
         401 (missing, malformed, wrong, expired, revoked), 403 (origin not allowed),
         429 (too many failed attempts from this address)."""
         lowered = {k.lower(): v for k, v in headers.items()}
-        if self.failures.blocked(client):
-            raise TooManyAttempts("too many failed authentication attempts; try again later")
         origin = lowered.get("origin")
         if origin is not None and origin not in self.allowed_origins:
             raise AuthError("origin not allowed", status_code=403)
@@ -163,16 +161,25 @@ class TokenAuthenticator:
             raise AuthError("missing credential: send 'Authorization: Bearer <token>'")
         scheme, _, credential = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not credential.strip() or " " in credential.strip():
-            self.failures.record(client)
+            self._failed(client)
             raise AuthError("malformed Authorization header: expected 'Bearer <token>'")
         info = await tokens.verify_token(self.db, credential.strip())
         if info is None:
-            self.failures.record(client)
+            self._failed(client)
             raise AuthError("invalid, expired or revoked token")
         self.recent.remember(info)
         if info.last_used_at is None or info.last_used_at < tokens.now() - TOUCH_EVERY:
             await tokens.touch(self.db, info.id, TOUCH_EVERY)
         return Principal(owner=info.owner, credential_id=info.id, expires_at=info.expires_at)
+
+    def _failed(self, client: str | None) -> None:
+        """Count a failure; once the address is over the limit its failures are 429s
+        (a valid credential from it is still served: one bad client behind a shared
+        address or proxy must not lock the others out)."""
+        blocked = self.failures.blocked(client)
+        self.failures.record(client)
+        if blocked:
+            raise TooManyAttempts("too many failed authentication attempts; try again later")
 
     async def issue_ticket(self, principal: Principal) -> tuple[str, tickets.Ticket]:
         """A single-use WebSocket ticket bound to the principal's owner and token."""
@@ -187,8 +194,6 @@ class TokenAuthenticator:
         ticket) or 4408 (no ticket in time) and returns ``None``."""
         headers, offered, subprotocol = _handshake(socket)
         client = getattr(getattr(socket, "client", None), "host", None)
-        if self.failures.blocked(client):
-            return await self._refuse(socket, subprotocol, POLICY, "too many failed attempts")
         origin = headers.get("origin")
         if origin is None and not self.settings.allow_missing_origin:
             return await self._refuse(socket, subprotocol, FORBIDDEN, "origin required")
@@ -209,8 +214,12 @@ class TokenAuthenticator:
                 return None
             principal = await self._redeem(_ticket_from_message(first))
         if principal is None:
+            blocked = self.failures.blocked(client)
             self.failures.record(client)
-            await socket.close(code=NOT_AUTHENTICATED, reason="invalid, used or expired ticket")
+            if blocked:
+                await socket.close(code=POLICY, reason="too many failed attempts")
+            else:
+                await socket.close(code=NOT_AUTHENTICATED, reason="invalid, used or expired ticket")
         return principal
 
     async def accept_anonymous(self, socket: Any) -> bool:

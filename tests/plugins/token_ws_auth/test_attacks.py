@@ -335,19 +335,29 @@ async def test_token_expiring_while_streaming_closes_4401(auth_server: AuthServe
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
 
 
-async def test_failed_attempts_lock_the_address(tmp_path: object) -> None:
+async def test_failed_attempts_slow_guessing_but_valid_credentials_pass(
+        tmp_path: object) -> None:
+    """Past the limit an address's wrong guesses are 429s (sockets 1008), while a valid
+    token or ticket from the same address (a shared NAT or proxy) is still served."""
     from pathlib import Path
 
     server, serving = start_server(Path(str(tmp_path)), f"sqlite:///{tmp_path}/lock.db",
                                    max_failed_attempts=3)
     try:
         token, _ = await server.token("trent")
-        ticket = await server.ticket(token)
+        tickets_ = [await server.ticket(token) for _ in range(2)]
         async with httpx.AsyncClient(base_url=server.url) as client:
             for _ in range(3):
                 assert_error(await client.get("/api/tokens", headers=bearer("wrong")), 401)
-            assert_error(await client.get("/api/tokens", headers=bearer(token)), 429)
-        assert await refused_with(server, ticket=ticket) == 1008
+            assert_error(await client.get("/api/tokens", headers=bearer("wrong")), 429)
+            assert_error(await client.get("/api/tokens", headers={"authorization": "x"}), 429)
+            assert (await client.get("/api/tokens", headers=bearer(token))).status_code == 200
+            assert_error(await client.get("/api/tokens", headers=bearer("wrong")), 429)
+        assert await refused_with(server, ticket="forged") == 1008
+        async with server.ws("/test/ws/echo", ticket=tickets_[0]) as ws:
+            await ws.send("hello")
+            assert await asyncio.wait_for(ws.recv(), 10)
+        assert await refused_with(server, ticket=tickets_[0]) == 1008  # spent
     finally:
         serving.stop()
 
