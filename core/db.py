@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -37,11 +38,25 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def private_dir(path: Path) -> Path:
+    """Create ``path`` and its missing parents with mode 0700 (only the owner may list
+    or read what mami keeps there); an existing directory is left as it is."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
 def ensure_sqlite_dir(url: str) -> None:
-    """Create the directory of a SQLite file so a fresh install needs no set-up."""
+    """Create the directory (0700) and the file (0600) of a SQLite database so a fresh
+    install needs no set-up and other local users cannot read it. SQLite gives its
+    journal files the database file's mode."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        database = Path(parsed.database).expanduser()
+        private_dir(database.parent)
+        if not database.exists():
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -221,7 +221,8 @@ class BrowserGuard(ASGIMiddleware):
             if offered.strip():  # a browser drops a socket that answers none it offered
                 accept["subprotocol"] = offered.split(",")[0].strip()
             await send(accept)  # type: ignore[arg-type]
-            await send({"type": "websocket.close", "code": CLOSE_FORBIDDEN, "reason": message[:120]})
+            await send({"type": "websocket.close", "code": CLOSE_FORBIDDEN,
+                        "reason": message[:120]})
             return
         await _send_error(send, status, message, code)
 

@@ -24,16 +24,25 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return asyncio.run(_ingest(args))
 
 
-def find_files(paths: list[str]) -> list[Path]:
+def find_files(paths: list[str], follow_links: bool = False,
+               skipped: list[Path] | None = None) -> list[Path]:
     """The files named, plus the text files under each directory named, in order and
-    without repeats. A path that does not exist is an error naming it."""
+    without repeats. A path that does not exist is an error naming it. A link under a
+    directory that leads out of it is skipped (and added to ``skipped``) unless
+    ``follow_links``: a link to a key file must not make it searchable."""
     found: dict[Path, None] = {}
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
+            root = path.resolve()
             for child in sorted(path.rglob("*")):
-                if child.is_file() and child.suffix.lower() in TEXT_SUFFIXES:
-                    found.setdefault(child, None)
+                if not child.is_file() or child.suffix.lower() not in TEXT_SUFFIXES:
+                    continue
+                if not follow_links and not child.resolve().is_relative_to(root):
+                    if skipped is not None:
+                        skipped.append(child)
+                    continue
+                found.setdefault(child, None)
         elif path.is_file():
             found.setdefault(path, None)
         else:
@@ -75,7 +84,11 @@ async def _ingest(args: argparse.Namespace) -> int:
     from core.config import load_config
     from core.runtime import Runtime
 
-    documents = read_documents(find_files(args.paths))
+    skipped: list[Path] = []
+    documents = read_documents(find_files(args.paths, args.follow_links, skipped))
+    for link in skipped:
+        print(f"mami: skipped {link}: a link out of the directory (see --follow-links)",
+              file=sys.stderr)
     runtime = Runtime(load_config(args.config))
     await runtime.ensure_started()
     try:
@@ -105,4 +118,6 @@ def register_commands(subparsers: Any) -> None:
     parser.add_argument("--owner", required=True, help="owner of the documents")
     parser.add_argument("--scope", default="default",
                         help="scope to file them under (default: default)")
+    parser.add_argument("--follow-links", action="store_true",
+                        help="also read files that links under a directory lead to outside it")
     parser.set_defaults(func=cmd_ingest)

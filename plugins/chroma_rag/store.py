@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.db import private_dir
 from core.errors import ConfigError
 from core.protocols import Check
 
@@ -36,7 +37,7 @@ def open_client(url: str = "", path: str | Path = "", token: str = "") -> Any:
 
     settings = ChromaSettings(anonymized_telemetry=False)
     if not url:
-        Path(path).mkdir(parents=True, exist_ok=True)
+        private_dir(Path(path))
         # Chroma shares one system per path in a process, but two threads creating it at
         # once break it ("no attribute 'bindings'"): memory and retrieval start together.
         with _opening:

@@ -94,3 +94,15 @@ def test_bad_arguments_are_one_line_errors(workdir: Path, capsys: Any, args: lis
     assert code == 1
     assert message in capsys.readouterr().err
     assert stored(workdir, "alice") == []
+
+
+def test_links_out_of_a_directory_are_not_followed(workdir: Path, capsys: Any) -> None:
+    (workdir / "secret.key.txt").write_text("ssh-private-key-material")
+    (workdir / "docs" / "leak.txt").symlink_to(workdir / "secret.key.txt")
+    (workdir / "docs" / "inside.md").symlink_to(workdir / "docs" / "a.md")  # stays inside
+    assert ingest(workdir, str(workdir / "docs"), "--owner", "alice") == 0
+    assert "skipped" in capsys.readouterr().err
+    names = sorted(Path(d.source).name for d in stored(workdir, "alice"))
+    assert names == ["a.md", "b.txt", "inside.md"]
+    assert ingest(workdir, str(workdir / "docs"), "--owner", "bob", "--follow-links") == 0
+    assert "leak.txt" in [Path(d.source).name for d in stored(workdir, "bob")]
