@@ -8,4 +8,5 @@ ROUTE_MODULES = (
     "core.api.documents",
     "core.api.memories",
     "core.api.images",
+    "core.api.me",
 )

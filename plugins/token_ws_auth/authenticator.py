@@ -280,6 +280,13 @@ class TokenAuthenticator:
         self.recent.remember(info)
         return True
 
+    async def credential_name(self, principal: Principal) -> str | None:
+        """The name of the principal's token (for ``GET /api/me``)."""
+        if principal.credential_id is None:
+            return None
+        info = await tokens.active_token(self.db, principal.credential_id, principal.owner)
+        return info.name if info is not None else None
+
     async def revoke(self, token_id: str, owner: str | None = None) -> tokens.TokenInfo | None:
         """Revoke a token (of ``owner`` only, when given); it stops working at once here."""
         self.recent.forget(token_id)

@@ -4,6 +4,7 @@
 const TOKEN_KEY = "mami.token";
 const DRAFT_KEY = "mami.draft";
 const CONVERSATION_KEY = "mami.conversation";
+const STORED_KEYS = [TOKEN_KEY, DRAFT_KEY, CONVERSATION_KEY];  // Sign out clears them all
 const FINAL_IMAGE_STATES = new Set(["succeeded", "placeholder", "failed"]);
 const PING_EVERY_MS = 25000;
 const RECONNECT_MAX_MS = 5000;
@@ -16,6 +17,7 @@ const ui = {
   status: $("status"), announce: $("announce"), alert: $("alert"), alertText: $("alert-text"),
   alertClose: $("alert-close"), signin: $("signin"), signinForm: $("signin-form"),
   tokenInput: $("token-input"), app: $("app"), signOut: $("sign-out"), menu: $("menu-button"),
+  whoami: $("whoami"),
   sidebar: $("sidebar"), newChat: $("new-chat"), conversations: $("conversations"),
   memoriesPanel: $("memories-panel"), memories: $("memories"),
   documentsPanel: $("documents-panel"), documents: $("documents"),
@@ -151,17 +153,59 @@ async function fetchBlob(path) {
 
 // ---------------------------------------------------------------- sign-in
 
-function takeTokenFromAddress() {
+// The owner a token signs in as, or null when the server does not accept it.
+async function ownerOf(token) {
+  try {
+    const response = await fetch("/api/me", { headers: { Authorization: `Bearer ${token}` } });
+    return response.ok ? (await response.json()).owner : null;
+  } catch {
+    return null;
+  }
+}
+
+// A ?token= link signs in; one that differs from the stored token asks first, naming
+// both owners (a link from someone else must not silently switch accounts).
+async function takeTokenFromAddress() {
   const url = new URL(window.location.href);
   const token = url.searchParams.get("token");
   if (!token) return;
-  localStorage.setItem(TOKEN_KEY, token);
   url.searchParams.delete("token");
   history.replaceState(null, "", url.pathname + url.search + url.hash);
+  const stored = localStorage.getItem(TOKEN_KEY);
+  if (stored && stored !== token) {
+    const [current, offered] = await Promise.all([ownerOf(stored), ownerOf(token)]);
+    if (current !== null) {
+      if (offered === null) {
+        showAlert(`The link's token is not valid; you are still signed in as ${current}.`);
+        return;
+      }
+      const question = `This link signs you in as "${offered}". You are signed in as ` +
+        `"${current}". Switch to "${offered}"?`;
+      if (!window.confirm(question)) return;
+      localStorage.removeItem(CONVERSATION_KEY);
+      localStorage.removeItem(DRAFT_KEY);
+    }
+  }
+  localStorage.setItem(TOKEN_KEY, token);
+}
+
+async function showWhoAmI() {
+  try {
+    const me = await api("GET", "/api/me");
+    ui.whoami.textContent = me.auth ? `Signed in as ${me.owner}` : `${me.owner} (no sign-in)`;
+    ui.whoami.title = me.token_name ? `token "${me.token_name}"` +
+      (me.expires_at ? `, expires ${new Date(me.expires_at).toLocaleString()}` : "") : "";
+    ui.whoami.hidden = false;
+  } catch {
+    ui.whoami.hidden = true;
+  }
 }
 
 function signOut(message) {
-  localStorage.removeItem(TOKEN_KEY);
+  for (const key of STORED_KEYS) localStorage.removeItem(key);
+  ui.input.value = "";
+  ui.whoami.hidden = true;
+  ui.whoami.textContent = "";
   state.token = null;
   clearTimeout(state.reconnectTimer);
   const socket = state.socket;
@@ -192,6 +236,7 @@ async function signIn(token) {
   ui.signin.hidden = true;
   ui.app.hidden = false;
   ui.signOut.hidden = !token;
+  await showWhoAmI();
   const remembered = localStorage.getItem(CONVERSATION_KEY);
   if (remembered && ui.conversations.querySelector(`[data-id="${CSS.escape(remembered)}"]`)) {
     await openConversation(remembered);
@@ -819,9 +864,9 @@ function wire() {
   });
 }
 
-function main() {
+async function main() {
   wire();
-  takeTokenFromAddress();
+  await takeTokenFromAddress();
   ui.input.value = localStorage.getItem(DRAFT_KEY) || "";
   updateButtons();
   // Without a stored token, try without one: a server with [core] auth = false answers;
