@@ -21,7 +21,7 @@ from litestar.middleware import ASGIMiddleware
 from core.errors import error_body
 
 if TYPE_CHECKING:
-    from litestar.types import ASGIApp, Receive, Scope, Send
+    from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 
     from core.runtime import Runtime
 
@@ -270,10 +270,12 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 async def _send_error(send: Send, status: int, message: str, code: str,
                       param: str | None = None) -> None:
     body = json.dumps(error_body(status, message, code=code, param=param)).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start", "status": status,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())]}
+    await send(start)
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def headers_of(scope: Scope) -> dict[str, str]:

@@ -43,7 +43,7 @@ ATTACKS = """async (target) => {
 
 
 class _Blank(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+    def do_GET(self) -> None:
         body = b"<!doctype html><title>elsewhere</title><p>a page on another origin"
         self.send_response(200)
         self.send_header("content-type", "text/html")

@@ -140,7 +140,9 @@ async def test_bad_token_requests_write_nothing(auth_server: AuthServer,
     for body in ({"expires_in": "soon"}, {"expires_in": "-5d"}, {"expires_in": "0"},
                  {"name": "x" * 201}):
         assert_error(await http.post("/api/tokens", headers=bearer(token), json=body), 400)
-    assert_error(await http.post("/api/tokens", headers=bearer(token), content=b"{nope"), 400)
+    invalid = {**bearer(token), "content-type": "application/json"}
+    assert_error(await http.post("/api/tokens", headers=invalid, content=b"{nope"), 400)
+    assert_error(await http.post("/api/tokens", headers=bearer(token), content=b"{nope"), 415)
     listed = (await http.get("/api/tokens", headers=bearer(token))).json()["data"]
     assert len(listed) == 1
 
