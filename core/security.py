@@ -10,7 +10,6 @@ also receive ``multipart/form-data``.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -28,9 +27,7 @@ if TYPE_CHECKING:
 ACCEPTS_UPLOADS = "mami.accepts_uploads"
 MAX_JSON_DEPTH = 64
 MAX_INT_DIGITS = 18  # what a 64-bit integer column holds
-STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
-BRACKET = re.compile(rb"[\[\]{}]")
-LONG_NUMBER = re.compile(rb"\d{%d,}" % (MAX_INT_DIGITS + 1))
+_MARK = bytes(0x31 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))  # digit: "1"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::"})
@@ -62,50 +59,66 @@ def _int_literal(text: str) -> int | _BigInt:
     return _BigInt(text) if len(text.lstrip("-")) > MAX_INT_DIGITS else int(text)
 
 
-def json_depth(raw: bytes) -> int:
-    """How deeply arrays and objects nest in a JSON text (strings ignored)."""
-    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
-        return 0  # cannot nest deeper than the limit: skip the scan
-    depth = deepest = 0
-    for match in BRACKET.finditer(STRING.sub(b'""', raw)):
-        depth += 1 if match.group() in (b"[", b"{") else -1
-        deepest = max(deepest, depth)
-    return deepest
+def _long_digit_run(data: bytes) -> bool:
+    """Whether ``data`` has more than :data:`MAX_INT_DIGITS` digits in a row (a C-speed
+    scan: a regular expression takes 30 ms on a 1 MiB body)."""
+    marked = data.translate(_MARK)
+    return b"1" * (MAX_INT_DIGITS + 1) in marked
 
 
-def _bad_value(value: Any, path: str) -> tuple[str, str] | None:
-    if isinstance(value, _BigInt):
-        return f"{path or 'body'}: integer has more than {MAX_INT_DIGITS} digits", path
-    if isinstance(value, str):
-        return (f"{path or 'body'}: contains a NUL character", path) if "\x00" in value else None
-    items: Any = value.items() if isinstance(value, dict) else (
-        enumerate(value) if isinstance(value, list) else ())
-    for key, item in items:
-        if isinstance(key, str) and "\x00" in key:
-            return f"{path or 'body'}: a key contains a NUL character", path
-        sub = f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else key)
-        found = _bad_value(item, sub)
-        if found is not None:
-            return found
+def _field(path: tuple[str | int, ...]) -> str:
+    """``messages[0].content`` for ``("messages", 0, "content")``."""
+    text = ""
+    for key in path:
+        text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else key)
+    return text
+
+
+def _first_problem(value: Any) -> tuple[str, str | None] | None:
+    """Depth, long integers and NUL characters in a parsed JSON value (iteratively: the
+    value may nest as deeply as the parser allows)."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        item, path = stack.pop()
+        if len(path) >= MAX_JSON_DEPTH and isinstance(item, dict | list):
+            return f"JSON nested deeper than {MAX_JSON_DEPTH} levels", None
+        field = _field(path) or None
+        if isinstance(item, _BigInt):
+            return f"{field or 'body'}: integer has more than {MAX_INT_DIGITS} digits", field
+        if isinstance(item, str):
+            if "\x00" in item:
+                return f"{field or 'body'}: contains a NUL character", field
+        elif isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                if "\x00" in key:
+                    return f"{field or 'body'}: a key contains a NUL character", field
+                stack.append((child, (*path, key)))
+        elif isinstance(item, list):
+            stack.extend((item[i], (*path, i)) for i in reversed(range(len(item))))
     return None
 
 
 def json_problem(raw: bytes | str) -> tuple[str, str | None] | None:
-    """What is wrong with a JSON text before it may be parsed and stored, as ``(message,
+    """What is wrong with a JSON text before it may be handled and stored, as ``(message,
     field)``: nested deeper than :data:`MAX_JSON_DEPTH`, an integer longer than
     :data:`MAX_INT_DIGITS` digits, or a NUL character in a string (PostgreSQL cannot store
-    one). ``None`` when it has none of these; invalid JSON is left to the handler."""
+    one). ``None`` when it has none of these; invalid JSON is left to the handler.
+
+    Only a text that could have a problem is parsed here (more brackets than the depth
+    limit, a ``\\u0000`` escape or a long run of digits): most bodies cost a few C-speed
+    scans."""
     data = raw.encode() if isinstance(raw, str) else raw
-    if json_depth(data) > MAX_JSON_DEPTH:
-        return f"JSON nested deeper than {MAX_JSON_DEPTH} levels", None
-    if b"\\u0000" not in data and b"\x00" not in data and not LONG_NUMBER.search(data):
+    suspicious = (data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH
+                  or b"\\u0000" in data or b"\x00" in data or _long_digit_run(data))
+    if not suspicious:
         return None
     try:
         value = json.loads(data, parse_int=_int_literal)
-    except (ValueError, RecursionError):
+    except RecursionError:
+        return f"JSON nested deeper than {MAX_JSON_DEPTH} levels", None
+    except ValueError:
         return None
-    found = _bad_value(value, "")
-    return (found[0], found[1] or None) if found else None
+    return _first_problem(value)
 
 
 class BrowserGuard(ASGIMiddleware):

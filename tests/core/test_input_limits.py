@@ -102,3 +102,20 @@ def test_a_deeply_nested_socket_message_is_an_error_event(app: Litestar) -> None
         pong = socket.receive_json()
     assert event == {"type": "error", "message": "JSON nested deeper than 64 levels", "code": 400}
     assert pong == {"type": "pong"}
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    (b"[" * 64 + b"]" * 64, None),
+    (b"[" * 65 + b"]" * 65, ("JSON nested deeper than 64 levels", None)),
+    (b'{"a":' * 64 + b"1" + b"}" * 64, None),
+    (b'{"a":' * 65 + b"1" + b"}" * 65, ("JSON nested deeper than 64 levels", None)),
+    (b'{"text": "' + b"[" * 1000 + b'"}', None),  # brackets in a string do not nest
+    (b'{"k": 999999999999999999}', None),
+    (b'{"k": [1, -9999999999999999999]}', ("k[1]: integer has more than 18 digits", "k[1]")),
+    (b'{"a\\u0000": 1}', ("body: a key contains a NUL character", None)),
+    (b'{"t": "\\\\u0000 is how to write NUL"}', None),
+])
+def test_json_problem_limits(text: bytes, problem: Any) -> None:
+    from core.security import json_problem
+
+    assert json_problem(text) == problem
