@@ -27,7 +27,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -40,6 +40,9 @@ from core.chat import ChatRequest, Finished, TurnRun, start_turn
 from core.errors import BadRequest, MamiError, NotFound, ProviderError, error_body
 from core.protocols import ChatMessage, GenerationParams, Principal
 from core.runtime import Runtime
+
+VALIDITY_POLL = 1.0
+"""Seconds between checks that a streaming reply's credential is still valid."""
 
 CONVERSATION_HEADER = "X-Mami-Conversation"
 CLIENT_ID_HEADER = "X-Mami-Client-Message-Id"
@@ -325,7 +328,8 @@ async def chat_completions(
         if isinstance(first, Finished) and first.status != "complete":
             raise _fail(first)
         if stream:
-            return Stream(_sse(items, first, meta, include_usage),
+            return Stream(_sse(items, first, meta, include_usage,
+                               _credential_check(runtime, principal)),
                           media_type="text/event-stream",
                           headers={**_conversation(turn), "Cache-Control": "no-cache"})
         finished = first if isinstance(first, Finished) else None
@@ -372,10 +376,26 @@ def _chunk(meta: dict[str, Any], delta: dict[str, Any], finish: str | None = Non
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
+def _credential_check(runtime: Runtime,
+                      principal: Principal) -> Callable[[], Awaitable[bool]] | None:
+    """What tells a running stream that its token was revoked or expired: the
+    authenticator's optional ``still_valid(principal)``; ``None`` without auth."""
+    check = getattr(runtime.authenticator, "still_valid", None)
+    if not runtime.config.core.auth or check is None or principal.credential_id is None:
+        return None
+    return lambda: check(principal)  # type: ignore[no-any-return]
+
+
 async def _sse(
     items: AsyncIterator[str | Finished], first: str | Finished,
     meta: dict[str, Any], include_usage: bool,
+    still_valid: Callable[[], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[bytes]:
+    """The chunks of a streamed turn. With ``still_valid``, a credential revoked or
+    expired while the reply streams ends it (checked at most every
+    :data:`VALIDITY_POLL` seconds as deltas arrive): an error event, ``[DONE]``, and the
+    turn closed, which stores it as ``interrupted``."""
+    checked = time.monotonic()
     async with contextlib.aclosing(items):  # type: ignore[type-var]
         yield _chunk(meta, {"role": "assistant", "content": ""})
         pending: list[str | Finished] = [first]
@@ -384,6 +404,14 @@ async def _sse(
             if item is None:
                 break
             if isinstance(item, str):
+                if still_valid is not None and time.monotonic() - checked >= VALIDITY_POLL:
+                    checked = time.monotonic()
+                    if not await still_valid():
+                        body = error_body(401, "the token was revoked or expired",
+                                          code="credential_revoked")
+                        yield b"data: " + json.dumps(body).encode() + b"\n\n"
+                        yield b"data: [DONE]\n\n"
+                        return
                 yield _chunk(meta, {"content": item})
                 continue
             if item.status != "complete":
