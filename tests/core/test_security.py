@@ -76,10 +76,12 @@ async def test_non_json_bodies_are_refused_without_origin(app: Litestar) -> None
 async def test_multipart_is_accepted_only_where_uploads_are(app: Litestar) -> None:
     async with AsyncTestClient(app, base_url=OWN) as client:
         for method, path in unsafe_routes(app):
-            response = await client.request(method, path, **ATTACKS["multipart"])
             if (method, path) == ("POST", "/api/documents"):
-                assert response.status_code not in (403, 415, 421)
+                # a form without a file: past the guard, refused by the handler at once
+                response = await client.post(path, files={"note": (None, b"x")})
+                assert response.status_code not in (403, 415, 421), response.text
             else:
+                response = await client.request(method, path, **ATTACKS["multipart"])
                 assert_refused(response, 415, "send application/json")
 
 
