@@ -129,7 +129,7 @@ def test_a_foreign_origin_socket_is_closed_4403(app: Litestar) -> None:
     # The sync client runs the app in its own thread: a blocking receive cannot stall it.
     with TestClient(app, base_url=OWN) as client:
         for path in sockets:
-            with pytest.raises(WebSocketDisconnect) as closed:  # at connect or first read
-                with client.websocket_connect(path, headers={"origin": EVIL}) as socket:
-                    socket.receive_text()
+            with (pytest.raises(WebSocketDisconnect) as closed,  # at connect or first read
+                  client.websocket_connect(path, headers={"origin": EVIL}) as socket):
+                socket.receive_text()
             assert closed.value.code == 4403, path
