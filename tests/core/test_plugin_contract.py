@@ -102,7 +102,7 @@ async def test_a_broken_settings_class_fails_only_its_plugin(
     make_config: Any, contract: Path, plugin: str, reason: str
 ) -> None:
     app = create_app(make_config(), candidates=only(plugin, "subset"))
-    async with AsyncTestClient(app) as client:
+    async with AsyncTestClient(app, base_url="http://127.0.0.1") as client:
         health = (await client.get("/health")).json()
     assert health["status"] == "degraded"
     assert health["plugins"][plugin]["status"] == "failed"
