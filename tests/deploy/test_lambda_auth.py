@@ -68,7 +68,8 @@ def test_bad_body_is_a_400_and_writes_nothing(
 
 def failed_logins(invoke: Invoker, shape: str, token: str, claims: list[str]) -> list[int]:
     """Statuses of bad-token requests, each claiming another first X-Forwarded-For hop,
-    then of one request with the good token."""
+    then of one request with the good token (which the limit lets through: it slows
+    guessing, it does not lock out valid credentials)."""
     statuses = [invoke(shape, "GET", "/api/tokens",
                        headers={**bearer(token[:-4] + "AAAA"), "x-forwarded-for": claim}).status
                 for claim in claims]
@@ -85,7 +86,7 @@ def test_a_forged_first_forwarded_hop_does_not_escape_the_failed_login_limit(
     saw, whatever the caller writes into X-Forwarded-For."""
     lambda_env(MAMI__PLUGINS__TOKEN_WS_AUTH__MAX_FAILED_ATTEMPTS="3")
     claims = [f"10.0.0.{i}" for i in range(4)]
-    assert failed_logins(invoke, shape, token, claims) == [401, 401, 401, 429, 429]
+    assert failed_logins(invoke, shape, token, claims) == [401, 401, 401, 429, 200]
 
 
 def test_trusted_hops_take_the_address_a_trusted_proxy_saw(
@@ -98,7 +99,7 @@ def test_trusted_hops_take_the_address_a_trusted_proxy_saw(
     callers = [f"forged, 203.0.113.{i}" for i in range(4)]
     assert failed_logins(invoke, "alb", token, callers) == [401, 401, 401, 401, 200]
     same = [f"forged-{i}, 203.0.113.50" for i in range(4)]
-    assert failed_logins(invoke, "alb", token, same) == [401, 401, 401, 429, 429]
+    assert failed_logins(invoke, "alb", token, same) == [401, 401, 401, 429, 200]
 
 
 def test_a_bad_hop_count_names_the_variable(invoke: Invoker, lambda_env: Any) -> None:
