@@ -27,16 +27,6 @@ from tests.chat_support import (
 )
 
 
-@pytest.fixture
-def server(make_config: Any, live_server: Any) -> Any:
-    return live_server(create_app(make_config(), candidates=[LOCAL]))
-
-
-@pytest.fixture
-def client(server: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-
-
 def messages_of(server: Any, conversation: str, **kwargs: Any) -> list[dict[str, Any]]:
     response = httpx.get(f"{server.url}/api/conversations/{conversation}/messages", **kwargs)
     assert response.status_code == 200, response.text

@@ -65,16 +65,6 @@ class GatedModel:
 
 
 @pytest.fixture
-def server(make_config: Any, live_server: Any) -> Any:
-    return live_server(create_app(make_config(), candidates=[LOCAL]))
-
-
-@pytest.fixture
-def client(server: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture
 def standin() -> Iterator[StandIn]:
     server = StandIn().start()
     yield server
