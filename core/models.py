@@ -13,6 +13,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def empty_dict() -> dict[str, Any]:
+    # Not the builtin ``dict``: pydantic inspects a default factory's signature on every
+    # construction, and a builtin's costs about 0.3 ms (parsed from its text signature).
+    return {}
+
+
+def empty_list() -> list[Any]:
+    return []
+
+
 class Owner(SQLModel, table=True):
     """A user or tenant. Every piece of user data belongs to exactly one owner."""
 
@@ -151,14 +161,16 @@ class ImageJob(SQLModel, table=True):
     owner_id: str = Field(index=True, max_length=128)
     conversation_id: str | None = Field(default=None, max_length=64)
     state: str = Field(default="queued", max_length=16)
-    request: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    request: dict[str, Any] = Field(default_factory=empty_dict,
+                                    sa_column=Column(JSON, nullable=False))
     attempts: int = 0
     max_attempts: int = 3
     progress: float = 0.0
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     placeholder_reason: str | None = Field(default=None, max_length=200)
     result_path: str | None = Field(default=None, max_length=1024)
-    callback_errors: list[Any] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    callback_errors: list[Any] = Field(default_factory=empty_list,
+                                       sa_column=Column(JSON, nullable=False))
     lease_owner: str | None = Field(default=None, max_length=128)
     lease_until: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
