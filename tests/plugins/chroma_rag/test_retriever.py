@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from core.errors import AuthError, BadRequest, PayloadTooLarge
-from core.models import Document
 from core.runtime import Runtime
 from plugins.chroma_rag import GLOBAL_OWNER
+from plugins.chroma_rag.models import Document
 from plugins.chroma_rag.retriever import ChromaRetriever
 from tests.plugins.chroma_rag.conftest import ChromaServer, rag_candidates
 
