@@ -193,7 +193,7 @@ def test_a_fresh_database_gets_the_tables_from_the_plugin_chains_only(
 
     for branch, owned in (("token_ws_auth", {"api_tokens"}), ("chroma_rag", {"documents"}),
                           ("memory", {"memories", "memory_decisions"})):
-        down = mami(["db", "downgrade", f"{branch}@base"], folder, database_url)
+        down = mami(["db", "downgrade", f"{branch}@base", "--yes"], folder, database_url)
         assert down.returncode == 0, down.stderr
         assert not owned & tables(database_url)
         assert tables(database_url) >= CORE_TABLES | (PLUGIN_TABLES - owned)
@@ -202,7 +202,7 @@ def test_a_fresh_database_gets_the_tables_from_the_plugin_chains_only(
     assert mami(["db", "check"], folder, database_url).returncode == 0
 
     # Core to base takes the plugin chains down first (api_tokens points at owners).
-    base = mami(["db", "downgrade", "base"], folder, database_url)
+    base = mami(["db", "downgrade", "base", "--yes"], folder, database_url)
     assert base.returncode == 0, base.stderr
     assert all(name.startswith("alembic_version") for name in tables(database_url))
 
