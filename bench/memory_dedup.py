@@ -42,10 +42,10 @@ from report import pct, save, say  # noqa: E402
 from core import migrations  # noqa: E402
 from core.config import config_from_dict  # noqa: E402
 from core.db import is_sqlite  # noqa: E402
-from core.models import MemoryRecord  # noqa: E402
 from core.plugins import builtin_candidates  # noqa: E402
 from core.runtime import Runtime  # noqa: E402
 from plugins.chroma_rag.store import collection_name  # noqa: E402
+from plugins.memory.models import MemoryRecord  # noqa: E402
 from plugins.memory.normalize import memory_id, normalize  # noqa: E402
 from plugins.memory.store import SCOPE, ChromaMemoryStore  # noqa: E402
 
@@ -68,7 +68,7 @@ def fmt(precision: float, recall: float) -> str:
 
 async def make_runtime(data_dir: str, database_url: str) -> Runtime:
     if not is_sqlite(database_url):
-        await asyncio.to_thread(migrations.upgrade, database_url)
+        await asyncio.to_thread(migrations.upgrade_all, database_url)
     config = config_from_dict({"core": {"data_dir": data_dir, "database_url": database_url,
                                         "auth": False, "image_worker": False}})
     runtime = Runtime(config, [c for c in builtin_candidates() if c.name == "memory"])

@@ -37,10 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.config import config_from_dict  # noqa: E402
-from core.models import Document  # noqa: E402
 from core.plugins import builtin_candidates  # noqa: E402
 from core.runtime import Runtime  # noqa: E402
 from plugins.chroma_rag.chunking import chunk_text  # noqa: E402
+from plugins.chroma_rag.models import Document  # noqa: E402
 from plugins.chroma_rag.retriever import ChromaRetriever  # noqa: E402
 
 DIM, K, OWNERS, BIG_SHARE, CHUNKS_PER_DOC = 384, 5, 1000, 0.4, 10

@@ -36,6 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else config.server.port
     app = create_app(config)
     runtime = runtime_of(app)
+    _schema_preflight(runtime)
     runtime.state["public_url"] = config.server.public_url or f"http://{host}:{port}"
     print(f"mami: serving on http://{host}:{port} (config: {config.source})", flush=True)
     server = uvicorn.Server(
@@ -49,18 +50,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0 if server.started else 1
 
 
+def _schema_preflight(runtime: Any) -> None:
+    """Refuse to serve a core schema that is ahead, or behind without auto-migration,
+    in one line (not uvicorn's traceback of the failed startup)."""
+    from core import migrations
+
+    url = runtime.db.url
+    current = migrations.current_revision(url)
+    head = migrations.head_revision()
+    auto = runtime.db.is_sqlite and runtime.config.core.auto_migrate
+    if migrations.is_ahead(current) or (current != head and not auto):
+        raise MamiError(str(migrations.schema_problem(current, head)))
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     """Schema migrations: upgrade, downgrade, current, check. Core's chain and the chain
     of every enabled plugin that has its own tables (``<branch>@<revision>`` names one
-    plugin's revision, e.g. ``mami db downgrade notes@base``)."""
+    plugin's revision, e.g. ``mami db downgrade notes@base``). A downgrade may drop
+    tables and columns with their data: it asks first (``--yes`` answers for it)."""
     from core import migrations
 
     url = _config(args).database_url
     sources = [source for _, source in plugin_host(args.config).register_migrations()]
+    if args.db_command in ("upgrade", "downgrade", "check"):
+        ahead = [s.problem for s in migrations.states(url, sources) if s.ahead]
+        if ahead:
+            raise MamiError("; ".join(str(line) for line in ahead))
     if args.db_command == "upgrade":
         migrations.upgrade(url, args.revision, sources)
         _print_states(migrations.states(url, sources), "database at")
     elif args.db_command == "downgrade":
+        _confirm_downgrade(args, url, sources)
         migrations.downgrade(url, args.revision, sources)
         _print_states(migrations.states(url, sources), "database at")
     elif args.db_command == "current":
@@ -81,6 +101,32 @@ def cmd_db(args: argparse.Namespace) -> int:
         print(f"{migrations.head_revision()}: no drift between the models and the migrations "
               f"({names})")
     return 0
+
+
+def _confirm_downgrade(args: argparse.Namespace, url: str, sources: list[Any]) -> None:
+    """Ask before a downgrade (it may drop tables and columns, and their rows); without
+    a terminal, only ``--yes`` lets it run."""
+    from core import migrations
+
+    if args.yes:
+        return
+    chains = {s.name: s for s in migrations.states(url, sources)}
+    branch, at, rev = args.revision.partition("@")
+    name = branch if at and branch else "core"
+    state = chains.get(name)
+    where = state.current if state is not None else None
+    what = f"{'core' if name == 'core' else 'branch ' + name} from {where or 'nothing'} to " \
+           f"{rev if at else args.revision}"
+    if name == "core" and (rev if at else args.revision) == "base" and sources:
+        what += " (every enabled plugin's chain to base first)"
+    warning = (f"mami db downgrade {args.revision} takes {what}: the revisions it undoes may "
+               "drop tables and columns, and every row in them")
+    if not sys.stdin.isatty():
+        raise MamiError(f"{warning}. Back up the database, then run it again with --yes "
+                        "to confirm")
+    answer = input(f"{warning}.\nType yes to go on: ")
+    if answer.strip().lower() != "yes":
+        raise MamiError("downgrade cancelled; nothing was changed")
 
 
 def _print_states(states: list[Any], prefix: str) -> None:
@@ -149,8 +195,11 @@ def build_parser(plugin_commands: Callable[[Any], None] | None = None) -> argpar
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     up = db_sub.add_parser("upgrade", help="upgrade to a revision (default: head)")
     up.add_argument("revision", nargs="?", default="head")
-    down = db_sub.add_parser("downgrade", help="downgrade to a revision (e.g. -1 or base)")
+    down = db_sub.add_parser("downgrade", help="downgrade to a revision (e.g. -1 or base); "
+                             "asks first, as it may drop data")
     down.add_argument("revision")
+    down.add_argument("--yes", action="store_true",
+                      help="do not ask: the downgrade may drop tables, columns and their rows")
     db_sub.add_parser("current", help="show the database's revision")
     db_sub.add_parser("check", help="fail if the schema is behind or drifts from the models")
     db.set_defaults(func=cmd_db)

@@ -18,21 +18,26 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import MetaData, create_engine, inspect, text
+from sqlalchemy import MetaData, create_engine, inspect, pool, text
 
-from core.db import ensure_sqlite_dir, sync_url
+from core.db import ensure_sqlite_dir, is_sqlite, sync_url
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
+    from core.config import Config
+
 SCRIPT_LOCATION = Path(__file__).resolve().parent.parent / "alembic"
 VERSION_TABLE = "alembic_version"
 BRANCH = re.compile(r"[a-z][a-z0-9_]{0,40}")
+# pg_advisory_lock key that serialises schema changes ("mami" in ASCII).
+SCHEMA_LOCK = 0x6D616D69
 
 
 @dataclass(frozen=True)
@@ -91,17 +96,18 @@ def head_revision() -> str:
     return heads[0]
 
 
-def known_revisions() -> set[str]:
-    """Every revision id in ``alembic/versions`` (read from the files, without Alembic)."""
+def known_revisions(versions: Path | None = None) -> set[str]:
+    """Every revision id in ``alembic/versions`` (or another chain's directory), read
+    from the files without Alembic."""
     found = (_literal_assignments(path, ("revision",)).get("revision")
-             for path in (SCRIPT_LOCATION / "versions").glob("*.py"))
+             for path in (versions or SCRIPT_LOCATION / "versions").glob("*.py"))
     return {revision for revision in found if isinstance(revision, str)}
 
 
-def is_ahead(current: str | None) -> bool:
+def is_ahead(current: str | None, versions: Path | None = None) -> bool:
     """True when the database is at a revision this code does not have: a newer
-    version of mami upgraded it."""
-    return current is not None and current not in known_revisions()
+    version of mami (or of the plugin owning ``versions``) upgraded it."""
+    return current is not None and current not in known_revisions(versions)
 
 
 def schema_problem(current: str | None, head: str) -> str | None:
@@ -183,23 +189,41 @@ def source_head(source: MigrationSource) -> str:
 
 @dataclass(frozen=True)
 class ChainState:
-    """Where one chain (``core`` or a plugin's branch) is and where its head is."""
+    """Where one chain (``core`` or a plugin's branch) is and where its head is;
+    ``ahead`` when it is at a revision this code does not have."""
 
     name: str
     current: str | None
     head: str
+    ahead: bool = False
 
     @property
     def behind(self) -> bool:
-        return self.current != self.head
+        return self.current != self.head and not self.ahead
+
+    @property
+    def problem(self) -> str | None:
+        """One line on what is wrong and how to fix it; ``None`` when at head."""
+        label = "database schema" if self.name == "core" else f"branch {self.name}"
+        if self.ahead:
+            return (f"{label} is at {self.current}, a revision this version of mami does not "
+                    f"have (its newest is {self.head}): a newer mami upgraded it. Deploy "
+                    f"that version, or run its `mami db downgrade "
+                    f"{'' if self.name == 'core' else self.name + '@'}{self.head}` first")
+        if self.behind:
+            return (f"{label} is at {self.current or 'nothing'}, head is {self.head}: "
+                    "run `mami db upgrade`")
+        return None
 
 
 def states(url: str, sources: Sequence[MigrationSource] = ()) -> list[ChainState]:
     """Core's chain, then each plugin's."""
-    found = [ChainState("core", current_revision(url), head_revision())]
+    current = current_revision(url)
+    found = [ChainState("core", current, head_revision(), is_ahead(current))]
     for source in sources:
-        found.append(ChainState(source.branch, current_revision(url, source.version_table),
-                                source_head(source)))
+        mine = current_revision(url, source.version_table)
+        found.append(ChainState(source.branch, mine, source_head(source),
+                                is_ahead(mine, Path(source.versions))))
     return found
 
 
@@ -219,33 +243,79 @@ def _target(revision: str, sources: Sequence[MigrationSource]
                     f"(known: {known})")
 
 
+@contextmanager
+def schema_lock(url: str) -> Iterator[None]:
+    """Hold PostgreSQL's advisory lock :data:`SCHEMA_LOCK` (on a connection of its own)
+    while the schema changes, so concurrent ``mami db upgrade`` runs take turns: the
+    second finds the work done instead of failing on a half-made table. SQLite's
+    own file locks serialise its writers."""
+    if is_sqlite(sync_url(url)):
+        yield
+        return
+    engine = create_engine(sync_url(url), poolclass=pool.NullPool,
+                           isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK})
+    finally:
+        engine.dispose()
+
+
 def upgrade(url: str, revision: str = "head", sources: Sequence[MigrationSource] = ()) -> None:
     """Upgrade to ``revision``; ``head`` (or ``heads``) upgrades core and then every
-    plugin chain in ``sources`` to its head."""
+    plugin chain in ``sources`` to its head. One schema change at a time per database
+    (:func:`schema_lock`)."""
     from alembic import command
 
     ensure_sqlite_dir(sync_url(url))
-    if revision in ("head", "heads"):
-        command.upgrade(alembic_config(url), "head")
-        for each in sources:
-            command.upgrade(alembic_config(url, source=each), "head")
-        return
-    source, rev = _target(revision, sources)
-    command.upgrade(alembic_config(url, source=source), rev)
+    with schema_lock(url):
+        if revision in ("head", "heads"):
+            command.upgrade(alembic_config(url), "head")
+            for each in sources:
+                command.upgrade(alembic_config(url, source=each), "head")
+            return
+        source, rev = _target(revision, sources)
+        command.upgrade(alembic_config(url, source=source), rev)
+
+
+def plugin_sources(config: Config | None = None) -> list[MigrationSource]:
+    """The chains of the plugins ``config`` enables (default: every plugin that is on
+    unless configured otherwise)."""
+    from core.config import config_from_dict
+    from core.plugins import PluginHost
+
+    host = PluginHost(config if config is not None else config_from_dict({}))
+    return [source for _plugin, source in host.register_migrations()]
+
+
+def upgrade_all(url: str, config: Config | None = None) -> None:
+    """Core's chain and then the chain of every plugin ``config`` enables, to head."""
+    upgrade(url, "head", plugin_sources(config))
 
 
 def downgrade(url: str, revision: str, sources: Sequence[MigrationSource] = ()) -> None:
-    """Downgrade core's chain, or one plugin's with ``<branch>@<revision>``."""
+    """Downgrade core's chain, or one plugin's with ``<branch>@<revision>``. Core to
+    ``base`` takes every chain in ``sources`` to its base first (their tables may point
+    at core's)."""
     from alembic import command
 
     source, rev = _target(revision, sources)
-    command.downgrade(alembic_config(url, source=source), rev)
+    with schema_lock(url):
+        if source is None and rev == "base":
+            for each in reversed(sources):
+                command.downgrade(alembic_config(url, source=each), "base")
+        command.downgrade(alembic_config(url, source=source), rev)
 
 
 def drift(url: str, sources: Sequence[MigrationSource] = ()) -> list[Any]:
     """Differences between the models (core's and the ``metadata`` of every source) and
-    a database at head (empty list: no drift). Version tables are not compared; nor are
-    the tables of plugins that are not enabled (see :func:`_disabled_plugin_tables`)."""
+    a database at head (empty list: no drift). Version tables are not compared, nor are
+    tables no model declares: those of a disabled or uninstalled plugin (also the
+    built-in plugins' tables that core's 0001 once made) stay as they are."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
     from sqlmodel import SQLModel
@@ -259,29 +329,15 @@ def drift(url: str, sources: Sequence[MigrationSource] = ()) -> list[Any]:
     engine = create_engine(sync_url(url))
     try:
         with engine.connect() as conn:
-            present = set(inspect(conn).get_table_names())
-            foreign = _disabled_plugin_tables(present, set(models.tables), sources)
 
             def include(obj: Any, name: str | None, kind: str, reflected: bool,
                         compare_to: Any) -> bool:
                 if kind == "table" and name is not None and name.startswith(VERSION_TABLE):
                     return False
-                return not (kind == "table" and reflected and name in foreign)
+                return not (kind == "table" and reflected and name not in models.tables)
 
             ctx = MigrationContext.configure(
                 conn, opts={"compare_type": True, "include_object": include})
             return list(compare_metadata(ctx, models))
     finally:
         engine.dispose()
-
-
-def _disabled_plugin_tables(present: set[str], modelled: set[str],
-                            sources: Sequence[MigrationSource]) -> set[str]:
-    """Tables in the database that no model declares, when a chain other than core's
-    and the enabled plugins' has a version table here (a disabled or uninstalled
-    plugin's tables): those are left alone. Without such a chain every table counts."""
-    known = {VERSION_TABLE, *(s.version_table for s in sources)}
-    others = {t for t in present if t.startswith(VERSION_TABLE + "_") and t not in known}
-    if not others:
-        return set()
-    return present - modelled - {VERSION_TABLE} - others

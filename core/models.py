@@ -1,4 +1,5 @@
-"""Database tables. The schema is created and changed only by Alembic (``alembic/``)."""
+"""Core's tables. The schema is created and changed only by Alembic (``alembic/``). A
+plugin's tables are on its own metadata with its own chain (``register_migrations``)."""
 
 from __future__ import annotations
 
@@ -30,21 +31,6 @@ class Owner(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=128)
     created_at: datetime = Field(default_factory=utcnow)
-
-
-class ApiToken(SQLModel, table=True):
-    """An API token. Only its SHA-256 hash is stored; the token is shown once."""
-
-    __tablename__ = "api_tokens"
-
-    id: str = Field(primary_key=True, max_length=32)
-    owner_id: str = Field(foreign_key="owners.id", index=True, max_length=128)
-    token_hash: str = Field(unique=True, max_length=128)
-    name: str = Field(default="", max_length=200)
-    created_at: datetime = Field(default_factory=utcnow)
-    expires_at: datetime | None = None
-    revoked_at: datetime | None = None
-    last_used_at: datetime | None = None
 
 
 class Conversation(SQLModel, table=True):
@@ -84,59 +70,6 @@ class Message(SQLModel, table=True):
     reply_to: str | None = Field(default=None, max_length=64)
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     token_count: int | None = None
-    created_at: datetime = Field(default_factory=utcnow)
-
-
-class Document(SQLModel, table=True):
-    """A document ingested for retrieval; its chunks live in the vector store."""
-
-    __tablename__ = "documents"
-    __table_args__ = (
-        UniqueConstraint("owner_id", "scope", "source", name="uq_documents_source"),
-        # Covers a search's chunk count per owner and scope (no table reads).
-        Index("ix_documents_owner_scope_chunks", "owner_id", "scope", "chunks"),
-    )
-
-    id: str = Field(primary_key=True, max_length=64)
-    owner_id: str = Field(index=True, max_length=128)
-    scope: str = Field(default="default", max_length=64)
-    source: str = Field(max_length=1024)
-    sha256: str = Field(max_length=64)
-    chunks: int = 0
-    bytes: int = 0
-    created_at: datetime = Field(default_factory=utcnow)
-
-
-class MemoryRecord(SQLModel, table=True):
-    """A remembered fact. ``id`` is derived from owner and normalised text."""
-
-    __tablename__ = "memories"
-    __table_args__ = (UniqueConstraint("owner_id", "normalized", name="uq_memories_normalized"),)
-
-    id: str = Field(primary_key=True, max_length=64)
-    owner_id: str = Field(index=True, max_length=128)
-    text: str = Field(sa_column=Column(Text, nullable=False))
-    normalized: str = Field(max_length=1024)
-    seen_count: int = 1
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
-    last_seen_at: datetime = Field(default_factory=utcnow)
-
-
-class MemoryDecisionRecord(SQLModel, table=True):
-    """Why a candidate memory was added, updated or skipped."""
-
-    __tablename__ = "memory_decisions"
-    __table_args__ = (Index("ix_memory_decisions_owner_memory", "owner_id", "memory_id"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    owner_id: str = Field(max_length=128)
-    memory_id: str = Field(max_length=64)
-    action: str = Field(max_length=16)
-    text: str = Field(sa_column=Column(Text, nullable=False))
-    similarity: float | None = None
-    matched_memory_id: str | None = Field(default=None, max_length=64)
-    source_message_id: str | None = Field(default=None, max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
 
 

@@ -1,4 +1,4 @@
-"""documents: covering index for chunk counts per owner and scope
+"""documents: covering index for chunk counts per owner and scope (now in chroma-rag's chain)
 
 A search sums ``chunks`` per (owner, scope) to know which collections to read; with
 this index that is an index-only scan (0.26 ms instead of 0.9 ms for 4,000 documents).
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from alembic import op
-
 revision: str = '0002'
 down_revision: str | None = '0001'
 branch_labels: str | Sequence[str] | None = None
@@ -20,11 +18,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('documents', schema=None) as batch_op:
-        batch_op.create_index('ix_documents_owner_scope_chunks', ['owner_id', 'scope', 'chunks'],
-                              unique=False)
+    """Nothing: ``documents`` and this index belong to chroma-rag's own chain now (its
+    first revision adds the index to a database that never ran this one)."""
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('documents', schema=None) as batch_op:
-        batch_op.drop_index('ix_documents_owner_scope_chunks')
+    pass

@@ -17,6 +17,7 @@ from typing import Any
 
 from core import hookimpl
 from core.errors import ConfigError
+from core.migrations import MigrationSource
 from core.protocols import Retriever
 from core.runtime import Runtime
 
@@ -78,6 +79,13 @@ class Settings:
                 )
         if self.max_k < 1 or self.max_bytes < 1 or self.hnsw_ef_search < 1:
             raise ConfigError(f"{where} max_k, max_bytes and hnsw_ef_search must be positive")
+
+
+@hookimpl
+def register_migrations(register: Callable[[MigrationSource], None]) -> None:
+    from plugins.chroma_rag.models import MIGRATIONS
+
+    register(MIGRATIONS)
 
 
 @hookimpl

@@ -19,12 +19,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 
 from core.errors import AuthError, BadRequest, PayloadTooLarge
-from core.models import Document, utcnow
+from core.models import utcnow
 from core.protocols import Check, DocumentInfo, Passage
 from core.runtime import Runtime
 from plugins.chroma_rag import GLOBAL_OWNER, GLOBAL_SCOPE, Settings
 from plugins.chroma_rag.chunking import chunk_text
 from plugins.chroma_rag.embeddings import Embedder, aembed, get_embedder
+from plugins.chroma_rag.models import Document
 from plugins.chroma_rag.store import VectorStore, open_client, shown_location
 
 

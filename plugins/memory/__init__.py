@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from core import hookimpl
 from core.errors import ConfigError
 from core.events import MessageCompleted
+from core.migrations import MigrationSource
 from core.protocols import MemoryStore
 from core.runtime import Runtime
 
@@ -69,6 +70,13 @@ class Settings:
                 raise ConfigError(f"{where} {name}: must be at least 1")
         if self.max_chars > 1000:
             raise ConfigError(f"{where} max_chars: at most 1000 (the normalised text column)")
+
+
+@hookimpl
+def register_migrations(register: Callable[[MigrationSource], None]) -> None:
+    from plugins.memory.models import MIGRATIONS
+
+    register(MIGRATIONS)
 
 
 @hookimpl

@@ -20,13 +20,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from core.errors import AuthError, BadRequest
-from core.models import MemoryDecisionRecord, MemoryRecord, utcnow
+from core.models import utcnow
 from core.protocols import Check, Memory, MemoryDecision
 from core.runtime import Runtime
 from plugins.chroma_rag.embeddings import Embedder, aembed, get_embedder
 from plugins.chroma_rag.store import Hit, VectorStore, open_client, shown_location
 from plugins.memory import Settings
 from plugins.memory.index import SCOPE, MemoryIndex
+from plugins.memory.models import MemoryDecisionRecord, MemoryRecord
 from plugins.memory.normalize import clean, memory_id, normalize
 
 __all__ = ["SCOPE", "ChromaMemoryStore"]

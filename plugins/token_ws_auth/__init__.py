@@ -15,6 +15,7 @@ from typing import Any
 
 from core import hookimpl
 from core.errors import ConfigError
+from core.migrations import MigrationSource
 from core.protocols import Authenticator
 from core.runtime import Runtime
 
@@ -87,6 +88,13 @@ def register_authenticators(register: Callable[[Authenticator], None], runtime: 
     authenticator = TokenAuthenticator(runtime, runtime.settings(PLUGIN) or Settings())
     runtime.state[PLUGIN] = authenticator
     register(authenticator)
+
+
+@hookimpl
+def register_migrations(register: Callable[[MigrationSource], None]) -> None:
+    from plugins.token_ws_auth.models import MIGRATIONS
+
+    register(MIGRATIONS)
 
 
 @hookimpl

@@ -42,7 +42,7 @@ async def make_runtime(make_config: Any) -> AsyncIterator[Any]:
         if database_url:
             tables.setdefault("core", {})["database_url"] = database_url
             if not is_sqlite(database_url):
-                await asyncio.to_thread(migrations.upgrade, database_url)
+                await asyncio.to_thread(migrations.upgrade_all, database_url)
         runtime = Runtime(make_config(**tables), list(candidates))
         await runtime.ensure_started()
         runtimes.append(runtime)

@@ -37,7 +37,7 @@ def test_db_commands_on_sqlite(tmp_path: Path) -> None:
     assert mami(["db", "upgrade"], tmp_path).returncode == 0
     assert "up to date" in mami(["db", "current"], tmp_path).stdout
     assert "no drift" in mami(["db", "check"], tmp_path).stdout
-    assert mami(["db", "downgrade", "base"], tmp_path).returncode == 0
+    assert mami(["db", "downgrade", "base", "--yes"], tmp_path).returncode == 0
     assert "empty" in mami(["db", "current"], tmp_path).stdout
 
 

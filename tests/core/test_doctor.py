@@ -48,7 +48,7 @@ def test_a_broken_setup_names_each_fault_and_its_fix(tmp_path: Path) -> None:
     unreachable = f"http://127.0.0.1:{free_port()}"
     setup(tmp_path, forge=unreachable, core="auto_migrate = false")
     # The schema is behind, and must stay so: doctor reports, it does not upgrade.
-    assert mami(["db", "downgrade", "-1"], tmp_path).returncode == 0
+    assert mami(["db", "downgrade", "-1", "--yes"], tmp_path).returncode == 0
     db = tmp_path / "data" / "mami.db"
     before = sqlite3.connect(db).execute("select version_num from alembic_version").fetchall()
     home = tmp_path / "home"  # no embedding model in this user's Chroma cache

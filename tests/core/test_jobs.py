@@ -63,7 +63,7 @@ def forge() -> Iterator[ForgeStandIn]:
 
 @pytest.fixture
 def job_config(make_config: Any, database_url: str, forge: ForgeStandIn) -> Config:
-    migrations.upgrade(database_url)
+    migrations.upgrade_all(database_url)
     return make_config(core={"database_url": database_url, "event_timeout": 0.3},
                        plugins={"forge-image": {"url": forge.url, **FORGE_QUICK}})
 
@@ -365,7 +365,7 @@ async def test_worker_survives_database_errors(make_config: Any, forge: ForgeSta
     try:
         await asyncio.sleep(0.3)
         assert worker._task is not None and not worker._task.done()
-        await asyncio.to_thread(migrations.upgrade, url)
+        await asyncio.to_thread(migrations.upgrade_all, url)
         job = await enqueue(runtime, "ann", request("late"))
         await wait_until(lambda: job.id in worker.completed, timeout=20)
     finally:

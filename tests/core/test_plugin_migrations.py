@@ -84,7 +84,7 @@ def test_a_plugins_own_table_through_upgrade_downgrade_check_and_disable(
 
     assert asyncio.run(use()) == ("noted: buy milk", "buy milk")
 
-    down = mami(["db", "downgrade", "notes@n1"], tmp_path, notes, database_url)
+    down = mami(["db", "downgrade", "notes@n1", "--yes"], tmp_path, notes, database_url)
     assert down.returncode == 0, down.stderr
     assert "notes: n1 (behind (head is n2))" in down.stdout
     assert "pinned" not in columns(database_url, "notes")
@@ -99,10 +99,10 @@ def test_a_plugins_own_table_through_upgrade_downgrade_check_and_disable(
     assert query(database_url, "SELECT version_num FROM alembic_version_notes") == [("n1",)]
     quiet = mami(["db", "check"], tmp_path, notes, database_url)
     assert quiet.returncode == 0, quiet.stdout + quiet.stderr
-    core_down = mami(["db", "downgrade", "-1"], tmp_path, notes, database_url)
+    core_down = mami(["db", "downgrade", "-1", "--yes"], tmp_path, notes, database_url)
     assert core_down.returncode == 0, core_down.stderr
     assert mami(["db", "upgrade"], tmp_path, notes, database_url).returncode == 0
-    unknown = mami(["db", "downgrade", "notes@base"], tmp_path, notes, database_url)
+    unknown = mami(["db", "downgrade", "notes@base", "--yes"], tmp_path, notes, database_url)
     assert unknown.returncode == 1 and "no migration branch 'notes'" in unknown.stderr
 
     enable(tmp_path, True)
@@ -111,7 +111,7 @@ def test_a_plugins_own_table_through_upgrade_downgrade_check_and_disable(
     assert query(database_url, "SELECT owner_id, text, pinned FROM notes") == [
         ("ann", "buy milk", False)]
     assert mami(["db", "check"], tmp_path, notes, database_url).returncode == 0
-    base = mami(["db", "downgrade", "notes@base"], tmp_path, notes, database_url)
+    base = mami(["db", "downgrade", "notes@base", "--yes"], tmp_path, notes, database_url)
     assert base.returncode == 0, base.stderr
     assert "notes" not in set(inspect_tables(database_url))
     assert migrations.current_revision(database_url) == migrations.head_revision()

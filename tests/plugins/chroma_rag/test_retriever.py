@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from core.errors import AuthError, BadRequest, PayloadTooLarge
-from core.models import Document
 from core.runtime import Runtime
 from plugins.chroma_rag import GLOBAL_OWNER
+from plugins.chroma_rag.models import Document
 from plugins.chroma_rag.retriever import ChromaRetriever
 from tests.plugins.chroma_rag.conftest import ChromaServer, rag_candidates
 
@@ -123,7 +123,7 @@ async def test_documents_table_on_sqlite_and_postgres(
     if not config.database_url.startswith("sqlite"):
         from core import migrations
 
-        migrations.upgrade(config.database_url)
+        migrations.upgrade_all(config.database_url)
     runtime = Runtime(config, rag_candidates())
     await runtime.ensure_started()
     try:

@@ -103,7 +103,7 @@ async def make_runtime(make_config: Any) -> AsyncIterator[Any]:
         if database_url:
             core["database_url"] = database_url
             if not is_sqlite(database_url):
-                await asyncio.to_thread(migrations.upgrade, database_url)
+                await asyncio.to_thread(migrations.upgrade_all, database_url)
         core["auth"] = auth
         tables["plugins"] = {"memory": memory or {}}
         runtime = Runtime(make_config(**tables), candidates(llm, auth, enabled))

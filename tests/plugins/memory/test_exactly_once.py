@@ -19,9 +19,10 @@ from core import migrations
 from core.app import create_app
 from core.chat import ChatRequest, Finished, TurnRun, start_turn
 from core.events import MessageCompleted
-from core.models import EventReceipt, MemoryDecisionRecord, MemoryRecord
+from core.models import EventReceipt
 from core.protocols import GenerationParams, Principal
 from core.runtime import Runtime
+from plugins.memory.models import MemoryDecisionRecord, MemoryRecord
 from tests.plugins.chroma_rag.conftest import ChromaServer
 from tests.plugins.memory.conftest import ScriptedLLM, candidates, store_of
 
@@ -126,7 +127,7 @@ async def test_two_workers_racing_on_one_message_write_once(
     make_config: Any, postgres_url: str, tmp_path: Path
 ) -> None:
     """Two runtimes (as two processes would be) on one PostgreSQL and one Chroma server."""
-    await asyncio.to_thread(migrations.upgrade, postgres_url)
+    await asyncio.to_thread(migrations.upgrade_all, postgres_url)
     server = await asyncio.to_thread(ChromaServer, tmp_path / "chroma")
     workers: list[Runtime] = []
     try:

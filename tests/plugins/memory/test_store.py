@@ -12,8 +12,8 @@ import pytest
 from sqlmodel import col, func, select
 
 from core.errors import AuthError, BadRequest
-from core.models import MemoryDecisionRecord, MemoryRecord
 from core.runtime import Runtime
+from plugins.memory.models import MemoryDecisionRecord, MemoryRecord
 from plugins.memory.normalize import memory_id, normalize
 from tests.plugins.chroma_rag.conftest import ChromaServer
 from tests.plugins.memory.conftest import store_of

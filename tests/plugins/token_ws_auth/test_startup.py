@@ -45,7 +45,7 @@ async def test_first_start_prints_an_admin_token_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("MAMI_SIGNING_KEY")
-    migrations.upgrade(database_url)
+    migrations.upgrade_all(database_url)
     server, serving = start_server(tmp_path, database_url, bootstrap_admin=True)
     serving.stop()
     out = capsys.readouterr().out
