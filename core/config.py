@@ -51,11 +51,15 @@ class CoreSettings:
     event_timeout: float = 30.0
     image_deadline: float = 600.0
     log_level: str = "INFO"
+    max_tool_steps: int = 8  # model calls that may run tools in one turn; then it must answer
+    tool_deadline: float = 120.0  # seconds for a turn's tool steps; then it must answer
 
     def __post_init__(self) -> None:
-        for name in ("event_timeout", "image_deadline"):
+        for name in ("event_timeout", "image_deadline", "tool_deadline"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"[core] {name}: must be greater than 0")
+        if self.max_tool_steps < 0:
+            raise ConfigError("[core] max_tool_steps: must be 0 or more")
 
 
 @dataclass
@@ -80,6 +84,7 @@ class BudgetSettings:
     summarize: bool = False
     rag_k: int = 4
     memory_k: int = 5
+    tool_result_tokens: int = 1024
 
 
 @dataclass
