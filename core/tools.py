@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from core.errors import MamiError
 from core.plugins import contained, describe, within
 from core.protocols import ToolCall
 
@@ -50,7 +51,8 @@ DEFAULT_TIMEOUT = 30.0
 
 class ToolError(Exception):
     """Raise it from a tool to tell the model what went wrong: the model sees
-    ``{"error": <message>}`` (other exceptions show as ``"<Type>: <message>"``)."""
+    ``{"error": <message>}`` (as for a :class:`core.errors.MamiError`; other exceptions
+    show as ``"<Type>: <message>"``)."""
 
 
 class ToolRejected(ValueError):
@@ -670,7 +672,7 @@ class ToolBox:
             value = await within(_run(found, arguments), limit)
         except TimeoutError:
             return failed(f"tool {found.name} timed out after {limit:g}s")
-        except ToolError as exc:
+        except (ToolError, MamiError) as exc:  # messages written for a reader
             return failed(str(exc) or type(exc).__name__)
         except BaseException as exc:
             if not contained(exc):
