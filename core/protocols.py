@@ -107,6 +107,15 @@ class Check:
     fix: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A model's request to run a tool (OpenAI's ``tool_calls[]`` entry)."""
+
+    id: str  # "call_...", the id the model gave
+    name: str
+    arguments: str  # JSON text, exactly as the model produced it
+
+
 @runtime_checkable
 class LLMProvider(Protocol):
     """A chat model.
