@@ -52,6 +52,7 @@ from core.errors import MamiError
 from core.protocols import Principal, ToolCall
 from core.runtime import Runtime
 from core.security import json_problem
+from core.tools import ToolResult
 
 log = logging.getLogger("mami.ws")
 
@@ -190,7 +191,7 @@ class ChatSocket:
                                    "arguments": item.arguments})
                     elif isinstance(item, Finished):
                         self._end(me, item)
-                    elif hasattr(item, "is_error"):  # a ToolResult
+                    elif isinstance(item, ToolResult):
                         self.send({"type": "tool_result", "id": item.tool_call_id,
                                    "name": item.name, "content": item.content,
                                    "is_error": item.is_error,

@@ -219,9 +219,8 @@ def test_response_format_for_a_model_without_support_is_a_400(
         make_config: Any, live_server: Any) -> None:
     """A provider that does not say it supports JSON output (no ``supports``) gets no
     request it would silently ignore."""
-    from tests.core.test_tool_loop import PlainProvider, ProviderPlugin
-
     from tests.chat_support import plugin_object
+    from tests.core.test_tool_loop import PlainProvider, ProviderPlugin
 
     server = live_server(create_app(make_config(), candidates=[
         plugin_object("plain-llm", ProviderPlugin(PlainProvider()))]))
