@@ -20,8 +20,11 @@ runs them, concurrently when several are asked for at once, and asks the model a
 with their results, until it answers without calling tools. At most ``[core]
 max_tool_steps`` steps may run tools, within ``[core] tool_deadline`` seconds from the
 first one; then the model is asked once more without tools and must answer (a tool
-still running at the deadline gets an error result). Each step (the assistant's calls
-and all their results) is stored in one transaction before the answer; :meth:`TurnRun.run`
+still running at the deadline gets an error result). The steps (each assistant message
+with calls, then all their results) are stored with the answer, in its transaction and
+before it in the conversation, also when the turn ends interrupted or failed (a write
+per step cost more than the rest of a step together, see bench/chat_overhead.py);
+:meth:`TurnRun.run`
 yields each :class:`~core.protocols.ToolCall` when it starts and each
 :class:`~core.tools.ToolResult` when it ends. Tools a client sends itself
 (``params.tools``, the OpenAI API) are not run: the model's calls end the turn with
@@ -283,6 +286,8 @@ class TurnRun:
         self.store: asyncio.Future[None] | None = None
         self.context_inputs: dict[str, Any] = {}  # build_context's arguments, for tool steps
         self.tool_steps = 0
+        self.plan: StorePlan | None = None
+        self.steps: list[tuple[str, tuple[ToolCall, ...], list[ToolResult]]] = []
 
     async def saved(self) -> None:
         """Wait until the user message and the placeholder are committed; raises the
@@ -418,8 +423,7 @@ class TurnRun:
                 yield result
             ordered = [results[c.id] for c in calls]
             self.tool_steps += 1
-            if self.message_id is not None:
-                await self._store_step("".join(text), calls, ordered)
+            self.steps.append(("".join(text), calls, ordered))
             tail = [*self.context_inputs.get("tail", ()),
                     ChatMessage("assistant", "".join(text), tool_calls=calls),
                     *(ChatMessage("tool", r.content, tool_call_id=r.tool_call_id)
@@ -470,40 +474,23 @@ class TurnRun:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _store_step(self, text: str, calls: Sequence[ToolCall],
-                          results: Sequence[ToolResult]) -> None:
-        """Store a tool step (the calls and all their results) in one transaction, after
-        the conversation's last message; the answer's row moves after it."""
-        await self.saved()
-        for attempt in range(3):
-            try:
-                async with self.runtime.db.session() as session:
-                    top = (await session.exec(
-                        select(Message.seq).where(Message.conversation_id == self.conversation_id)
-                        .order_by(col(Message.seq).desc()).limit(1))).first() or 0
-                    assert self.conversation_id is not None
-                    session.add(Message(
-                        id=uuid.uuid4().hex, conversation_id=self.conversation_id,
-                        seq=top + 1, role="assistant", content=text,
-                        tool_calls=[{"id": c.id, "name": c.name, "arguments": c.arguments}
-                                    for c in calls]))
-                    for i, result in enumerate(results, 2):
-                        session.add(Message(
-                            id=uuid.uuid4().hex, conversation_id=self.conversation_id,
-                            seq=top + i, role="tool", content=result.content,
-                            status="error" if result.is_error else "complete",
-                            tool_call_id=result.tool_call_id, tool_name=result.name,
-                            duration=result.duration))
-                    await session.flush()
-                    await session.execute(
-                        update(Message).where(col(Message.id) == self.message_id)
-                        .values(seq=top + len(results) + 2)
-                        .execution_options(synchronize_session=False))
-                    await session.commit()
-                return
-            except IntegrityError:
-                if attempt == 2:
-                    raise Conflict("the conversation changed concurrently; retry") from None
+    def _step_rows(self, where: int) -> list[Message]:
+        """The rows of the turn's tool steps, from seq ``where`` on."""
+        assert self.conversation_id is not None
+        rows: list[Message] = []
+        for text, calls, results in self.steps:
+            rows.append(Message(
+                id=uuid.uuid4().hex, conversation_id=self.conversation_id,
+                seq=where + len(rows), role="assistant", content=text,
+                tool_calls=[{"id": c.id, "name": c.name, "arguments": c.arguments}
+                            for c in calls]))
+            rows.extend([Message(
+                id=uuid.uuid4().hex, conversation_id=self.conversation_id,
+                seq=where + len(rows) + i, role="tool", content=result.content,
+                status="error" if result.is_error else "complete",
+                tool_call_id=result.tool_call_id, tool_name=result.name,
+                duration=result.duration) for i, result in enumerate(results)])
+        return rows
 
     async def _finish(
         self, status: str, parts: list[str], error: str | None, code: int | None,
@@ -519,22 +506,49 @@ class TurnRun:
                           await asyncio.to_thread(self.llm.count_tokens, text) if text else 0)
         if self.message_id is not None:
             await self.saved()
-            stored_calls = [{"id": c.id, "name": c.name, "arguments": c.arguments}
-                            for c in calls] or None
-            async with self.runtime.db.session() as session:
-                await session.execute(
-                    update(Message)
-                    .where(col(Message.id) == self.message_id)
-                    .values(content=text, status=status, error=error,
-                            token_count=usage.completion_tokens, tool_calls=stored_calls)
-                    .execution_options(synchronize_session=False)
-                )
-                await session.commit()
+            await self._store_answer(text, status, error, usage, calls)
         if calls and status == "complete":
             finish = "tool_calls"
         self.finished = Finished(status, self.message_id, text, usage, finish, error, code,
                                  calls)
         return self.finished
+
+    async def _store_answer(self, text: str, status: str, error: str | None, usage: Usage,
+                            calls: tuple[ToolCall, ...]) -> None:
+        """Store the answer and, in the same transaction, the turn's tool steps (each
+        call with all its results) where the answer's row was, the answer after them.
+        When another turn has taken those places meanwhile, the steps and the answer go
+        after the conversation's last row."""
+        assert self.plan is not None or not self.steps
+        stored_calls = [{"id": c.id, "name": c.name, "arguments": c.arguments}
+                        for c in calls] or None
+        values: dict[str, Any] = dict(content=text, status=status, error=error,
+                                      token_count=usage.completion_tokens,
+                                      tool_calls=stored_calls)
+        for attempt in range(3):
+            try:
+                async with self.runtime.db.session() as session:
+                    if self.steps:
+                        assert self.plan is not None
+                        where = (self.plan.reply_seq if self.plan.reply_seq is not None
+                                 else self.plan.user_seq + 1)
+                        if attempt:
+                            where = 1 + ((await session.exec(
+                                select(Message.seq)
+                                .where(Message.conversation_id == self.conversation_id)
+                                .order_by(col(Message.seq).desc()).limit(1))).first() or 0)
+                        rows = self._step_rows(where)
+                        values["seq"] = where + len(rows)
+                    await session.execute(
+                        update(Message).where(col(Message.id) == self.message_id)
+                        .values(**values).execution_options(synchronize_session=False))
+                    if self.steps:
+                        session.add_all(rows)
+                    await session.commit()
+                return
+            except IntegrityError:
+                if not self.steps or attempt == 2:
+                    raise
 
     async def _after_complete(self, finished: Finished) -> None:
         assert self.conversation_id and self.user_message_id and finished.message_id
@@ -677,10 +691,12 @@ async def _stored_turn(
         user_seq=retry_of.seq if retry_of is not None else last_seq + 1,
         reply_id=reply.id if reply is not None else uuid.uuid4().hex,
         reclaim_status=reply.status if reply is not None else None,
+        reply_seq=reply.seq if reply is not None else None,
     )
     # Without a client message id the rows are written while the model reads the prompt;
     # the turn waits for them before its first token leaves (see TurnRun.run).
     turn.store = asyncio.ensure_future(store(runtime, plan))
+    turn.plan = plan
     turn.conversation_id = plan.conversation_id
     turn.user_message_id, turn.message_id = plan.user_id, plan.reply_id
     return turn
@@ -703,6 +719,7 @@ class StorePlan:
     user_seq: int
     reply_id: str
     reclaim_status: str | None
+    reply_seq: int | None = None  # the reclaimed answer's; else user_seq + 1
 
 
 async def store(runtime: Runtime, plan: StorePlan) -> None:

@@ -60,8 +60,8 @@ class Message(SQLModel, table=True):
     Tool steps: an assistant message that asked for tools keeps them in ``tool_calls``
     (``[{"id", "name", "arguments"}]``); each result is a ``tool`` message with
     ``tool_call_id``, ``tool_name``, ``duration`` (seconds) and status ``complete`` or
-    ``error``. A step (the calls and all their results) is written in one transaction,
-    so stored calls always have their results."""
+    ``error``. A turn's steps are written with its answer, in one transaction, so stored
+    calls always have their results."""
 
     __tablename__ = "messages"
     __table_args__ = (
@@ -81,7 +81,8 @@ class Message(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     token_count: int | None = None
     created_at: datetime = Field(default_factory=utcnow)
-    tool_calls: list[Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    tool_calls: list[Any] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True),
+                                                                        nullable=True))
     tool_call_id: str | None = Field(default=None, max_length=128)
     tool_name: str | None = Field(default=None, max_length=128)
     duration: float | None = None
