@@ -85,6 +85,12 @@ class ToolPlugin:
             self.owners.append(owner)
             return owner
 
+        async def stall() -> str:
+            """Takes a minute (no timeout of its own but the default)."""
+            await asyncio.sleep(60)
+            return "late"
+
+        register(tool(stall))
         register(tool(meet))
         register(tool(explode))
         register(tool(hang, timeout=0.5))
@@ -109,6 +115,14 @@ def script(body: dict[str, Any]) -> Reply:
         if "lookup" in offered:
             return Reply(calls=[Call("lookup", {"q": f"step {len(results)}"})])
         return Reply("I give up.")
+    if asked == "stall":
+        if results:
+            return Reply("after: " + results[0]["content"])
+        return Reply(calls=[Call("stall")])
+    if asked == "then stall":
+        if not results:
+            return Reply(calls=[Call("lookup", {"q": "first"})])
+        return Reply(calls=[Call("stall")])
     if asked == "who":
         return Reply(" | ".join(r["content"] for r in results)) if results else \
             Reply(calls=[Call("whoami"), Call("whoami", {"owner": "mallory"})])
@@ -160,7 +174,7 @@ def test_parallel_calls_run_concurrently_and_every_step_is_stored(
     # The model was offered mami's tools, then saw its calls and both results.
     first, second = model.requests
     assert {t["function"]["name"] for t in first["tools"]} == \
-        {"meet", "explode", "hang", "lookup", "whoami"}
+        {"meet", "explode", "hang", "lookup", "whoami", "stall"}
     calls = second["messages"][-3]["tool_calls"]
     assert [c["function"]["name"] for c in calls] == ["meet", "meet"]
     assert [m["tool_call_id"] for m in second["messages"][-2:]] == [c["id"] for c in calls]
@@ -249,3 +263,40 @@ def test_a_model_without_tool_support_is_offered_no_server_tools(
                           json={"messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 200
     assert provider.seen.tools == ()
+
+
+def test_the_turns_tool_deadline_ends_running_tools_and_the_model_must_answer(
+        make_config: Any, live_server: Any, model: ScriptedModel, tools: ToolPlugin) -> None:
+    config = make_config(core={"tool_deadline": 0.3},
+                         plugins={"openai-llm": {"base_url": model.url, "model": "scripted",
+                                                 "attempts": 1}})
+    server = live_server(create_app(config, candidates=[OPENAI,
+                                                        plugin_object("test-tools", tools)]))
+    reply, _ = ask(server, "stall")
+    text = reply["choices"][0]["message"]["content"]
+    assert text.startswith("after: ")
+    assert "deadline" in json.loads(text[7:])["error"]
+    assert [bool(r.get("tools")) for r in model.requests] == [True, False]
+
+
+async def test_a_turn_stopped_during_a_tool_keeps_its_finished_steps(mami: Any) -> None:
+    from websockets.asyncio.client import connect
+
+    async with connect(mami.url.replace("http", "ws") + "/ws/chat", origin=mami.url) as socket:
+        await socket.send(json.dumps({"type": "message", "content": "then stall"}))
+        events: list[dict[str, Any]] = []
+        async with asyncio.timeout(30):
+            while True:
+                events.append(json.loads(await socket.recv()))
+                if events[-1]["type"] == "tool_call" and events[-1]["name"] == "stall":
+                    await socket.send(json.dumps({"type": "cancel"}))
+                if events[-1]["type"] == "end":
+                    break
+    assert events[-1]["status"] == "interrupted"
+    conversation = events[0]["conversation_id"]
+    rows = await asyncio.to_thread(stored, mami, conversation)
+    assert [(r["role"], r["status"]) for r in rows] == [
+        ("user", "complete"), ("assistant", "complete"), ("tool", "complete"),
+        ("assistant", "interrupted")]
+    assert rows[1]["tool_calls"][0]["name"] == "lookup"
+    assert rows[2]["content"] == "found first"
