@@ -34,7 +34,16 @@ client process, is refused with a 413; its median time to the refusal (target: u
 100 ms) and the p95 latency of ``GET /health`` polled meanwhile, against the same poll
 while the server is idle (target: unaffected within noise, here at most 2x + 5 ms).
 
-    python bench/chat_overhead.py [--turns 40] [--tokens 16]
+A tool-step row: the framework's cost per server-side tool step (the model's calls
+assembled, the tool run through ``runtime.tools``, the step stored in SQLite, the prompt
+rebuilt inside the budget, the model asked again), beyond the tool's own time. A
+scripted in-process model (no inference: it calls a tool that sleeps 2 ms until the
+turn has N steps, then answers) runs stored pipeline turns with 0 and with 3 tool
+steps, interleaved; in each turn the model's own time and the tools' own durations are
+subtracted, and the per-step cost is the difference between the two kinds of turn
+divided by 3 (target: at most 5 ms per step).
+
+    python bench/chat_overhead.py [--turns 40] [--tokens 16] [--tool-steps-only]
 """
 
 from __future__ import annotations
@@ -61,7 +70,14 @@ from core.app import create_app, runtime_of  # noqa: E402
 from core.chat import ChatRequest, start_turn  # noqa: E402
 from core.config import config_from_dict  # noqa: E402
 from core.plugins import builtin_candidates  # noqa: E402
-from core.protocols import ChatMessage, Delta, GenerationParams, Principal  # noqa: E402
+from core.protocols import (  # noqa: E402
+    ChatMessage,
+    Delta,
+    GenerationParams,
+    Principal,
+    ToolCallDelta,
+)
+from core.tools import ToolResult, tool  # noqa: E402
 from plugins.local_llm.child import generate, load  # noqa: E402
 
 PROMPT = "Name three colours."
@@ -199,12 +215,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--turns", type=int, default=40)
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--tool-steps-only", action="store_true",
+                        help="only the tool-step row (no model needed)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     for name in ("alembic", "mami"):
         logging.getLogger(name).setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run(Path(tmp), args.turns, args.tokens))
+        if args.tool_steps_only:
+            asyncio.run(run_tool_steps(Path(tmp), args.turns))
+        else:
+            asyncio.run(run(Path(tmp), args.turns, args.tokens))
 
 
 async def run(tmp: Path, turns: int, tokens: int) -> None:
@@ -292,6 +313,8 @@ async def run(tmp: Path, turns: int, tokens: int) -> None:
     refusal = await asyncio.create_subprocess_exec(
         sys.executable, "-c", REFUSAL_CLIENT, server.url, "20", stdout=asyncio.subprocess.PIPE)
     out, _ = await refusal.communicate()
+    steps = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+        tool_step_samples(runtime, turns), loop))
     server.stop()
     speed = [n / max(1e-9, s[1] - s[0]) for n, s in zip(baseline.tokens[3:],
                                                          samples["llama.cpp"], strict=False)]
@@ -302,6 +325,7 @@ async def run(tmp: Path, turns: int, tokens: int) -> None:
     print(f"default build: {statistics.median(speed):.0f} tokens/s generated after the first "
           f"token (llama.cpp in process); CPU features: {', '.join(features)}")
     report_refusal(json.loads(out))
+    report_tool_steps(steps)
 
 
 def median_ms(values: Any) -> float:
@@ -358,6 +382,107 @@ def report_refusal(got: dict[str, list[float]]) -> None:
           f"{len(got['refusals'])} (target < 100); /health p95 {busy:.1f} ms over "
           f"{len(got['busy'])} polls meanwhile vs {idle:.1f} ms idle over "
           f"{len(got['idle'])} (target <= 2x + 5 ms): {'PASS' if ok else 'FAIL'}")
+
+
+STEPS = 3
+TOOL_SLEEP = 0.002
+
+
+class ScriptedToolModel:
+    """A model without inference: it calls ``pause`` until the prompt holds the number
+    of tool steps its user message asks for (``steps:N``), then answers. ``spent`` is
+    its own time in the turn's calls."""
+
+    name = "scripted-tools"
+    context_window = 8192
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+        self.calls = 0
+
+    def supports(self, feature: str) -> bool:
+        return feature == "tools"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text) // 3 + 1
+
+    async def stream(self, messages: Any, params: Any) -> AsyncIterator[Delta]:
+        start = time.perf_counter()
+        wanted = int(next(m.content for m in reversed(messages) if m.role == "user")[6:])
+        done = sum(1 for m in messages if m.tool_calls)
+        self.calls += 1
+        if done < wanted and params.tools:
+            delta = Delta("", "tool_calls", tool_calls=(
+                ToolCallDelta(0, f"call_{self.calls}", "pause", "{}"),))
+        else:
+            delta = Delta("done.", "stop")
+        self.spent += time.perf_counter() - start
+        yield delta
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def tool_step_samples(runtime: Any, turns: int) -> dict[int, list[float]]:
+    """Per stored pipeline turn with 0 and ``STEPS`` tool steps (interleaved): its time
+    minus the model's own and the tools' own."""
+
+    async def pause() -> str:
+        """Wait a little."""
+        await asyncio.sleep(TOOL_SLEEP)
+        return "ok"
+
+    runtime.tools.add(tool(pause), "bench")
+    model = ScriptedToolModel()
+    runtime.providers["llm"][model.name] = model
+    principal = Principal("bench-tools")
+    samples: dict[int, list[float]] = {0: [], STEPS: []}
+
+    async def one(steps: int) -> float:
+        model.spent = 0.0
+        tools = 0.0
+        start = time.perf_counter()
+        turn = await start_turn(runtime, principal, ChatRequest(
+            f"steps:{steps}", model=model.name, conversation_id=None,
+            client_message_id=None))
+        async for item in turn.run():
+            if isinstance(item, ToolResult):
+                tools += item.duration
+        assert turn.tool_steps == steps and turn.finished is not None \
+            and turn.finished.status == "complete", (steps, turn.finished)
+        return time.perf_counter() - start - model.spent - tools
+
+    for _ in range(5):  # warm-up
+        await one(0)
+        await one(STEPS)
+    for _ in range(turns):
+        for steps in (0, STEPS):
+            samples[steps].append(await one(steps))
+    return samples
+
+
+def report_tool_steps(samples: dict[int, list[float]]) -> None:
+    base, stepped = samples[0], samples[STEPS]
+    per_step = median_ms((s - b) / STEPS for s, b in zip(stepped, base, strict=True))
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"tool steps: stored pipeline turns (SQLite) with a scripted model, {len(base)} "
+          f"interleaved pairs; framework time beyond the model's and the tools' own: "
+          f"{median_ms(base):.2f} ms with no tool step, {median_ms(stepped):.2f} ms with "
+          f"{STEPS}; per step {per_step:.2f} ms (target <= 5): "
+          f"{'PASS' if per_step <= 5.0 else 'FAIL'} (load average {load})")
+
+
+async def run_tool_steps(tmp: Path, turns: int) -> None:
+    config = config_from_dict({"core": {"data_dir": str(tmp), "auth": False,
+                                        "image_worker": False,
+                                        "database_url": f"sqlite:///{tmp / 'mami.db'}"}})
+    app = create_app(config, candidates=[])
+    runtime = runtime_of(app)
+    await runtime.ensure_started()
+    try:
+        report_tool_steps(await tool_step_samples(runtime, turns))
+    finally:
+        await runtime.stop()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,24 @@ retry while the first attempt still streams is a 409. Without a conversation id,
 conversation id is derived from the owner and the client message id, so a retry that
 never learned the id lands in the same conversation.
 
+Tools: when the model asks for tools of ``runtime.tools`` (server-side tools), the turn
+runs them, concurrently when several are asked for at once, and asks the model again
+with their results, until it answers without calling tools. At most ``[core]
+max_tool_steps`` steps may run tools, within ``[core] tool_deadline`` seconds from the
+first one; then the model is asked once more without tools and must answer (a tool
+still running at the deadline gets an error result). The steps (each assistant message
+with calls, then all their results) are stored with the answer, in its transaction and
+before it in the conversation, also when the turn ends interrupted or failed (a write
+per step cost more than the rest of a step together, see bench/chat_overhead.py);
+:meth:`TurnRun.run`
+yields each :class:`~core.protocols.ToolCall` when it starts and each
+:class:`~core.tools.ToolResult` when it ends. Tools a client sends itself
+(``params.tools``, the OpenAI API) are not run: the model's calls end the turn with
+finish reason ``tool_calls``, and their fragments are yielded as
+:class:`~core.protocols.ToolCallDelta` items. A model without ``supports("tools")`` is
+offered no server-side tools, and a request with client tools, tool messages or a
+``response_format`` it does not support is a 400 naming the parameter.
+
 Slash commands (``/name argument``), registered per runtime by plugins'
 ``register_chat_commands`` hooks (:class:`ChatCommand`), are answered by their handler
 instead of the LLM (:func:`find_command` is the seam).
@@ -30,10 +48,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -53,10 +73,19 @@ from core.context import (
 from core.errors import BadRequest, MamiError, NotFound, ProviderError, StreamInterrupted
 from core.events import MessageCompleted
 from core.models import Conversation, Message, Owner, utcnow
-from core.protocols import ChatMessage, Delta, GenerationParams, LLMProvider, Principal
+from core.protocols import (
+    ChatMessage,
+    Delta,
+    GenerationParams,
+    LLMProvider,
+    Principal,
+    ToolCall,
+    ToolCallDelta,
+)
 
 if TYPE_CHECKING:
     from core.runtime import Runtime
+    from core.tools import ToolResult
 
 log = logging.getLogger("mami.chat")
 
@@ -105,6 +134,9 @@ class ChatRequest:
     system_prompt: str | None = None
     model: str | None = None
     params: GenerationParams | None = None  # None: sampling defaults, [budget] reply_tokens
+    tail: Sequence[ChatMessage] = ()
+    """Stateless only: the tool steps after ``content`` (an assistant's tool calls and
+    their results, as an OpenAI client sends them back), kept whole in the prompt."""
 
 
 @dataclass(slots=True)
@@ -131,6 +163,62 @@ class Finished:
     finish_reason: str | None = None
     error: str | None = None
     error_code: int | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    """The calls of client-side tools the model asked for (finish reason ``tool_calls``)."""
+
+
+def supports(provider: Any, feature: str) -> bool:
+    """Whether an LLM provider handles ``feature`` (``"tools"``, ``"response_format"``):
+    its optional ``supports`` method says so; without it, no."""
+    check = getattr(provider, "supports", None)
+    return bool(check(feature)) if check is not None else False
+
+
+def check_supported(llm: LLMProvider, request: ChatRequest) -> None:
+    """400 naming the parameter when ``request`` needs what the model does not support."""
+    params = request.params or GenerationParams()
+    steps = any(m.role == "tool" or m.tool_calls
+                for m in (*(request.history or ()), *request.tail))
+    if (params.tools or steps) and not supports(llm, "tools"):
+        raise BadRequest(f"model {llm.name} does not support tools",
+                         param="tools" if params.tools else "messages",
+                         code="unsupported_parameter")
+    if params.response_format is not None and not supports(llm, "response_format"):
+        raise BadRequest(f"model {llm.name} does not support response_format",
+                         param="response_format", code="unsupported_parameter")
+
+
+def new_call_id() -> str:
+    return "call_" + uuid.uuid4().hex[:24]
+
+
+@dataclass
+class CallAssembler:
+    """Joins streamed tool-call fragments into calls. Fragments pass through
+    :meth:`add`, which fills in an id (``call_...``) where the model gave none, so the
+    fragments a client sees and the assembled calls agree."""
+
+    ids: dict[int, str] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)
+    arguments: dict[int, list[str]] = field(default_factory=dict)
+
+    def add(self, fragment: ToolCallDelta) -> ToolCallDelta:
+        index = fragment.index
+        first = index not in self.ids
+        if first:
+            self.ids[index] = fragment.id or new_call_id()
+            self.arguments[index] = []
+        name = None
+        if fragment.name and index not in self.names:
+            self.names[index] = name = fragment.name
+        self.arguments[index].append(fragment.arguments)
+        return ToolCallDelta(index, self.ids[index] if first else None, name,
+                             fragment.arguments)
+
+    def calls(self) -> tuple[ToolCall, ...]:
+        return tuple(ToolCall(self.ids[i], self.names.get(i, ""),
+                              "".join(self.arguments[i]) or "{}")
+                     for i in sorted(self.ids))
 
 
 def resolve_llm(runtime: Runtime, model: str | None) -> LLMProvider:
@@ -149,6 +237,16 @@ async def ready(provider: Any) -> None:
     load = getattr(provider, "load", None)
     if load is not None:
         await load()
+
+
+def _added(total: Delta | None, delta: Delta) -> Delta:
+    """Usage figures summed over the model calls of a turn (one per tool step)."""
+    if total is None:
+        return delta
+    return Delta("", delta.finish_reason,
+                 (total.prompt_tokens or 0) + (delta.prompt_tokens or 0)
+                 if total.prompt_tokens is not None or delta.prompt_tokens is not None else None,
+                 (total.completion_tokens or 0) + (delta.completion_tokens or 0))
 
 
 def _gen(deltas: AsyncIterator[Delta]) -> AsyncGenerator[Delta, None]:
@@ -186,6 +284,10 @@ class TurnRun:
         self.finished: Finished | None = None
         self.summary_from: tuple[str, int] | None = None  # (summary so far, its upto)
         self.store: asyncio.Future[None] | None = None
+        self.context_inputs: dict[str, Any] = {}  # build_context's arguments, for tool steps
+        self.tool_steps = 0
+        self.plan: StorePlan | None = None
+        self.steps: list[tuple[str, tuple[ToolCall, ...], list[ToolResult]]] = []
 
     async def saved(self) -> None:
         """Wait until the user message and the placeholder are committed; raises the
@@ -204,10 +306,15 @@ class TurnRun:
         return (store is not None and store.done() and not store.cancelled()
                 and store.exception() is not None)
 
-    async def run(self) -> AsyncIterator[str | Finished]:
+    async def run(self) -> AsyncIterator[str | ToolCall | ToolResult | ToolCallDelta | Finished]:
         """Yield the reply's text pieces, then one :class:`Finished` once the answer is
         stored; after that (when iteration continues) ``message_completed`` fires.
-        Cancelling or closing the iteration stores what arrived as ``interrupted``."""
+        Cancelling or closing the iteration stores what arrived as ``interrupted``.
+
+        Between the text pieces come a server-side tool step's :class:`ToolCall` items
+        (when they start) and ``ToolResult`` items (as each ends); with client-side
+        tools, the fragments of the calls the model asks for (:class:`ToolCallDelta`,
+        ids filled in), which :attr:`Finished.tool_calls` then holds whole."""
         if self.replay is not None:
             self.finished = self.replay
             if self.replay.text:
@@ -217,26 +324,35 @@ class TurnRun:
         parts: list[str] = []
         status, error, code, finish = "error", None, None, None
         reported: Delta | None = None
+        calls = CallAssembler()
         try:
             if self.request.client_message_id is not None:
                 # The write is the idempotency gate: a duplicate must not reach the model.
                 await self.saved()
             async with contextlib.aclosing(self._generate()) as generated:
                 async for delta in generated:
+                    if not isinstance(delta, Delta):  # a server-side tool step
+                        if isinstance(delta, ToolCall):
+                            parts = []  # that text was the step's, stored with it
+                        yield delta
+                        continue
                     piece = delta.text
                     finish = delta.finish_reason or finish
                     if delta.completion_tokens is not None:
-                        reported = delta
+                        reported = _added(reported, delta)
                     if piece:
                         if not parts:
                             await self.saved()
                         parts.append(piece)
                         yield piece
+                    for fragment in delta.tool_calls:
+                        yield calls.add(fragment)
             status = "complete"
         except MamiError as exc:
             if self.unsaved:
                 raise  # the rows could not be written: nothing to store the answer in
-            status = "interrupted" if parts or isinstance(exc, StreamInterrupted) else "error"
+            status = "interrupted" if parts or self.tool_steps or isinstance(
+                exc, StreamInterrupted) else "error"
             error, code = exc.message, exc.status_code
         except (asyncio.CancelledError, GeneratorExit):
             await asyncio.shield(self._finish("interrupted", parts, "cancelled", None, None,
@@ -247,7 +363,7 @@ class TurnRun:
             status = "interrupted" if parts else "error"
             error, code = f"{type(exc).__name__}: {exc}", 500
         finished = await asyncio.shield(self._finish(status, parts, error, code, finish,
-                                                     reported))
+                                                     reported, calls.calls()))
         after = None
         if status == "complete" and self.stored and self.command is None:
             # Started before the answer is handed over, so a client that leaves now cannot
@@ -257,7 +373,7 @@ class TurnRun:
         if after is not None:
             await asyncio.shield(after)
 
-    async def _generate(self) -> AsyncGenerator[Delta, None]:
+    async def _generate(self) -> AsyncGenerator[Delta | ToolCall | ToolResult, None]:
         if self.command is not None:
             handler, argument = self.command
             await self.saved()  # a failed write must not leave the command's effects behind
@@ -267,17 +383,118 @@ class TurnRun:
         assert self.context is not None
         params = self.request.params or GenerationParams(
             max_tokens=self.runtime.config.budget.reply_tokens)
-        max_tokens = min(params.max_tokens, self.context.reply_tokens)
-        if max_tokens != params.max_tokens:
-            params = GenerationParams(max_tokens, params.temperature, params.top_p, params.stop)
-        deltas = _gen(self.llm.stream(self.context.messages, params))
-        async with contextlib.aclosing(deltas):
-            async for delta in deltas:
-                yield delta
+        server_tools = [] if params.tools else self._server_tools()
+        core = self.runtime.config.core
+        deadline: float | None = None
+        while True:
+            offer = bool(server_tools) and self.tool_steps < core.max_tool_steps and (
+                deadline is None or time.monotonic() < deadline)
+            step = replace(params, max_tokens=min(params.max_tokens, self.context.reply_tokens))
+            if offer:
+                step = replace(step, tools=tuple(server_tools))
+            assembler = CallAssembler() if offer else None
+            text: list[str] = []
+            deltas = _gen(self.llm.stream(self.context.messages, step))
+            async with contextlib.aclosing(deltas):
+                async for delta in deltas:
+                    if assembler is None:
+                        if not params.tools and (delta.tool_calls
+                                                 or delta.finish_reason == "tool_calls"):
+                            # Calls of tools not offered (the last step): not a result.
+                            delta = replace(delta, tool_calls=(), finish_reason=(
+                                "stop" if delta.finish_reason == "tool_calls"
+                                else delta.finish_reason))
+                        yield delta
+                        continue
+                    for fragment in delta.tool_calls:
+                        assembler.add(fragment)
+                    text.append(delta.text)
+                    yield replace(delta, tool_calls=())
+            calls = assembler.calls() if assembler is not None else ()
+            if not calls:
+                return
+            if deadline is None:
+                deadline = time.monotonic() + core.tool_deadline
+            for call in calls:
+                yield call
+            results: dict[str, ToolResult] = {}
+            async for result in self._run_tools(calls, deadline):
+                results[result.tool_call_id] = result
+                yield result
+            ordered = [results[c.id] for c in calls]
+            self.tool_steps += 1
+            self.steps.append(("".join(text), calls, ordered))
+            tail = [*self.context_inputs.get("tail", ()),
+                    ChatMessage("assistant", "".join(text), tool_calls=calls),
+                    *(ChatMessage("tool", r.content, tool_call_id=r.tool_call_id)
+                      for r in ordered)]
+            self.context_inputs["tail"] = tail
+            self.context = await asyncio.to_thread(build_context, **self.context_inputs)
+
+    def _server_tools(self) -> list[dict[str, Any]]:
+        """The OpenAI tool entries of the runtime's tools this owner may use, when the
+        model can call tools."""
+        tools = getattr(self.runtime, "tools", None)
+        if tools is None or self.runtime.config.core.max_tool_steps <= 0 \
+                or not supports(self.llm, "tools"):
+            return []
+        return list(tools.specs(self.principal.owner))
+
+    async def _run_tools(self, calls: Sequence[ToolCall], deadline: float
+                         ) -> AsyncIterator[ToolResult]:
+        """Run the calls concurrently, yielding each result as it ends. A call still
+        running at ``deadline`` is cancelled and gets an error result; so does one whose
+        tool box raised (it should not)."""
+        from core.tools import ToolResult
+
+        tools = self.runtime.tools
+        owner = self.principal.owner
+
+        async def one(call: ToolCall) -> ToolResult:
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout_at(asyncio.get_running_loop().time()
+                                              + deadline - time.monotonic()):
+                    return await tools.call(call, owner=owner)
+            except TimeoutError:
+                message = (f"the turn's tool deadline ({self.runtime.config.core.tool_deadline:g}"
+                           " s) passed before the tool ended")
+            except Exception as exc:
+                log.exception("tool %s failed outside its tool box", call.name)
+                message = f"{type(exc).__name__}: {exc}"
+            return ToolResult(call.id, call.name, json.dumps({"error": message}), True,
+                              time.perf_counter() - started)
+
+        tasks = [asyncio.ensure_future(one(call)) for call in calls]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                yield await next_done
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _step_rows(self, where: int) -> list[Message]:
+        """The rows of the turn's tool steps, from seq ``where`` on."""
+        assert self.conversation_id is not None
+        rows: list[Message] = []
+        for text, calls, results in self.steps:
+            rows.append(Message(
+                id=uuid.uuid4().hex, conversation_id=self.conversation_id,
+                seq=where + len(rows), role="assistant", content=text,
+                tool_calls=[{"id": c.id, "name": c.name, "arguments": c.arguments}
+                            for c in calls]))
+            rows.extend([Message(
+                id=uuid.uuid4().hex, conversation_id=self.conversation_id,
+                seq=where + len(rows) + i, role="tool", content=result.content,
+                status="error" if result.is_error else "complete",
+                tool_call_id=result.tool_call_id, tool_name=result.name,
+                duration=result.duration) for i, result in enumerate(results)])
+        return rows
 
     async def _finish(
         self, status: str, parts: list[str], error: str | None, code: int | None,
-        finish: str | None, reported: Delta | None = None,
+        finish: str | None, reported: Delta | None = None, calls: tuple[ToolCall, ...] = (),
     ) -> Finished:
         text = "".join(parts)
         if reported is not None and reported.completion_tokens is not None:
@@ -289,17 +506,49 @@ class TurnRun:
                           await asyncio.to_thread(self.llm.count_tokens, text) if text else 0)
         if self.message_id is not None:
             await self.saved()
-            async with self.runtime.db.session() as session:
-                await session.execute(
-                    update(Message)
-                    .where(col(Message.id) == self.message_id)
-                    .values(content=text, status=status, error=error,
-                            token_count=usage.completion_tokens)
-                    .execution_options(synchronize_session=False)
-                )
-                await session.commit()
-        self.finished = Finished(status, self.message_id, text, usage, finish, error, code)
+            await self._store_answer(text, status, error, usage, calls)
+        if calls and status == "complete":
+            finish = "tool_calls"
+        self.finished = Finished(status, self.message_id, text, usage, finish, error, code,
+                                 calls)
         return self.finished
+
+    async def _store_answer(self, text: str, status: str, error: str | None, usage: Usage,
+                            calls: tuple[ToolCall, ...]) -> None:
+        """Store the answer and, in the same transaction, the turn's tool steps (each
+        call with all its results) where the answer's row was, the answer after them.
+        When another turn has taken those places meanwhile, the steps and the answer go
+        after the conversation's last row."""
+        assert self.plan is not None or not self.steps
+        stored_calls = [{"id": c.id, "name": c.name, "arguments": c.arguments}
+                        for c in calls] or None
+        values: dict[str, Any] = dict(content=text, status=status, error=error,
+                                      token_count=usage.completion_tokens,
+                                      tool_calls=stored_calls)
+        for attempt in range(3):
+            try:
+                async with self.runtime.db.session() as session:
+                    if self.steps:
+                        assert self.plan is not None
+                        where = (self.plan.reply_seq if self.plan.reply_seq is not None
+                                 else self.plan.user_seq + 1)
+                        if attempt:
+                            where = 1 + ((await session.exec(
+                                select(Message.seq)
+                                .where(Message.conversation_id == self.conversation_id)
+                                .order_by(col(Message.seq).desc()).limit(1))).first() or 0)
+                        rows = self._step_rows(where)
+                        values["seq"] = where + len(rows)
+                    await session.execute(
+                        update(Message).where(col(Message.id) == self.message_id)
+                        .values(**values).execution_options(synchronize_session=False))
+                    if self.steps:
+                        session.add_all(rows)
+                    await session.commit()
+                return
+            except IntegrityError:
+                if not self.steps or attempt == 2:
+                    raise
 
     async def _after_complete(self, finished: Finished) -> None:
         assert self.conversation_id and self.user_message_id and finished.message_id
@@ -364,11 +613,12 @@ async def start_turn(runtime: Runtime, principal: Principal, request: ChatReques
             check_user_fits, system_prompt=_system_prompt(runtime, request),
             user=request.content, count=llm.count_tokens, window=llm.context_window,
             budget=runtime.config.budget)
+    if command is None:
+        check_supported(llm, request)
     if request.history is not None:
         turn = TurnRun(runtime, principal, request, llm, None, command)
         if command is None:
-            turn.context = await _context(runtime, principal, request, llm,
-                                          turns_from_messages(request.history), "")
+            turn.context = await _context(turn, turns_from_messages(request.history), "")
         return turn
     return await _stored_turn(runtime, principal, request, llm, command)
 
@@ -423,7 +673,7 @@ async def _stored_turn(
     summarize = runtime.config.budget.summarize and conversation is not None
     if command is None:
         summary = conversation.summary if summarize and conversation is not None else ""
-        turn.context = await _context(runtime, principal, request, llm, _turns(rows), summary)
+        turn.context = await _context(turn, _turns(rows), summary)
         if summarize and conversation is not None:
             turn.summary_from = (conversation.summary, conversation.summary_upto)
 
@@ -441,10 +691,12 @@ async def _stored_turn(
         user_seq=retry_of.seq if retry_of is not None else last_seq + 1,
         reply_id=reply.id if reply is not None else uuid.uuid4().hex,
         reclaim_status=reply.status if reply is not None else None,
+        reply_seq=reply.seq if reply is not None else None,
     )
     # Without a client message id the rows are written while the model reads the prompt;
     # the turn waits for them before its first token leaves (see TurnRun.run).
     turn.store = asyncio.ensure_future(store(runtime, plan))
+    turn.plan = plan
     turn.conversation_id = plan.conversation_id
     turn.user_message_id, turn.message_id = plan.user_id, plan.reply_id
     return turn
@@ -467,6 +719,7 @@ class StorePlan:
     user_seq: int
     reply_id: str
     reclaim_status: str | None
+    reply_seq: int | None = None  # the reclaimed answer's; else user_seq + 1
 
 
 async def store(runtime: Runtime, plan: StorePlan) -> None:
@@ -557,40 +810,92 @@ async def _recent(session: Any, conversation_id: str, after: int, before: int | 
 
 
 def _turns(rows: Sequence[Message]) -> list[Turn]:
-    """History turns from stored rows; failed and unfinished answers are left out."""
+    """History turns from stored rows; failed and unfinished answers are left out (tool
+    steps stay: they were stored whole), and so is any tool call without all its
+    results or result without its call (a history cut in the middle of a step)."""
     turns: list[Turn] = []
     for row in rows:
-        if row.role == "assistant" and (row.status not in ("complete", "interrupted")
-                                        or not row.content):
+        calls = tuple(ToolCall(str(c.get("id", "")), str(c.get("name", "")),
+                               str(c.get("arguments", "")))
+                      for c in row.tool_calls or () if isinstance(c, dict))
+        if row.role == "assistant" and not calls and (
+                row.status not in ("complete", "interrupted") or not row.content):
             continue
-        message = ChatMessage(row.role, row.content)  # type: ignore[arg-type]
+        message = ChatMessage(row.role, row.content, tool_calls=calls,  # type: ignore[arg-type]
+                              tool_call_id=row.tool_call_id)
         if row.role == "user" or not turns:
             turns.append(Turn((message,), row.seq))
         else:
             turns[-1] = Turn((*turns[-1].messages, message), row.seq)
-    return turns
+    return [Turn(paired(t.messages), t.last_seq) for t in turns]
 
 
-async def _context(
-    runtime: Runtime, principal: Principal, request: ChatRequest, llm: LLMProvider,
-    history: list[Turn], summary: str,
-) -> Context:
+def paired(messages: Sequence[ChatMessage]) -> tuple[ChatMessage, ...]:
+    """``messages`` without tool calls that lack results and results that lack their
+    call (an assistant message that loses its calls keeps its text, if any)."""
+    answered = {m.tool_call_id for m in messages if m.role == "tool"}
+    called: set[str | None] = set()
+    out: list[ChatMessage] = []
+    for m in messages:
+        if m.tool_calls:
+            if all(c.id in answered for c in m.tool_calls):
+                called.update(c.id for c in m.tool_calls)
+                out.append(m)
+            elif m.content:
+                out.append(replace(m, tool_calls=()))
+        elif m.role == "tool":
+            if m.tool_call_id in called:
+                out.append(m)
+        else:
+            out.append(m)
+    return tuple(out)
+
+
+def without_tools(turns: Sequence[Turn]) -> list[Turn]:
+    """Turns with their tool steps left out (for a model that cannot read them)."""
+    out = []
+    for t in turns:
+        kept = tuple(replace(m, tool_calls=()) for m in t.messages
+                     if m.role != "tool" and (m.content or not m.tool_calls))
+        out.append(replace(t, messages=kept))
+    return out
+
+
+def _memo(count: Callable[[str], int]) -> Callable[[str], int]:
+    """``count`` remembering its answers for one turn: a tool step rebuilds the prompt,
+    and the model's tokenizer may be a round trip away."""
+    known: dict[str, int] = {}
+
+    def counted(text: str) -> int:
+        tokens = known.get(text)
+        if tokens is None:
+            tokens = known[text] = count(text)
+        return tokens
+
+    return counted
+
+
+async def _context(turn: TurnRun, history: list[Turn], summary: str) -> Context:
+    runtime, request, llm = turn.runtime, turn.request, turn.llm
     memories, passages = await asyncio.gather(
-        _recall(runtime, principal.owner, request.content),
-        _search(runtime, principal.owner, request.content),
+        _recall(runtime, turn.principal.owner, request.content),
+        _search(runtime, turn.principal.owner, request.content),
     )
-    return await asyncio.to_thread(
-        build_context,
+    if not supports(llm, "tools"):
+        history = without_tools(history)
+    turn.context_inputs = dict(
         system_prompt=_system_prompt(runtime, request),
         user=request.content,
         history=history,
-        count=llm.count_tokens,
+        count=_memo(llm.count_tokens),
         window=llm.context_window,
         budget=runtime.config.budget,
         memories=memories,
         passages=passages,
         summary=summary,
+        tail=list(request.tail),
     )
+    return await asyncio.to_thread(build_context, **turn.context_inputs)
 
 
 def _system_prompt(runtime: Runtime, request: ChatRequest) -> str:

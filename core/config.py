@@ -27,6 +27,9 @@ T = TypeVar("T")
 SECRET_KEY = re.compile(r"(secret|token|password|passwd|api_?key|signing_?key)", re.I)
 REDACTED = "***"
 URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
+PLUGIN_KEYS = ("enabled", "tools")
+"""Keys of every ``[plugins.<name>]`` table that belong to mami, not to the plugin's
+``Settings``: ``enabled`` (true/false) and ``tools`` (true, false or a list of names)."""
 
 
 @dataclass
@@ -51,11 +54,20 @@ class CoreSettings:
     event_timeout: float = 30.0
     image_deadline: float = 600.0
     log_level: str = "INFO"
+    max_tool_steps: int = 8  # model calls that may run tools in one turn; then it must answer
+    tool_deadline: float = 120.0  # seconds for a turn's tool steps; then it must answer
+    tool_timeout: float = 30.0  # seconds one tool call may take (a tool may set its own)
+    tool_owners: dict[str, list[str]] = field(default_factory=dict)  # owner -> tool patterns
 
     def __post_init__(self) -> None:
-        for name in ("event_timeout", "image_deadline"):
+        for name in ("event_timeout", "image_deadline", "tool_timeout", "tool_deadline"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"[core] {name}: must be greater than 0")
+        if self.max_tool_steps < 0:
+            raise ConfigError("[core] max_tool_steps: must be 0 or more")
+        for owner, names in self.tool_owners.items():
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ConfigError(f"[core] tool_owners.{owner}: expected a list of tool names")
 
 
 @dataclass
@@ -80,6 +92,7 @@ class BudgetSettings:
     summarize: bool = False
     rag_k: int = 4
     memory_k: int = 5
+    tool_result_tokens: int = 1024
 
 
 @dataclass
@@ -109,6 +122,12 @@ class Config:
     def plugin_enabled(self, name: str, default: bool = True) -> bool:
         value = self.plugins.get(name, {}).get("enabled", default)
         return bool(value)
+
+    def plugin_tools(self, name: str) -> bool | list[str]:
+        """``[plugins.<name>] tools``: ``True`` (default, all of the plugin's tools),
+        ``False`` (none) or the names (``fnmatch`` patterns) of those to enable."""
+        value = self.plugins.get(name, {}).get("tools", True)
+        return value if isinstance(value, bool) else list(value)
 
     def redacted(self) -> dict[str, Any]:
         """The configuration as plain data with every secret replaced by ``***``."""
@@ -196,6 +215,12 @@ def config_from_dict(raw: Mapping[str, Any], path: Path | None = None) -> Config
     plugins = resolved.get("plugins", {})
     if not isinstance(plugins, dict) or not all(isinstance(v, dict) for v in plugins.values()):
         raise ConfigError(f"{source}: [plugins] must only contain [plugins.<name>] tables")
+    for name, table in plugins.items():
+        tools = table.get("tools", True)
+        if not isinstance(tools, bool) and not (
+                isinstance(tools, list) and all(isinstance(t, str) for t in tools)):
+            raise ConfigError(f"{source}: [plugins.{name}] tools: expected true, false or a "
+                              "list of tool names")
     return Config(
         path=path,
         core=validate_table(CoreSettings, resolved.get("core", {}), source, "core"),
@@ -233,7 +258,7 @@ def validate_table(cls: type[T], data: Any, source: str, table: str) -> T:
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for key, value in data.items():
-        if key == "enabled" and table.startswith("plugins."):
+        if key in PLUGIN_KEYS and table.startswith("plugins."):
             continue
         if key not in fields:
             raise ConfigError(

@@ -9,10 +9,18 @@ used; older turns are dropped, never cut. The system prompt and the latest user
 message are always kept: when they alone do not fit, :class:`PayloadTooLarge` (413)
 says so instead of silently cutting the message.
 
+Tool steps: an assistant message with tool calls and the tool messages answering them
+belong to the turn of the user message before them, so they are kept or dropped with it
+and a call is never kept without its results (or a result without its call). The tool
+steps of the running turn (``tail``: after the latest user message) are always kept. A
+tool result longer than ``[budget] tool_result_tokens`` is cut to it and ends with a
+marker saying so (:func:`cap_tool_result`); when the running turn's steps still do not
+fit, their results are cut further, largest first, before anything is refused.
+
 Token accounting (:func:`prompt_tokens`) is each message's tokens plus
-``MESSAGE_OVERHEAD`` for its chat-template markers, plus ``PROMPT_OVERHEAD`` for the
-start of the reply. Both are generous, so the real templated prompt stays inside the
-window too.
+``MESSAGE_OVERHEAD`` for its chat-template markers (and, per tool call, its id, name
+and arguments plus ``MESSAGE_OVERHEAD``), plus ``PROMPT_OVERHEAD`` for the start of the
+reply. Both are generous, so the real templated prompt stays inside the window too.
 
 Counting is bounded (:func:`bounded_count`): a text far longer than the room left for
 it is judged by a prefix, so a multi-megabyte message costs what its first
@@ -23,7 +31,7 @@ which may be slow or block: callers on an event loop run these functions in a th
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from core.config import BudgetSettings
 from core.errors import PayloadTooLarge
@@ -63,8 +71,71 @@ class Context:
     used_summary: bool = False
 
 
+TRUNCATED = "\n[truncated by mami: {shown} of {total} characters shown]"
+"""The marker that ends a tool result cut to its budget."""
+
+
 def message_tokens(message: ChatMessage, count: Counter) -> int:
-    return count(message.content) + MESSAGE_OVERHEAD
+    tokens = count(message.content) + MESSAGE_OVERHEAD
+    if message.tool_call_id:
+        tokens += count(message.tool_call_id)
+    for call in message.tool_calls:
+        tokens += (count(call.id) + count(call.name) + count(call.arguments)
+                   + MESSAGE_OVERHEAD)
+    return tokens
+
+
+def _bounded_message(message: ChatMessage, limit: int, count: Counter) -> int:
+    """:func:`message_tokens`, judging the content by a prefix when it is far too long."""
+    if not message.content:
+        return message_tokens(message, count)
+    content, _ = bounded_count(message.content, limit, count)
+    return content + message_tokens(replace(message, content=""), count)
+
+
+def cap_tool_result(content: str, limit: int, count: Counter) -> str:
+    """``content`` if it is at most ``limit`` tokens; otherwise its longest prefix (by
+    a few shrinking tries) that, with the :data:`TRUNCATED` marker, is within ``limit``;
+    just the marker when even that is too long."""
+    tokens, _ = bounded_count(content, limit, count)
+    if tokens <= limit:
+        return content
+    total = len(content)
+    shown = min(total, max(0, limit) * CHARS_PER_TOKEN)
+    if tokens:
+        shown = min(shown, int(total * limit / tokens))
+    while shown > 0:
+        text = content[:shown] + TRUNCATED.format(shown=shown, total=total)
+        if count(text) <= limit:
+            return text
+        shown = shown * 3 // 4
+    return TRUNCATED.format(shown=0, total=total).lstrip("\n")
+
+
+def _cap(message: ChatMessage, limit: int, count: Counter) -> ChatMessage:
+    if message.role != "tool":
+        return message
+    capped = cap_tool_result(message.content, limit, count)
+    return message if capped is message.content else replace(message, content=capped)
+
+
+def _fit_tail(tail: Sequence[ChatMessage], cap: int, room: int, count: Counter
+              ) -> list[ChatMessage]:
+    """The running turn's tool steps, each result cut to ``cap`` tokens, then the
+    largest result's limit halved until they fit in ``room`` tokens (or every result
+    is just its marker)."""
+    limits = {i: cap for i, m in enumerate(tail) if m.role == "tool"}
+    fitted = [_cap(m, cap, count) for m in tail]
+    costs = [message_tokens(m, count) for m in fitted]
+    while sum(costs) > room:
+        open_ = [i for i, limit in limits.items() if limit > 0]
+        if not open_:
+            break
+        i = max(open_, key=lambda j: costs[j])
+        limits[i] = min(limits[i], costs[i]) // 2
+        fitted[i] = _cap(tail[i], limits[i], count)
+        costs[i] = message_tokens(fitted[i], count)
+    return fitted
 
 
 def bounded_count(text: str, limit: int, count: Counter) -> tuple[int, bool]:
@@ -159,17 +230,37 @@ def build_context(
     memories: Sequence[str] = (),
     passages: Sequence[str] = (),
     summary: str = "",
+    tail: Sequence[ChatMessage] = (),
 ) -> Context:
     """Assemble the prompt for ``user`` inside ``window`` tokens.
 
-    ``history`` is oldest first; ``memories`` and ``passages`` best first. Raises
-    :class:`PayloadTooLarge` when the system prompt and the user message alone leave
-    no room for the reserved reply.
+    ``history`` is oldest first; ``memories`` and ``passages`` best first; ``tail`` are
+    the running turn's tool steps after ``user`` (always kept, results cut to fit).
+    Raises :class:`PayloadTooLarge` when the system prompt, the user message and the
+    running turn's steps (their results cut to a marker) leave no room for the
+    reserved reply.
     """
     limit = window - max(1, budget.reply_tokens)
     user_msg = ChatMessage("user", user)
     user_cost = check_user_fits(system_prompt=system_prompt, user=user, count=count,
                                 window=window, budget=budget)
+    cap = max(0, budget.tool_result_tokens)
+    steps: list[ChatMessage] = []
+    if tail:
+        base = message_tokens(ChatMessage("system", system_text(system_prompt, (), (), "")),
+                              count)
+        steps = _fit_tail(tail, cap, limit - base - user_cost - PROMPT_OVERHEAD, count)
+        tail_cost = sum(message_tokens(m, count) for m in steps)
+        if base + user_cost + tail_cost + PROMPT_OVERHEAD > limit:
+            raise PayloadTooLarge(
+                f"the tool calls of this turn take {tail_cost} tokens, more than the model's "
+                f"window of {window} tokens leaves after the system prompt, the message and "
+                f"{budget.reply_tokens} tokens reserved for the reply",
+                param="messages", code="context_length_exceeded")
+        user_cost += tail_cost
+    if cap and any(m.role == "tool" for t in history for m in t.messages):
+        history = [replace(t, messages=tuple(_cap(m, cap, count) for m in t.messages))
+                   if any(m.role == "tool" for m in t.messages) else t for t in history]
     mems = _fit(memories, budget.memory_tokens, count)
     pas = _fit(passages, budget.rag_tokens, count)
     summ = summary if summary and bounded_count(
@@ -189,7 +280,7 @@ def build_context(
     for turn in reversed(history):
         cost = 0
         for m in turn.messages:
-            cost += bounded_count(m.content, room - cost, count)[0] + MESSAGE_OVERHEAD
+            cost += _bounded_message(m, room - cost, count)
             if cost > room:
                 break
         if cost > room:
@@ -198,7 +289,7 @@ def build_context(
         room -= cost
     kept.reverse()
     dropped = list(history[: len(history) - len(kept)])
-    messages = [system] + [m for turn in kept for m in turn.messages] + [user_msg]
+    messages = [system] + [m for turn in kept for m in turn.messages] + [user_msg] + steps
     used = prompt_tokens(messages, count)
     return Context(
         messages=messages,
@@ -213,7 +304,7 @@ def build_context(
 
 def turns_from_messages(messages: Sequence[ChatMessage]) -> list[Turn]:
     """Group a flat history (as an OpenAI client sends it) into turns: each user message
-    starts a new turn; assistant messages join the turn before them."""
+    starts a new turn; assistant and tool messages join the turn before them."""
     turns: list[list[ChatMessage]] = []
     for message in messages:
         if message.role == "user" or not turns:
@@ -226,7 +317,8 @@ def turns_from_messages(messages: Sequence[ChatMessage]) -> list[Turn]:
 def summary_prompt(summary: str, turns: Sequence[Turn], max_words: int) -> list[ChatMessage]:
     """The request that folds ``turns`` into the running ``summary`` (incrementally: only
     turns not yet covered are sent, together with the summary so far)."""
-    lines = [f"{m.role}: {m.content}" for turn in turns for m in turn.messages]
+    lines = [f"{m.role}: {m.content}" for turn in turns for m in turn.messages
+             if m.content and m.role != "tool"]
     task = (
         f"Update the summary of a conversation. Keep every fact, name and decision; at most "
         f"{max_words} words; reply with the summary only.\n\n"

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from core.events import ImageFinished, MessageCompleted
     from core.migrations import MigrationSource
     from core.runtime import Runtime
+    from core.tools import Tool, Toolset
 
 hookspec = pluggy.HookspecMarker("mami")
 
@@ -75,6 +76,20 @@ def register_image_generators(
 def register_authenticators(register: Callable[[Authenticator], None], runtime: Runtime) -> None:
     """Register authenticators. Every implementation is called; the first registered
     one authenticates every HTTP request and WebSocket."""
+
+
+@hookspec
+def register_tools(register: Callable[[Tool | Toolset], None], runtime: Runtime) -> None:
+    """Register tools the model may call with ``register(tool)``: a
+    :class:`core.tools.Tool` (``core.tools.tool(fn)`` makes one from a function), or a
+    :class:`core.tools.Toolset` whose tools change while the app runs.
+
+    Called once per runtime at start, after every plugin's ``startup``; every
+    implementation is called. An invalid tool, or a name another plugin already
+    registered, fails the second plugin (naming the first). Each plugin's ``tools``
+    setting in ``plugins.toml`` (``true``, ``false`` or a list of names) says which of
+    its tools are enabled.
+    """
 
 
 @hookspec

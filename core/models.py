@@ -51,7 +51,13 @@ class Conversation(SQLModel, table=True):
 class Message(SQLModel, table=True):
     """One message. ``client_message_id`` (unique per conversation) makes a retried
     request idempotent; an assistant message's ``reply_to`` is the user message it
-    answers, so one user message never gets two stored answers."""
+    answers, so one user message never gets two stored answers.
+
+    Tool steps: an assistant message that asked for tools keeps them in ``tool_calls``
+    (``[{"id", "name", "arguments"}]``); each result is a ``tool`` message with
+    ``tool_call_id``, ``tool_name``, ``duration`` (seconds) and status ``complete`` or
+    ``error``. A turn's steps are written with its answer, in one transaction, so stored
+    calls always have their results."""
 
     __tablename__ = "messages"
     __table_args__ = (
@@ -71,6 +77,11 @@ class Message(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     token_count: int | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    tool_calls: list[Any] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True),
+                                                                        nullable=True))
+    tool_call_id: str | None = Field(default=None, max_length=128)
+    tool_name: str | None = Field(default=None, max_length=128)
+    duration: float | None = None
 
 
 class EventReceipt(SQLModel, table=True):

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pluggy
 
 from core import hookspecs
-from core.config import Config, validate_table
+from core.config import PLUGIN_KEYS, Config, validate_table
 from core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -286,7 +286,8 @@ class PluginHost:
         type, a value ``__post_init__`` rejects with ConfigError) raise ConfigError; a
         broken ``Settings`` class raises :class:`PluginBroken`."""
         schema = getattr(module, "Settings", None)
-        table = {k: v for k, v in self.config.plugins.get(name, {}).items() if k != "enabled"}
+        table = {k: v for k, v in self.config.plugins.get(name, {}).items()
+                 if k not in PLUGIN_KEYS}
         if schema is None:
             if table:
                 key = next(iter(table))
@@ -442,6 +443,10 @@ class PluginHost:
 
     def register_chat_commands(self, runtime: Runtime) -> list[tuple[str, ChatCommand]]:
         return self.collect("register_chat_commands", runtime=runtime)
+
+    def register_tools(self, runtime: Runtime) -> list[tuple[str, Any]]:
+        """``(plugin, tool or toolset)`` pairs; the runtime checks and keeps them."""
+        return self.collect("register_tools", runtime=runtime)
 
     def register_migrations(self) -> list[tuple[str, MigrationSource]]:
         """``(plugin, source)`` per migration chain. Something other than a

@@ -13,37 +13,84 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """One message of a prompt."""
+    """One message of a prompt, in OpenAI's shapes: an assistant message may carry
+    ``tool_calls`` (its ``content`` then often empty); a ``tool`` message is the result
+    of the call whose id is ``tool_call_id``. Every assistant message with tool calls is
+    followed, before the next user or assistant message, by one tool message per call."""
 
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+
+def openai_message(message: ChatMessage) -> dict[str, Any]:
+    """``message`` in OpenAI's request shape (what OpenAI-compatible servers and
+    llama.cpp's chat handlers read)."""
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id or "",
+                "content": message.content}
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["content"] = message.content or None
+        out["tool_calls"] = [{"id": c.id, "type": "function",
+                              "function": {"name": c.name, "arguments": c.arguments}}
+                             for c in message.tool_calls]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
 class GenerationParams:
-    """Sampling settings for one reply."""
+    """Sampling settings for one reply.
+
+    ``tools`` are OpenAI ``tools`` entries (``{"type": "function", "function": {name,
+    description, parameters}}``) the model may call; ``tool_choice`` is OpenAI's
+    (``"auto"``, ``"none"``, ``"required"`` or ``{"type": "function", "function":
+    {"name": ...}}``; ``None``: the server's default); ``response_format`` is OpenAI's
+    (``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {...}}``;
+    ``None``: text). A provider receives these only when it says it supports them
+    (see ``supports`` in :data:`OPTIONAL_METHODS`)."""
 
     max_tokens: int = 512
     temperature: float = 0.7
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
+    tools: tuple[Mapping[str, Any], ...] = ()
+    tool_choice: str | Mapping[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A streamed fragment of a tool call, as OpenAI streams them: the fragments with
+    the same ``index`` make one call; the first usually carries ``id`` and ``name``, and
+    the ``arguments`` pieces joined in order are the call's JSON arguments."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """A streamed piece of a reply. The last one carries ``finish_reason``. A provider
-    whose server reports token usage puts it on a delta (usually the last, possibly one
-    with empty text); mami then reports those figures instead of its own count."""
+    """A streamed piece of a reply. The last one carries ``finish_reason``
+    (``"tool_calls"`` when the model asks for tool calls, whose fragments arrive in
+    ``tool_calls``). A provider whose server reports token usage puts it on a delta
+    (usually the last, possibly one with empty text); mami then reports those figures
+    instead of its own count."""
 
     text: str
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +105,15 @@ class Check:
     status: Literal["ok", "warn", "fail"]
     detail: str
     fix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A model's request to run a tool (OpenAI's ``tool_calls[]`` entry)."""
+
+    id: str  # "call_...", the id the model gave
+    name: str
+    arguments: str  # JSON text, exactly as the model produced it
 
 
 @runtime_checkable
@@ -290,7 +346,7 @@ class Authenticator(Protocol):
 
 COMMON_OPTIONAL = ("aclose", "health", "doctor")
 OPTIONAL_METHODS: dict[str, tuple[str, ...]] = {
-    "llm": ("load", *COMMON_OPTIONAL),
+    "llm": ("load", "supports", *COMMON_OPTIONAL),
     "retriever": ("validate", *COMMON_OPTIONAL),
     "memory": ("page", *COMMON_OPTIONAL),
     "images": COMMON_OPTIONAL,
@@ -300,6 +356,10 @@ OPTIONAL_METHODS: dict[str, tuple[str, ...]] = {
 requires). Their contracts:
 
 - ``async load() -> None`` (llm): awaited before the tokenizer or window is used.
+- ``supports(feature) -> bool`` (llm): whether the model handles ``"tools"`` (tool
+  definitions, tool calls and tool messages) or ``"response_format"``; asked after
+  ``load``. Without the method, neither: a request that needs one is a 400 naming it,
+  never silently ignored.
 - ``async aclose() -> None`` (all): awaited when the app stops.
 - ``validate(owner, source, text, scope) -> int`` (retriever): raises what ``ingest``
   would raise, before anything is written; returns the size in bytes.

@@ -27,6 +27,7 @@ from core.protocols import (
     Retriever,
     protocol_problems,
 )
+from core.tools import ToolBox, ToolRejected
 
 if TYPE_CHECKING:
     from core.chat import ChatCommand
@@ -66,6 +67,7 @@ class Runtime:
         self.provider_plugin: dict[int, str] = {}
         self.chat_commands: dict[str, ChatCommand] = {}
         self._command_owner: dict[str, str] = {}
+        self.tools = ToolBox.from_config(config)
         self.started = False
         self._start_lock = asyncio.Lock()
         self.state: dict[str, Any] = {}  # plugins may keep per-app objects here
@@ -85,6 +87,8 @@ class Runtime:
             self.register_providers()
             self.register_chat_commands()
             await self.plugins.startup(self)
+            self._drop_failed_providers()
+            self.register_tools()
             self._drop_failed_providers()
             self.started = True
 
@@ -182,6 +186,23 @@ class Runtime:
                 owners[name] = plugin_name
         self._command_owner = owners
 
+    def register_tools(self) -> None:
+        """Collect every plugin's tools into :attr:`tools`. An invalid tool, or a name
+        already taken, fails the plugin (the message names the other plugin) and drops
+        the tools it registered."""
+        for plugin_name, item in self.plugins.register_tools(self):
+            record = self.plugins.records.get(plugin_name)
+            if record is not None and record.status == "failed":
+                continue
+            try:
+                enabled = self.tools.add(item, plugin_name)
+            except ToolRejected as exc:
+                self.plugins.fail(plugin_name, str(exc))
+                self.tools.remove_plugin(plugin_name)
+                continue
+            if enabled and record is not None and "tools" not in record.provides:
+                record.provides.append("tools")
+
     def _drop_failed_providers(self) -> None:
         for registered in self.providers.values():
             for name, provider in list(registered.items()):
@@ -192,6 +213,9 @@ class Runtime:
             record = self.plugins.records.get(plugin_name)
             if record is not None and record.status == "failed":
                 del self.chat_commands[name]
+        for name, record in self.plugins.records.items():
+            if record.status == "failed":
+                self.tools.remove_plugin(name)
 
     def _active(self, kind: str) -> Any | None:
         registered = self.providers[kind]
@@ -255,14 +279,15 @@ class Runtime:
 
     async def stop(self) -> None:
         await self.plugins.shutdown(self)
-        for registered in self.providers.values():
-            for provider in registered.values():
-                close = getattr(provider, "aclose", None)
-                if close is not None:
-                    try:
-                        await close()
-                    except Exception as exc:
-                        log.warning("closing %s failed: %s", getattr(provider, "name", "?"), exc)
+        closing = [provider for registered in self.providers.values()
+                   for provider in registered.values()]
+        for provider in [*closing, *(toolset for _, toolset in self.tools.toolsets)]:
+            close = getattr(provider, "aclose", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception as exc:
+                    log.warning("closing %s failed: %s", getattr(provider, "name", "?"), exc)
         await self.db.close()
         self.started = False
 

@@ -9,4 +9,5 @@ BUILTINS: dict[str, tuple[str, bool]] = {
     "chroma-rag": ("plugins.chroma_rag", True),
     "memory": ("plugins.memory", True),
     "web-ui": ("plugins.web_ui", True),
+    "builtin-tools": ("plugins.builtin_tools", False),
 }

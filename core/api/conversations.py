@@ -48,6 +48,12 @@ class MessageOut:
     client_message_id: str | None = None
     reply_to: str | None = None
     error: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    """An assistant's tool calls: ``[{"id", "name", "arguments"}]``."""
+    tool_call_id: str | None = None
+    """A ``tool`` message: the call it answers, the tool's name and its seconds."""
+    tool_name: str | None = None
+    duration: float | None = None
 
 
 def _out(conversation: Conversation) -> ConversationOut:
@@ -105,7 +111,9 @@ class ConversationController(Controller):
     async def messages(self, runtime: Runtime, principal: Principal,
                        conversation_id: str) -> list[MessageOut]:
         """The conversation's messages in order, with each answer's status
-        (``streaming``, ``complete``, ``interrupted`` or ``error``)."""
+        (``streaming``, ``complete``, ``interrupted`` or ``error``), tool steps included
+        (an assistant message with ``tool_calls``, then one ``tool`` message per call,
+        status ``error`` when the tool failed)."""
         await owned(runtime, principal.owner, conversation_id)
         async with runtime.db.session() as session:
             rows = (await session.exec(
@@ -113,7 +121,8 @@ class ConversationController(Controller):
                 .order_by(col(Message.seq))
             )).all()
         return [MessageOut(m.id, m.seq, m.role, m.content, m.status, m.created_at,
-                           m.client_message_id, m.reply_to, m.error) for m in rows]
+                           m.client_message_id, m.reply_to, m.error, m.tool_calls,
+                           m.tool_call_id, m.tool_name, m.duration) for m in rows]
 
     @delete("/{conversation_id:str}", status_code=204)
     async def remove(self, runtime: Runtime, principal: Principal, conversation_id: str) -> None:

@@ -15,6 +15,16 @@ The whole body is validated before the model is called or anything is stored (se
 :func:`check_fields`); errors are OpenAI's ``{"error": {"message", "type", "param",
 "code"}}``. ``GET /v1/models/{id}`` returns one model.
 
+Tools (OpenAI semantics): ``tools`` sent by the client are passed to the model, and the
+calls it asks for come back unchanged (``message.tool_calls``, finish reason
+``tool_calls``; streamed as ``delta.tool_calls`` fragments); the client runs them and
+sends the results back as ``role: "tool"`` messages after the assistant message with
+the ``tool_calls``. Client tools need a stateless request (no conversation id). Without
+client tools, the server's own tools (``runtime.tools``) may run inside the turn (see
+:mod:`core.chat`). ``response_format`` (``json_object``, ``json_schema``) is passed to
+models that support it; for others, as for tools, the request is a 400 naming the
+parameter.
+
 ``stream: true`` answers with server-sent events: ``data: <chunk JSON>`` lines ending
 with ``data: [DONE]``; a stream that breaks after it started ends with a
 ``data: {"error": ...}`` event. Errors before the first token are ordinary JSON errors
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,7 +49,7 @@ from litestar.response import Stream
 from core.api.openai_schema import ChatOperation
 from core.chat import ChatRequest, Finished, TurnRun, start_turn
 from core.errors import BadRequest, MamiError, NotFound, ProviderError, error_body
-from core.protocols import ChatMessage, GenerationParams, Principal
+from core.protocols import ChatMessage, GenerationParams, Principal, ToolCall, ToolCallDelta
 from core.runtime import Runtime
 
 VALIDITY_POLL = 1.0
@@ -46,7 +57,9 @@ VALIDITY_POLL = 1.0
 
 CONVERSATION_HEADER = "X-Mami-Conversation"
 CLIENT_ID_HEADER = "X-Mami-Client-Message-Id"
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
+         "tool": "tool"}
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
 def _model(name: str) -> dict[str, Any]:
@@ -87,7 +100,59 @@ def _text(content: Any, index: int) -> str:
     raise BadRequest(f"{param} must be a string or a list of text parts", param=param)
 
 
+def _tool_calls(raw: Any, i: int) -> tuple[ToolCall, ...]:
+    """An assistant message's ``tool_calls`` (OpenAI's shape)."""
+    param = f"messages[{i}].tool_calls"
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise BadRequest(f"{param} must be a list", param=param)
+    calls = []
+    for j, call in enumerate(raw):
+        where = f"{param}[{j}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or call.get("type", "function") != "function":
+            raise BadRequest(f"{where} must be {{\"id\", \"type\": \"function\", "
+                             f"\"function\": {{\"name\", \"arguments\"}}}}", param=where)
+        ident, name, arguments = call.get("id"), function.get("name"), function.get("arguments")
+        if not isinstance(ident, str) or not ident:
+            raise BadRequest(f"{where}.id must be a non-empty string", param=f"{where}.id")
+        if not isinstance(name, str) or not name:
+            raise BadRequest(f"{where}.function.name must be a non-empty string",
+                             param=f"{where}.function.name")
+        if not isinstance(arguments, str):
+            raise BadRequest(f"{where}.function.arguments must be a string (JSON text)",
+                             param=f"{where}.function.arguments")
+        calls.append(ToolCall(ident, name, arguments))
+    return tuple(calls)
+
+
+def _check_steps(messages: list[ChatMessage]) -> None:
+    """OpenAI's rule: each assistant message with tool calls is followed by one tool
+    message per call, before any other message; a tool message answers such a call."""
+    waiting: dict[str, int] = {}
+    for i, message in enumerate(messages):
+        if message.role == "tool":
+            if message.tool_call_id not in waiting:
+                raise BadRequest(f"messages[{i}]: a tool message must answer a tool call of "
+                                 f"the assistant message before it (tool_call_id "
+                                 f"{message.tool_call_id!r})", param=f"messages[{i}].tool_call_id")
+            del waiting[message.tool_call_id]
+            continue
+        if waiting:
+            missing = ", ".join(sorted(waiting))
+            raise BadRequest(f"messages[{min(waiting.values())}]: an assistant message with "
+                             f"tool_calls must be followed by tool messages answering each "
+                             f"call (missing: {missing})", param="messages")
+        waiting = {c.id: i for c in message.tool_calls}
+    if waiting:
+        raise BadRequest(f"messages[{min(waiting.values())}]: the assistant's tool calls need "
+                         "their tool messages (results) after them", param="messages")
+
+
 def parse_messages(raw: Any) -> list[ChatMessage]:
+    """The messages, checked; the last is the user's or a tool result (then the tool
+    steps after the last user message continue its turn)."""
     if not isinstance(raw, list) or not raw:
         raise BadRequest("messages must be a non-empty list", param="messages")
     parsed = []
@@ -99,16 +164,96 @@ def parse_messages(raw: Any) -> list[ChatMessage]:
         if role is None:
             raise BadRequest(f"messages[{i}].role {item.get('role')!r} is not supported "
                              f"(use one of {', '.join(ROLES)})", param=f"messages[{i}].role")
-        if item.get("tool_calls"):
-            raise BadRequest(f"messages[{i}].tool_calls: tools are not supported",
+        calls = _tool_calls(item.get("tool_calls"), i) if role == "assistant" else ()
+        if role != "assistant" and item.get("tool_calls") is not None:
+            raise BadRequest(f"messages[{i}].tool_calls: only assistant messages have them",
                              param=f"messages[{i}].tool_calls")
+        call_id = item.get("tool_call_id")
+        if role == "tool" and (not isinstance(call_id, str) or not call_id):
+            raise BadRequest(f"messages[{i}].tool_call_id must be a non-empty string",
+                             param=f"messages[{i}].tool_call_id")
         name = item.get("name")
         if name is not None and not isinstance(name, str):
             raise BadRequest(f"messages[{i}].name must be a string", param=f"messages[{i}].name")
-        parsed.append(ChatMessage(role, _text(item.get("content"), i)))  # type: ignore[arg-type]
-    if parsed[-1].role != "user":
-        raise BadRequest("the last message must have role 'user'", param="messages")
+        parsed.append(ChatMessage(role, _text(item.get("content"), i),  # type: ignore[arg-type]
+                                  tool_calls=calls,
+                                  tool_call_id=call_id if role == "tool" else None))
+    if parsed[-1].role not in ("user", "tool"):
+        raise BadRequest("the last message must have role 'user' (or 'tool', answering the "
+                         "assistant's tool calls)", param="messages")
+    if not any(m.role == "user" for m in parsed):
+        raise BadRequest("the messages need a user message", param="messages")
+    _check_steps(parsed)
     return parsed
+
+
+def parse_tools(body: dict[str, Any]) -> tuple[tuple[dict[str, Any], ...], Any, bool | None]:
+    """``(tools, tool_choice, parallel_tool_calls)`` in OpenAI's shapes, checked."""
+    raw = body.get("tools")
+    if raw is not None and not isinstance(raw, list):
+        raise BadRequest("tools must be a list", param="tools")
+    tools = []
+    names = set()
+    for i, tool in enumerate(raw or ()):
+        where = f"tools[{i}]"
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or tool.get("type") != "function":
+            raise BadRequest(f"{where} must be {{\"type\": \"function\", \"function\": "
+                             f"{{\"name\", \"description\", \"parameters\"}}}}", param=where)
+        name = function.get("name")
+        if not isinstance(name, str) or not TOOL_NAME.match(name):
+            raise BadRequest(f"{where}.function.name must be 1 to 64 letters, digits, _ or -",
+                             param=f"{where}.function.name")
+        if name in names:
+            raise BadRequest(f"{where}.function.name {name!r} is given twice",
+                             param=f"{where}.function.name")
+        names.add(name)
+        if not isinstance(function.get("description", ""), str):
+            raise BadRequest(f"{where}.function.description must be a string",
+                             param=f"{where}.function.description")
+        if not isinstance(function.get("parameters", {}), dict):
+            raise BadRequest(f"{where}.function.parameters must be a JSON Schema object",
+                             param=f"{where}.function.parameters")
+        if not isinstance(function.get("strict", False), bool | None):
+            raise BadRequest(f"{where}.function.strict must be true or false",
+                             param=f"{where}.function.strict")
+        tools.append(tool)
+    choice = body.get("tool_choice")
+    if isinstance(choice, str):
+        if choice not in ("none", "auto", "required"):
+            raise BadRequest("tool_choice must be none, auto, required or "
+                             "{\"type\": \"function\", \"function\": {\"name\": ...}}",
+                             param="tool_choice")
+        if choice == "required" and not tools:
+            raise BadRequest("tool_choice required needs tools", param="tool_choice")
+    elif choice is not None:
+        function = choice.get("function") if isinstance(choice, dict) else None
+        if not isinstance(function, dict) or choice.get("type") != "function" \
+                or function.get("name") not in names:
+            raise BadRequest("tool_choice must name one of the tools: {\"type\": "
+                             "\"function\", \"function\": {\"name\": ...}}",
+                             param="tool_choice")
+    parallel = _of_type(body, "parallel_tool_calls", bool, "true or false")
+    return tuple(tools), choice if tools else None, parallel if tools else None
+
+
+def parse_response_format(body: dict[str, Any]) -> dict[str, Any] | None:
+    """OpenAI's ``response_format``, checked; ``None`` for text."""
+    value = _of_type(body, "response_format", dict, "an object")
+    if value is None or value.get("type") == "text":
+        return None
+    kind = value.get("type")
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) \
+                or not isinstance(spec.get("schema", {}), dict):
+            raise BadRequest("response_format.json_schema must be {\"name\": str, "
+                             "\"schema\": {...}}", param="response_format")
+        return {"type": "json_schema", "json_schema": spec}
+    raise BadRequest("response_format.type must be text, json_object or json_schema",
+                     param="response_format")
 
 
 def _number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
@@ -141,24 +286,24 @@ IGNORED = {
     "seed": (int, "an integer"),
     "store": (bool, "true or false"),
     "service_tier": (str, "a string"),
-    "parallel_tool_calls": (bool, "true or false"),
     "reasoning_effort": (str, "a string"),
     "prompt_cache_key": (str, "a string"),
     "safety_identifier": (str, "a string"),
     "top_logprobs": (int, "an integer"),
 }
-UNSUPPORTED = ("tools", "functions", "audio", "prediction", "web_search_options")
+UNSUPPORTED = ("functions", "audio", "prediction", "web_search_options")
 KNOWN = {
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
     "temperature", "top_p", "n", "stop", "metadata", "presence_penalty", "frequency_penalty",
     "logit_bias", "logprobs", "response_format", "tool_choice", "function_call", "modalities",
+    "tools", "parallel_tool_calls",
     *IGNORED, *UNSUPPORTED,
 }
 
 
 def check_fields(body: dict[str, Any]) -> None:
     """400 for unknown fields, wrongly typed ignored ones and features mami does not
-    have (tools, logprobs, JSON output, audio), each naming the field."""
+    have (logprobs, audio, the legacy ``functions``), each naming the field."""
     unknown = sorted(set(body) - KNOWN)
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(unknown)}", param=unknown[0])
@@ -173,13 +318,9 @@ def check_fields(body: dict[str, Any]) -> None:
         raise BadRequest("logprobs is not supported", param="logprobs")
     if _of_type(body, "logit_bias", dict, "an object"):
         raise BadRequest("logit_bias is not supported", param="logit_bias")
-    for key in ("tool_choice", "function_call"):
-        if body.get(key) not in (None, "none", "auto"):
-            raise BadRequest(f"{key}: tools are not supported", param=key)
-    response_format = _of_type(body, "response_format", dict, "an object")
-    if response_format is not None and response_format.get("type") != "text":
-        raise BadRequest("response_format: only {\"type\": \"text\"} is supported",
-                         param="response_format")
+    if body.get("function_call") not in (None, "none", "auto"):
+        raise BadRequest("function_call (legacy) is not supported: use tools and tool_choice",
+                         param="function_call")
     modalities = _of_type(body, "modalities", list, "a list")
     if modalities is not None and modalities != ["text"]:
         raise BadRequest("modalities: only [\"text\"] is supported", param="modalities")
@@ -202,11 +343,16 @@ def parse_params(body: dict[str, Any], default_max_tokens: int) -> GenerationPar
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or n != 1):
         raise BadRequest("only n = 1 is supported", param="n")
+    tools, tool_choice, parallel = parse_tools(body)
     return GenerationParams(
         max_tokens=max_tokens or default_max_tokens,
         temperature=_number(body, "temperature", 0.7, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
         stop=tuple(s for s in stop or () if s),  # an empty stop string would end every reply
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=parallel,
+        response_format=parse_response_format(body),
     )
 
 
@@ -245,6 +391,10 @@ def parse_request(body: dict[str, Any], headers: Any, default_max_tokens: int) -
     params = parse_params(body, default_max_tokens)
     common: dict[str, Any] = {"model": model or None, "params": params}
     if conversation:
+        if params.tools or messages[-1].role == "tool":
+            raise BadRequest("tools sent by the client need a stateless request (no "
+                             "conversation id): the client keeps the history of its tool calls",
+                             param="tools" if params.tools else "messages")
         return ChatRequest(
             messages[-1].content,
             conversation_id=None if conversation == "new" else conversation,
@@ -252,10 +402,13 @@ def parse_request(body: dict[str, Any], headers: Any, default_max_tokens: int) -
             **common,
         )
     system = [m.content for m in messages if m.role == "system"]
+    rest = [m for m in messages if m.role != "system"]
+    last_user = max(i for i, m in enumerate(rest) if m.role == "user")
     return ChatRequest(
-        messages[-1].content,
-        history=[m for m in messages[:-1] if m.role != "system"],
+        rest[last_user].content,
+        history=rest[:last_user],
         system_prompt="\n\n".join(system) if system else None,
+        tail=rest[last_user + 1:],
         **common,
     )
 
@@ -297,7 +450,7 @@ def _error(exc: MamiError, turn: TurnRun) -> Response[Any]:
     )
 
 
-async def _drain(items: AsyncIterator[str | Finished]) -> None:
+async def _drain(items: AsyncIterator[Any]) -> None:
     async for _ in items:  # the turn's after-completion events
         pass
 
@@ -352,7 +505,7 @@ async def chat_completions(
             "object": "chat.completion",
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": finished.text},
+                "message": _message(finished),
                 "finish_reason": finished.finish_reason or "stop",
                 "logprobs": None,
             }],
@@ -361,6 +514,30 @@ async def chat_completions(
         headers=_conversation(turn),
         background=background,
     )
+
+
+def _message(finished: Finished) -> dict[str, Any]:
+    """The completion's message; with tool calls, OpenAI's shape (content null when the
+    model wrote none)."""
+    if not finished.tool_calls:
+        return {"role": "assistant", "content": finished.text}
+    return {"role": "assistant", "content": finished.text or None,
+            "tool_calls": [{"id": c.id, "type": "function",
+                            "function": {"name": c.name, "arguments": c.arguments}}
+                           for c in finished.tool_calls]}
+
+
+def _fragment(fragment: ToolCallDelta) -> dict[str, Any]:
+    """A streamed tool-call fragment in OpenAI's chunk shape: the first of a call
+    carries its id, type and name."""
+    function: dict[str, Any] = {"arguments": fragment.arguments}
+    out: dict[str, Any] = {"index": fragment.index}
+    if fragment.id is not None:
+        out.update(id=fragment.id, type="function")
+    if fragment.name is not None:
+        function = {"name": fragment.name, **function}
+    out["function"] = function
+    return out
 
 
 def _conversation(turn: TurnRun) -> dict[str, str]:
@@ -387,7 +564,7 @@ def _credential_check(runtime: Runtime,
 
 
 async def _sse(
-    items: AsyncIterator[str | Finished], first: str | Finished,
+    items: AsyncIterator[Any], first: Any,
     meta: dict[str, Any], include_usage: bool,
     still_valid: Callable[[], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[bytes]:
@@ -398,7 +575,7 @@ async def _sse(
     checked = time.monotonic()
     async with contextlib.aclosing(items):  # type: ignore[type-var]
         yield _chunk(meta, {"role": "assistant", "content": ""})
-        pending: list[str | Finished] = [first]
+        pending: list[Any] = [first]
         while True:
             item = pending.pop() if pending else await anext(items, None)
             if item is None:
@@ -413,6 +590,11 @@ async def _sse(
                         yield b"data: [DONE]\n\n"
                         return
                 yield _chunk(meta, {"content": item})
+                continue
+            if isinstance(item, ToolCallDelta):
+                yield _chunk(meta, {"tool_calls": [_fragment(item)]})
+                continue
+            if not isinstance(item, Finished):  # a server-side tool step
                 continue
             if item.status != "complete":
                 error = _fail(item)

@@ -23,17 +23,43 @@ TEXT_PART = Schema(
     properties={"type": Schema(type=OpenAPIType.STRING, enum=["text"]),
                 "text": Schema(type=OpenAPIType.STRING)},
 )
+FUNCTION_CALL = Schema(
+    type=OpenAPIType.OBJECT, required=["id", "type", "function"],
+    properties={
+        "id": Schema(type=OpenAPIType.STRING, min_length=1),
+        "type": Schema(type=OpenAPIType.STRING, enum=["function"]),
+        "function": Schema(type=OpenAPIType.OBJECT, required=["name", "arguments"], properties={
+            "name": Schema(type=OpenAPIType.STRING, min_length=1),
+            "arguments": Schema(type=OpenAPIType.STRING, description="JSON text")}),
+    },
+)
 MESSAGE = Schema(
     type=OpenAPIType.OBJECT, required=["role"],
     properties={
         "role": Schema(type=OpenAPIType.STRING,
-                       enum=["system", "developer", "user", "assistant"]),
+                       enum=["system", "developer", "user", "assistant", "tool"]),
         "content": Schema(one_of=[Schema(type=OpenAPIType.STRING),
                                   Schema(type=OpenAPIType.ARRAY, items=TEXT_PART),
                                   Schema(type=NULL)]),
         "name": Schema(type=OpenAPIType.STRING),
+        "tool_calls": Schema(type=OpenAPIType.ARRAY, items=FUNCTION_CALL,
+                             description="Assistant messages: the calls the model made."),
+        "tool_call_id": Schema(type=OpenAPIType.STRING, min_length=1,
+                               description="Tool messages: the call this is the result of."),
     },
-    description="The last message must have role user.",
+    description="The last message must have role user, or tool (the results of the "
+    "assistant's tool calls before it; each call answered).",
+)
+TOOL = Schema(
+    type=OpenAPIType.OBJECT, required=["type", "function"],
+    properties={
+        "type": Schema(type=OpenAPIType.STRING, enum=["function"]),
+        "function": Schema(type=OpenAPIType.OBJECT, required=["name"], properties={
+            "name": Schema(type=OpenAPIType.STRING, pattern="^[a-zA-Z0-9_-]{1,64}$"),
+            "description": Schema(type=OpenAPIType.STRING),
+            "parameters": Schema(type=OpenAPIType.OBJECT, description="JSON Schema"),
+            "strict": _nullable(OpenAPIType.BOOLEAN)}),
+    },
 )
 CHAT_REQUEST = Schema(
     type=OpenAPIType.OBJECT,
@@ -67,6 +93,29 @@ CHAT_REQUEST = Schema(
                         "client_message_id": Schema(type=OpenAPIType.STRING, min_length=1,
                                                     max_length=128)},
             additional_properties=Schema(type=OpenAPIType.STRING)),
+        "tools": Schema(type=[OpenAPIType.ARRAY, NULL], items=TOOL,
+                        description="The client's tools: passed to the model, whose calls "
+                        "come back as message.tool_calls (finish_reason tool_calls). Needs a "
+                        "stateless request (no conversation id)."),
+        "tool_choice": Schema(one_of=[
+            Schema(type=OpenAPIType.STRING, enum=["none", "auto", "required"]),
+            Schema(type=OpenAPIType.OBJECT, required=["type", "function"], properties={
+                "type": Schema(type=OpenAPIType.STRING, enum=["function"]),
+                "function": Schema(type=OpenAPIType.OBJECT, required=["name"], properties={
+                    "name": Schema(type=OpenAPIType.STRING)})}),
+            Schema(type=NULL)]),
+        "parallel_tool_calls": _nullable(OpenAPIType.BOOLEAN),
+        "response_format": Schema(
+            type=[OpenAPIType.OBJECT, NULL], required=["type"],
+            properties={"type": Schema(type=OpenAPIType.STRING,
+                                       enum=["text", "json_object", "json_schema"]),
+                        "json_schema": Schema(type=OpenAPIType.OBJECT, required=["name"],
+                                              properties={
+                                                  "name": Schema(type=OpenAPIType.STRING),
+                                                  "schema": Schema(type=OpenAPIType.OBJECT),
+                                                  "strict": _nullable(OpenAPIType.BOOLEAN)})},
+            description="json_object or json_schema: a 400 for a model that does not "
+            "support it."),
         "user": _nullable(OpenAPIType.STRING, description="Accepted and ignored."),
         "seed": _nullable(OpenAPIType.INTEGER, description="Accepted and ignored."),
         "presence_penalty": _nullable(OpenAPIType.NUMBER, minimum=-2, maximum=2,
@@ -75,10 +124,9 @@ CHAT_REQUEST = Schema(
                                        description="Accepted and ignored."),
     },
     description="OpenAI's chat completion request. Also accepted and ignored when "
-    "harmless: store, service_tier, parallel_tool_calls, reasoning_effort, "
-    "prompt_cache_key, safety_identifier, top_logprobs, logprobs false, logit_bias {}, "
-    "tool_choice none/auto, response_format text, modalities [text]. Any other field "
-    "is a 400 naming it.",
+    "harmless: store, service_tier, reasoning_effort, prompt_cache_key, "
+    "safety_identifier, top_logprobs, logprobs false, logit_bias {}, modalities [text]. "
+    "Any other field is a 400 naming it.",
 )
 
 

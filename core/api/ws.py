@@ -19,6 +19,10 @@ Server -> client::
 
     {"type": "start", "conversation_id": str, "message_id": str}
     {"type": "delta", "text": str}
+    {"type": "tool_call", "id": str, "name": str, "arguments": str}
+                                a server-side tool starts (arguments: JSON text)
+    {"type": "tool_result", "id": str, "name": str, "content": str, "is_error": bool,
+     "duration": float}         it ended (id: the call's; duration in seconds)
     {"type": "end", "message_id": str, "status": "complete"|"interrupted"|"error",
      "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}
     {"type": "error", "message": str, "code": int}
@@ -45,9 +49,10 @@ from litestar.exceptions import WebSocketDisconnect
 from core.api.deps import get_runtime
 from core.chat import ChatRequest, Finished, Usage, start_turn
 from core.errors import MamiError
-from core.protocols import Principal
+from core.protocols import Principal, ToolCall
 from core.runtime import Runtime
 from core.security import json_problem
+from core.tools import ToolResult
 
 log = logging.getLogger("mami.ws")
 
@@ -181,8 +186,16 @@ class ChatSocket:
                 async for item in turn.run():
                     if isinstance(item, str):
                         self.send({"type": "delta", "text": item})
-                    else:
+                    elif isinstance(item, ToolCall):
+                        self.send({"type": "tool_call", "id": item.id, "name": item.name,
+                                   "arguments": item.arguments})
+                    elif isinstance(item, Finished):
                         self._end(me, item)
+                    elif isinstance(item, ToolResult):
+                        self.send({"type": "tool_result", "id": item.tool_call_id,
+                                   "name": item.name, "content": item.content,
+                                   "is_error": item.is_error,
+                                   "duration": round(item.duration, 4)})
             except asyncio.CancelledError:
                 if turn.finished is not None:
                     self._end(me, turn.finished)

@@ -38,7 +38,7 @@ async def _chat(args: argparse.Namespace) -> int:
                 finished = item
                 sys.stdout.write("\n")
                 sys.stdout.flush()
-            else:
+            elif isinstance(item, str):
                 sys.stdout.write(item)
                 sys.stdout.flush()
         print(f"(conversation {turn.conversation_id})", file=sys.stderr)

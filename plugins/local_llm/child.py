@@ -13,7 +13,8 @@ file descriptor that was stdout (native libraries that print are sent to stderr)
 - ``{"op": "count", "id": n, "text": str}`` → ``{"id": n, "tokens": int}`` (answered at
   once, also while a reply is being generated);
 - ``{"op": "generate", "id": n, "messages": [...], "params": {...}}`` →
-  ``{"id": n, "text": str}`` per piece, then exactly one ``{"id": n, "end": reason}``
+  ``{"id": n, "text": str}`` per piece (and ``{"id": n, "tool_calls": [{"id", "name",
+  "arguments"}]}`` when the model calls tools), then exactly one ``{"id": n, "end": reason}``
   (``reason`` is the finish reason, ``"cancelled"``, or ``{"id": n, "error": str}``);
 - ``{"op": "cancel", "id": n}``: the generation stops between two tokens and sends its end;
 - end of stdin: the process exits.
@@ -82,6 +83,8 @@ def load(settings: dict[str, Any]) -> tuple[Any, str]:
     }
     if settings["seed"] >= 0:
         kwargs["seed"] = settings["seed"]
+    if settings.get("chat_format"):
+        kwargs["chat_format"] = settings["chat_format"]
     return llama_cpp.Llama(model_path=settings["path"], **kwargs), info
 
 
@@ -97,11 +100,39 @@ def generate(model: Any, request: dict[str, Any], cancelled: set[int],
     try:
         if ident not in cancelled:
             reason = None
-            chunks = model.create_chat_completion(
-                messages=request["messages"], stream=True, max_tokens=params["max_tokens"],
-                temperature=params["temperature"], top_p=params["top_p"],
-                stop=params["stop"],
-            )
+            extra: dict[str, Any] = {}
+            response_format = params.get("response_format")
+            if response_format and response_format.get("type") == "json_schema":
+                # llama-cpp-python's spelling of a schema-constrained JSON reply
+                schema = (response_format.get("json_schema") or {}).get("schema") or {}
+                response_format = {"type": "json_object", "schema": schema}
+            if response_format:
+                extra["response_format"] = response_format
+            if params.get("tools"):
+                # llama.cpp's tool-calling handler cannot stream: the reply comes whole.
+                reply = model.create_chat_completion(
+                    messages=request["messages"], stream=False,
+                    max_tokens=params["max_tokens"], temperature=params["temperature"],
+                    top_p=params["top_p"], stop=params["stop"], tools=params["tools"],
+                    tool_choice=params.get("tool_choice") or "auto", **extra)
+                choice = reply["choices"][0]
+                message = choice["message"]
+                if message.get("content"):
+                    first = time.perf_counter() - received
+                    channel.send({"id": ident, "text": message["content"]})
+                calls = [{"id": c.get("id"), "name": c["function"]["name"],
+                          "arguments": c["function"].get("arguments") or ""}
+                         for c in message.get("tool_calls") or ()]
+                if calls:
+                    channel.send({"id": ident, "tool_calls": calls})
+                reason = choice.get("finish_reason") or "stop"
+                chunks: Any = ()
+            else:
+                chunks = model.create_chat_completion(
+                    messages=request["messages"], stream=True, max_tokens=params["max_tokens"],
+                    temperature=params["temperature"], top_p=params["top_p"],
+                    stop=params["stop"], **extra,
+                )
             for chunk in chunks:
                 if ident in cancelled:
                     reason = "cancelled"

@@ -13,6 +13,12 @@ reply's ``usage`` is the server's own figures when it reports them (asked for wi
 
 ``retry_budget`` is a hard bound on the wait for the first token, retries and backoff
 included: when it runs out the attempt in flight is abandoned.
+
+Tools and JSON output: ``tools``, ``tool_choice``, ``parallel_tool_calls`` and
+``response_format`` are sent as given, assistant tool calls and tool results in
+OpenAI's message shapes, and the tool-call fragments the server streams come back as
+:class:`~core.protocols.ToolCallDelta` items (whether the model behind the server can
+call tools is the server's business: its refusal is reported as an error).
 """
 
 from __future__ import annotations
@@ -27,7 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 from core import hookimpl
 from core.errors import ProviderError, StreamInterrupted
-from core.protocols import ChatMessage, Delta, GenerationParams, LLMProvider
+from core.protocols import (
+    ChatMessage,
+    Delta,
+    GenerationParams,
+    LLMProvider,
+    ToolCallDelta,
+    openai_message,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -133,8 +146,32 @@ def _usage(chunk: dict[str, Any]) -> tuple[int, int] | None:
     return prompt, completion
 
 
+def _tool_fragments(delta: dict[str, Any]) -> tuple[ToolCallDelta, ...]:
+    """The tool-call fragments of a streamed chunk's delta."""
+    raw = delta.get("tool_calls")
+    if not isinstance(raw, list):
+        return ()
+    fragments = []
+    for position, item in enumerate(raw):
+        if not isinstance(item, dict):
+            continue
+        function = item.get("function")
+        if not isinstance(function, dict):
+            function = {}
+        index = item.get("index")
+        ident, name, arguments = item.get("id"), function.get("name"), function.get("arguments")
+        fragments.append(ToolCallDelta(
+            index=index if isinstance(index, int) and not isinstance(index, bool) else position,
+            id=ident if isinstance(ident, str) and ident else None,
+            name=name if isinstance(name, str) and name else None,
+            arguments=arguments if isinstance(arguments, str) else "",
+        ))
+    return tuple(fragments)
+
+
 def _delta(payload: str) -> Delta | None:
-    """The delta of one chunk, ``None`` for chunks without text, finish reason or usage."""
+    """The delta of one chunk, ``None`` for chunks without text, tool-call fragments,
+    finish reason or usage."""
     try:
         chunk = json.loads(payload)
     except json.JSONDecodeError as exc:
@@ -147,11 +184,15 @@ def _delta(payload: str) -> Delta | None:
     usage = _usage(chunk)
     choices = chunk.get("choices") or []
     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
-    text = (choice.get("delta") or {}).get("content") or ""
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        delta = {}
+    text = delta.get("content") or ""
+    calls = _tool_fragments(delta)
     finish = choice.get("finish_reason")
     if usage is not None:
-        return Delta(text, finish, *usage)
-    return Delta(text, finish) if text or finish else None
+        return Delta(text, finish, *usage, tool_calls=calls)
+    return Delta(text, finish, tool_calls=calls) if text or finish or calls else None
 
 
 def _error_message(response: httpx.Response, body: bytes) -> str:
@@ -201,7 +242,7 @@ class OpenAICompatible:
     def _body(self, messages: Sequence[ChatMessage], params: GenerationParams) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.settings.model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": [openai_message(m) for m in messages],
             "stream": True,
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
@@ -209,6 +250,14 @@ class OpenAICompatible:
         }
         if params.stop:
             body["stop"] = list(params.stop)
+        if params.tools:
+            body["tools"] = [dict(t) for t in params.tools]
+            if params.tool_choice is not None:
+                body["tool_choice"] = params.tool_choice
+            if params.parallel_tool_calls is not None:
+                body["parallel_tool_calls"] = params.parallel_tool_calls
+        if params.response_format is not None:
+            body["response_format"] = dict(params.response_format)
         if self.settings.stream_usage:
             body["stream_options"] = {"include_usage": True}
         return body
@@ -299,6 +348,10 @@ class OpenAICompatible:
             raise StreamInterrupted(
                 f"{self.name}: the stream ended without finishing", partial="".join(parts)
             )
+
+    def supports(self, feature: str) -> bool:
+        """Tools and ``response_format`` are passed to the server, which decides."""
+        return feature in ("tools", "response_format")
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -120,7 +120,7 @@ def test_bad_requests_get_openai_shaped_errors(client: openai.OpenAI, server: An
         (json.dumps({"messages": [{"role": "user", "content": "x"}], "temperature": 9}).encode(),
          "temperature"),
         (json.dumps({"messages": [{"role": "user", "content": "x"}], "n": 2}).encode(), "n = 1"),
-        (json.dumps({"messages": [{"role": "tool", "content": "x"}]}).encode(), "role"),
+        (json.dumps({"messages": [{"role": "function", "content": "x"}]}).encode(), "role"),
         (json.dumps({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).encode(),
          "text parts"),
         (json.dumps({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}).encode(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -14,12 +15,13 @@ from core.context import (
     Turn,
     bounded_count,
     build_context,
+    cap_tool_result,
     prompt_tokens,
     summary_prompt,
     turns_from_messages,
 )
 from core.errors import PayloadTooLarge
-from core.protocols import ChatMessage
+from core.protocols import ChatMessage, ToolCall
 
 
 def words(text: str) -> int:
@@ -197,3 +199,106 @@ def test_a_long_message_is_a_413_naming_its_size_without_a_full_count() -> None:
     assert err.value.code == "context_length_exceeded" and err.value.param == "messages"
     assert "8000000 characters" in err.value.message
     assert tally.seen <= 2049 * CHARS_PER_TOKEN
+
+
+# Tool steps: an assistant's calls and their results belong to the turn before them.
+
+def call(turn_no: int, i: int) -> ToolCall:
+    return ToolCall(f"call_{turn_no}_{i}", "lookup", json.dumps({"q": str(i)}))
+
+
+def tool_turn(n: int, u: str, results: list[str], answer: str) -> Turn:
+    calls = tuple(call(n, i) for i in range(len(results)))
+    steps: tuple[ChatMessage, ...] = ()
+    if calls:
+        steps = (ChatMessage("assistant", "", tool_calls=calls),
+                 *(ChatMessage("tool", r, tool_call_id=c.id) for c, r in zip(calls, results,
+                                                                         strict=True)))
+    return Turn((ChatMessage("user", u), *steps, ChatMessage("assistant", answer)), n)
+
+
+big_text = st.text(alphabet=st.sampled_from("abcd efgh.\n"), max_size=3000)
+any_turn = st.one_of(message_turn, st.builds(tool_turn, st.integers(1, 1000), text,
+                                             st.lists(big_text, max_size=3), text))
+
+
+def same_step(kept: ChatMessage, original: ChatMessage) -> bool:
+    """``kept`` is ``original``, or, for a tool result, its prefix ended by the marker."""
+    if kept.role != "tool" or kept.content == original.content:
+        return kept == original
+    body, marker, rest = kept.content.partition("[truncated by mami: ")
+    return (kept.tool_call_id == original.tool_call_id and marker != ""
+            and original.content.startswith(body.removesuffix("\n"))
+            and rest.endswith(f" of {len(original.content)} characters shown]"))
+
+
+def check_pairs(messages: list[ChatMessage]) -> None:
+    """Every call is followed by exactly its results, and every result follows its call."""
+    waiting: list[str] = []
+    for m in messages:
+        if m.role == "tool":
+            assert waiting and m.tool_call_id == waiting.pop(0)
+            continue
+        assert not waiting
+        waiting = [c.id for c in m.tool_calls]
+    assert not waiting
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    history=st.lists(any_turn, max_size=12),
+    system=text,
+    user=text,
+    tail_results=st.lists(big_text, max_size=3),
+    window=st.integers(16, 3000),
+    reply=st.integers(1, 1000),
+    tool_result_tokens=st.integers(0, 600),
+)
+def test_property_tool_steps_stay_whole_and_inside_the_window(
+    history: list[Turn], system: str, user: str, tail_results: list[str], window: int,
+    reply: int, tool_result_tokens: int,
+) -> None:
+    budget = BudgetSettings(reply_tokens=reply, tool_result_tokens=tool_result_tokens)
+    tail = list(tool_turn(0, user, tail_results, "").messages[1:-1])
+    try:
+        ctx = build_context(system_prompt=system, user=user, history=history, count=words,
+                            window=window, budget=budget, tail=tail)
+    except PayloadTooLarge:
+        # Refused only when even results cut to their bare marker leave no room.
+        least = [ChatMessage("system", system.strip()), ChatMessage("user", user)] + [
+            ChatMessage("tool", cap_tool_result(m.content, 0, words),
+                        tool_call_id=m.tool_call_id) if m.role == "tool" else m for m in tail]
+        assert prompt_tokens(least, words) + reply > window
+        return
+    assert prompt_tokens(ctx.messages, words) == ctx.prompt_tokens
+    assert ctx.prompt_tokens + reply <= window
+    check_pairs(ctx.messages)
+    # The running turn's steps are all there (results possibly cut, never dropped).
+    user_at = len(ctx.messages) - len(tail) - 1
+    assert ctx.messages[user_at] == ChatMessage("user", user)
+    assert all(same_step(k, o) for k, o in zip(ctx.messages[user_at + 1:], tail, strict=True))
+    # History: a suffix of whole turns, each result at most tool_result_tokens (or just
+    # its marker when even that is more).
+    kept = ctx.messages[1:user_at]
+    assert ctx.dropped == history[: len(ctx.dropped)]
+    originals = [m for t in history[len(ctx.dropped):] for m in t.messages]
+    assert len(kept) == len(originals)
+    for k, o in zip(kept, originals, strict=True):
+        assert same_step(k, o)
+        if k.role == "tool" and k.content != o.content:
+            assert words(o.content) > tool_result_tokens
+            assert words(k.content) <= max(tool_result_tokens,
+                                           words(cap_tool_result(o.content, 0, words)))
+
+
+def test_a_huge_tool_result_is_cut_with_a_marker_not_dropped() -> None:
+    result = "word " * 50_000
+    tail = [ChatMessage("assistant", "", tool_calls=(call(1, 0),)),
+            ChatMessage("tool", result, tool_call_id="call_1_0")]
+    ctx = build_context(system_prompt="S", user="go", history=[], count=words, window=2048,
+                        budget=BudgetSettings(reply_tokens=100, tool_result_tokens=300),
+                        tail=tail)
+    kept = ctx.messages[-1]
+    assert kept.tool_call_id == "call_1_0" and result.startswith(kept.content.split("\n[")[0])
+    assert kept.content.endswith(f" of {len(result)} characters shown]")
+    assert 200 < words(kept.content) <= 300

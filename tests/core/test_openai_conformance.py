@@ -294,7 +294,7 @@ def test_an_unknown_or_unsupported_field_is_a_400_naming_it(client: openai.OpenA
         ({"frobnicate": 1}, "frobnicate"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"logprobs": True}, "logprobs"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "yaml"}}, "response_format"),
         ({"seed": "abc"}, "seed"),
         ({"user": 5}, "user"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),

@@ -302,9 +302,16 @@ async function openConversation(id) {
   setConversation(id);
   ui.messages.replaceChildren();
   state.images.clear();
+  let steps = [];
   for (const message of messages) {
+    if (message.role === "tool" || (message.tool_calls || []).length) {
+      steps.push(message);  // shown under the answer that follows
+      continue;
+    }
     const bubble = addMessage(message.role, message.content);
     if (message.role === "assistant") {
+      for (const step of steps) storedToolStep(bubble, step);
+      steps = [];
       noteStatus(bubble, message.status, message.error);
       followImages(bubble);
     }
@@ -482,7 +489,68 @@ function handleEvent(event) {
     case "end": return replyEnded(event);
     case "error": return serverError(event);
     case "image": return showImage(event);
+    case "tool_call": return toolCalled(event);
+    case "tool_result": return toolResulted(event);
     default: return undefined;
+  }
+}
+
+// ---------------------------------------------------------------- tool calls
+
+// Each tool call the server ran: a collapsed <details> under the reply with the tool's
+// name and time, opening to its arguments and result.
+function toolBox(bubble, id, name) {
+  let list = bubble.querySelector(".tools");
+  if (!list) {
+    list = element("div", { class: "tools" });
+    bubble.querySelector(".text").after(list);
+  }
+  const found = Array.from(list.children).find((item) => item.dataset.callId === id);
+  if (found) return found;
+  const item = element(
+    "details", { class: "tool", "data-call-id": id },
+    element("summary", {}, element("span", { class: "tool-name", text: `Tool: ${name}` }),
+      element("span", { class: "tool-time", text: " (running…)" })),
+    element("div", { class: "tool-label", text: "Arguments" }),
+    element("pre", { class: "tool-arguments" }),
+    element("div", { class: "tool-label", text: "Result" }),
+    element("pre", { class: "tool-result" }),
+  );
+  list.append(item);
+  return item;
+}
+
+function showToolResult(item, content, isError, duration) {
+  item.querySelector(".tool-result").textContent = content;
+  item.querySelector(".tool-time").textContent = duration == null ? ""
+    : ` (${duration < 1 ? `${Math.round(duration * 1000)} ms` : `${duration.toFixed(1)} s`})`;
+  if (isError) item.classList.add("error");
+}
+
+function toolCalled(event) {
+  const bubble = state.reply && state.reply.bubble;
+  if (!bubble) return;
+  toolBox(bubble, event.id, event.name).querySelector(".tool-arguments").textContent =
+    event.arguments;
+  setStatus("online", `Running ${event.name}…`);
+}
+
+function toolResulted(event) {
+  const bubble = state.reply && state.reply.bubble;
+  if (!bubble) return;
+  showToolResult(toolBox(bubble, event.id, event.name), event.content, event.is_error,
+    event.duration);
+  setStatus("online", "Replying…");
+}
+
+function storedToolStep(bubble, message) {
+  for (const call of message.tool_calls || []) {
+    toolBox(bubble, call.id, call.name).querySelector(".tool-arguments").textContent =
+      call.arguments;
+  }
+  if (message.role === "tool") {
+    showToolResult(toolBox(bubble, message.tool_call_id, message.tool_name || "tool"),
+      message.content, message.status === "error", message.duration);
   }
 }
 
