@@ -140,6 +140,7 @@ async def test_sync_tools_run_in_a_thread_and_async_ones_on_the_loop() -> None:
     @tool
     def blocking(n: int) -> dict[str, Any]:
         seen["sync"] = threading.get_ident()
+        seen["daemon"] = threading.current_thread().daemon  # never holds the process at exit
         return {"n": n * 2}
 
     @tool
@@ -155,7 +156,7 @@ async def test_sync_tools_run_in_a_thread_and_async_ones_on_the_loop() -> None:
     second = await box.call(call("awaiting", {"text": "ünï"}, "call_2"), owner="alice")
     assert (first.tool_call_id, first.name, first.is_error) == ("call_1", "blocking", False)
     assert json.loads(first.content) == {"n": 42}
-    assert seen["sync"] != loop_thread and seen["async"] == loop_thread
+    assert seen["sync"] != loop_thread and seen["async"] == loop_thread and seen["daemon"]
     assert json.loads(second.content) == {"title": "ünï", "at": "2026-01-02T03:04:00"}
     assert first.duration >= 0 and second.duration >= 0
 
@@ -488,3 +489,32 @@ def test_mami_doctor_runs_the_toolsets_checks(tmp_path: Any, monkeypatch: Any,
                       encoding="utf-8")
     assert cmd_doctor(argparse.Namespace(config=str(config), debug=False, timeout=5.0)) == 1
     assert "FAIL  changing backend: checked" in capsys.readouterr().out
+
+
+async def test_hung_sync_tools_hold_at_most_their_own_threads(monkeypatch: Any) -> None:
+    import core.tools
+
+    monkeypatch.setattr(core.tools, "TOOL_THREADS", 2)
+    release = threading.Event()
+
+    @tool(timeout=0.2)
+    def stuck() -> str:
+        release.wait(30)
+        return "late"
+
+    box = ToolBox()
+    box.add(stuck)
+    try:
+        first = await asyncio.gather(*(box.call(call("stuck"), owner="o") for _ in range(2)))
+        assert [error_of(r.content) for r in first] == ["tool stuck timed out after 0.2s"] * 2
+        third = await box.call(call("stuck"), owner="o")
+        assert error_of(third.content) == "too many tool calls are running; try again later"
+        assert await asyncio.to_thread(lambda: "the default pool is free") == \
+            "the default pool is free"
+    finally:
+        release.set()
+    for _ in range(100):  # the released threads hand their slots back
+        if box._threads == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert box._threads == 0
