@@ -524,6 +524,7 @@ class ToolBox:
         self.selection: Callable[[str], Selection] = selection or (lambda plugin: True)
         self._tools: dict[str, _Entry] = {}
         self._sets: list[tuple[str, Toolset]] = []
+        self._retired: list[Toolset] = []
         self._clashes: set[tuple[str, str]] = set()
         self._threads = 0
 
@@ -565,7 +566,7 @@ class ToolBox:
             if self.enabled(plugin, current.name):
                 self._claim(current.name, plugin)
         self._sets.append((plugin, item))
-        return True
+        return self.selection(plugin) is not False
 
     def _claim(self, name: str, plugin: str) -> None:
         holder = self._holder(name)
@@ -582,14 +583,21 @@ class ToolBox:
         return None
 
     def remove_plugin(self, plugin: str) -> None:
-        """Drop every tool and toolset of ``plugin`` (it failed)."""
+        """Drop every tool and toolset of ``plugin`` (it failed); its toolsets are still
+        closed with the others (:attr:`to_close`)."""
         self._tools = {n: e for n, e in self._tools.items() if e.plugin != plugin}
+        self._retired.extend(s for p, s in self._sets if p == plugin)
         self._sets = [(p, s) for p, s in self._sets if p != plugin]
 
     @property
     def toolsets(self) -> list[tuple[str, Toolset]]:
-        """``(plugin, toolset)`` pairs, for health, doctor and closing."""
+        """``(plugin, toolset)`` pairs in use, for health and doctor."""
         return list(self._sets)
+
+    @property
+    def to_close(self) -> list[Toolset]:
+        """Every toolset ever registered, in use or dropped, for closing at the end."""
+        return [*(s for _, s in self._sets), *self._retired]
 
     def _entries(self) -> dict[str, _Entry]:
         found = dict(self._tools)

@@ -108,8 +108,12 @@ async def startup(runtime: Runtime) -> None:
     from plugins.mcp_tools.client import MCPToolset
 
     toolset = MCPToolset(runtime.settings(PLUGIN) or Settings())
+    try:
+        await toolset.start()
+    except BaseException:
+        await toolset.aclose()
+        raise
     runtime.state[PLUGIN] = toolset
-    await toolset.start()
 
 
 @hookimpl

@@ -35,7 +35,7 @@ from mcp_types import (
 from core.config import hide_url_secrets
 from core.plugins import contained, describe
 from core.protocols import Check
-from core.tools import Tool, ToolError
+from core.tools import Tool, ToolError, ToolRejected
 from plugins.mcp_tools import PLUGIN, ServerSettings, Settings
 
 log = logging.getLogger("mami.mcp")
@@ -220,7 +220,11 @@ class Connection:
                 break
         tools: dict[str, Tool] = {}
         for item in listed:
-            made = self._tool(item)
+            try:
+                made = self._tool(item)
+            except ToolRejected as exc:
+                log.warning("MCP server %s: tool %s is left out: %s", self.name, item.name, exc)
+                continue
             if made.name in tools:
                 log.warning("MCP server %s: tool %s is listed twice (as %s); the first is kept",
                             self.name, item.name, made.name)

@@ -432,15 +432,22 @@ async def test_a_toolsets_tools_follow_it_and_never_take_a_name(make_config: Any
 
 
 async def test_a_toolset_whose_tools_clash_at_start_fails_its_plugin(make_config: Any) -> None:
-    runtime = await started(make_config, {}, late=Tools(Changing(echo_tool("echo"))),
+    dropped = Changing(echo_tool("fine"))
+    runtime = await started(make_config, {"picky": {"tools": ["dyn_t*"]}},
+                            late=Tools(Changing(echo_tool("echo"))),
+                            broken=Tools(dropped, "not a tool"),
+                            picky=Tools(Changing(echo_tool("dyn_one"), echo_tool("dyn_two"))),
                             early=Tools(echo_tool("echo")))
     try:
         assert runtime.plugins.records["late"].status == "failed"
         assert runtime.plugins.records["late"].error == \
             "tool name 'echo' is already registered by plugin early"
-        assert runtime.tools.toolsets == []
+        assert runtime.plugins.records["broken"].status == "failed"
+        assert [p for p, _ in runtime.tools.toolsets] == ["picky"]
+        assert sorted(t.name for t in runtime.tools.tools("a")) == ["dyn_two", "echo"]
     finally:
         await runtime.stop()
+    assert dropped.closed  # a failed plugin's toolset is still closed
 
 
 async def test_a_toolsets_health_shows_only_to_authenticated_callers(make_config: Any) -> None:

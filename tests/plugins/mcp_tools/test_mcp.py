@@ -208,6 +208,18 @@ async def test_wrong_headers_leave_the_server_down_with_the_reason(
     assert runtime.plugins.records["mcp"].status == "ok"  # the plugin runs; the server is down
 
 
+async def test_a_command_that_does_not_exist_is_a_server_that_is_down(
+        make_runtime: Any, tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-such-server")
+    runtime = await make_runtime({"gone": {"command": missing}}, connect_timeout=5.0)
+    [(plugin, toolset)] = runtime.tools.toolsets
+    health = await toolset.health()  # type: ignore[attr-defined]
+    assert (plugin, health["status"]) == ("mcp", "degraded")
+    assert health["servers"]["gone"]["state"] == "down"
+    assert "no-such-server" in health["reason"]
+    assert runtime.tools.specs("alice") == []
+
+
 @pytest.mark.parametrize(("servers", "message"), [
     ({"x": {"command": "a", "url": "http://b"}},
      "[plugins.mcp] servers.x: give either command (stdio) or url (streamable HTTP)"),
