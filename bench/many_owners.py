@@ -318,7 +318,8 @@ def main() -> None:
         for mode in args.modes.split(","):
             for layout, owners in (("old", args.baseline_owners), ("tiered", args.owners)):
                 r = configuration(layout, mode, owners, Path(tmp), free_port())
-                curve = " ".join(f"{n // 1000}k:{rss:.0f}/{fds}" if n >= 1000 else f"{n}:{rss:.0f}/{fds}" for n, rss, fds in r["points"])
+                curve = " ".join(f"{n // 1000 if n >= 1000 else n}{'k' if n >= 1000 else ''}:"
+                                 f"{rss:.0f}/{fds}" for n, rss, fds in r["points"])
                 e2e = r["cold_p95_ms"] + (embed or 0.0)
                 out(f"{layout:<7} {mode:<9} {owners:>7} {curve:<52} {r['cold_p50_ms']:>8.1f} "
                     f"{r['cold_p95_ms']:>8.1f} {e2e:>8.1f} {r['small_exact']:>6.3f} "
