@@ -1,8 +1,9 @@
 """chroma-rag: owner-scoped retrieval (RAG) over Chroma.
 
 Documents are split into overlapping token chunks, embedded with all-MiniLM-L6-v2
-(dynamic padding) and stored in one Chroma collection per owner and scope, so a
-search is exact about whose documents it reads and needs no slow filtered query.
+(dynamic padding) and stored in Chroma keyed by owner and scope (a shared collection for
+small scopes, ranked exactly; an own collection for big ones), so a search is exact
+about whose documents it reads and needs no slow filtered query.
 Shared documents live in the ``global`` scope under a sentinel owner. The embedder
 (:mod:`.embeddings`) and the client factory (:func:`.store.open_client`) are meant to
 be reused by other plugins.
@@ -39,7 +40,11 @@ class Settings:
     path: str = ""
     """Directory of the embedded Chroma; empty: ``<data_dir>/chroma``. One process only."""
     collection_prefix: str = "mami-rag"
-    """Prefix of the per-owner-and-scope collection names."""
+    """Prefix of the collection names (``<prefix>-shared`` and one per big owner scope)."""
+    shared_max_chunks: int = 256
+    """An owner's scope with at most this many chunks lives in the shared collection and
+    is ranked exactly; beyond it, it moves to a collection of its own (HNSW). Keeps
+    memory and open files flat whatever the number of owners (bench/many_owners.py)."""
     hnsw_ef_search: int = 200
     """HNSW search breadth of collections created from now on (Chroma's default is 100;
     200 keeps recall@5 >= 0.98 for owners with thousands of chunks, see the bench)."""
@@ -77,8 +82,9 @@ class Settings:
                     f"{where} scopes: {scope!r} must be lowercase letters, digits, - or _ "
                     "and not 'global'"
                 )
-        if self.max_k < 1 or self.max_bytes < 1 or self.hnsw_ef_search < 1:
-            raise ConfigError(f"{where} max_k, max_bytes and hnsw_ef_search must be positive")
+        if min(self.max_k, self.max_bytes, self.hnsw_ef_search, self.shared_max_chunks) < 1:
+            raise ConfigError(f"{where} max_k, max_bytes, hnsw_ef_search and shared_max_chunks "
+                              "must be positive")
 
 
 @hookimpl

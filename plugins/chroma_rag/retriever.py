@@ -49,7 +49,7 @@ class ChromaRetriever:
         path = settings.path or str(Path(runtime.config.data_dir) / "chroma")
         self.store = VectorStore(
             lambda: open_client(settings.chroma_url, path, settings.chroma_token),
-            settings.collection_prefix, settings.hnsw_ef_search,
+            settings.collection_prefix, settings.hnsw_ef_search, settings.shared_max_chunks,
         )
         self.embedder = embedder or get_embedder(settings.embedder, settings.model_dir)
         self.location = shown_location(settings.chroma_url, path)

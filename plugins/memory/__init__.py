@@ -55,7 +55,10 @@ class Settings:
     path: str = ""
     """Directory of the embedded Chroma; empty: chroma-rag's, else ``<data_dir>/chroma``."""
     collection_prefix: str = "mami-mem"
-    """Prefix of the per-owner collection names."""
+    """Prefix of the memory collections' names (``<prefix>-shared`` and one per big owner)."""
+    shared_max_memories: int = 256
+    """An owner with at most this many memories keeps their vectors in the shared
+    collection (exact search); beyond it they move to a collection of their own."""
     embedder: str = "minilm"
     """Embedder spec, as in chroma-rag (the same spec shares one loaded model)."""
     model_dir: str = ""
@@ -65,7 +68,8 @@ class Settings:
         where = "[plugins.memory]"
         if not 0.0 < self.duplicate_threshold <= 1.0:
             raise ConfigError(f"{where} duplicate_threshold: must be in (0, 1]")
-        for name in ("extraction_max_tokens", "max_facts", "max_chars", "max_k"):
+        for name in ("extraction_max_tokens", "max_facts", "max_chars", "max_k",
+                     "shared_max_memories"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{where} {name}: must be at least 1")
         if self.max_chars > 1000:

@@ -1,4 +1,5 @@
-"""Memory vectors: one Chroma collection per owner, written behind the SQL rows.
+"""Memory vectors: in chroma-rag's tiered store (shared collection, or the owner's own
+once they have many), written behind the SQL rows.
 
 A single-record write to an embedded Chroma costs one fsync (20-30 ms on this disk),
 which alone would cap memory writes far below 100/s. The SQL row is the source of
@@ -19,7 +20,7 @@ import logging
 from typing import Any
 
 from plugins.chroma_rag.embeddings import Embedder
-from plugins.chroma_rag.store import Hit, VectorStore, collection_name
+from plugins.chroma_rag.store import Hit, VectorStore
 
 log = logging.getLogger("mami.memory")
 
@@ -135,18 +136,7 @@ class MemoryIndex:
 
     async def written_ids(self, owner: str) -> set[str]:
         """Ids of the owner's vectors in Chroma."""
-
-        def ids() -> set[str]:
-            from chromadb.errors import NotFoundError
-
-            name = collection_name(self.vectors.prefix, owner, SCOPE)
-            try:
-                found = self.vectors.client.get_collection(name, embedding_function=None)
-            except NotFoundError:
-                return set()
-            return set(found.get(include=[])["ids"])
-
-        return await asyncio.to_thread(ids)
+        return await asyncio.to_thread(self.vectors.ids, owner, SCOPE)
 
     async def forget(self, owner: str, memory_id: str) -> None:
         """Remove one memory's vector, queued or written."""

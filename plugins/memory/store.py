@@ -68,7 +68,8 @@ class ChromaMemoryStore:
         self.settings = settings
         self.db = runtime.db
         url, path, token = chroma_location(settings, runtime)
-        vectors = VectorStore(lambda: open_client(url, path, token), settings.collection_prefix)
+        vectors = VectorStore(lambda: open_client(url, path, token), settings.collection_prefix,
+                              shared_max=settings.shared_max_memories)
         self.embedder = embedder or get_embedder(settings.embedder, settings.model_dir)
         self.index = MemoryIndex(vectors, self.embedder,
                                  settings.write_behind and not runtime.serverless)

@@ -31,6 +31,20 @@ def memories_of(server: Any, expected: int = 1) -> list[str]:
         time.sleep(0.05)
 
 
+async def test_memory_and_retrieval_share_one_client(make_config: Any) -> None:
+    from core.runtime import Runtime
+    from plugins.chroma_rag import retriever_of
+
+    rag = [c for c in builtin_candidates() if c.name == "chroma-rag"]
+    runtime = Runtime(make_config(), candidates() + rag)
+    await runtime.ensure_started()
+    try:
+        memory: Any = runtime.memory
+        assert memory.vectors.client is retriever_of(runtime).store.client
+    finally:
+        await runtime.stop()
+
+
 def test_two_threads_opening_a_fresh_store_at_once_both_work() -> None:
     for _ in range(5):
         path = tempfile.mkdtemp()
