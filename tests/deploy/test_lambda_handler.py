@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 
 from core import migrations
 from core.errors import ConfigError
+from tests.conftest import upgrade_all
 from tests.deploy.lambda_events import HANDLER_PATH, SHAPES, Invoker, load_handler_module
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,7 +155,7 @@ def test_postgres_schema_behind_is_a_clear_error_until_upgraded(
 def test_cold_path_imports_nothing_heavy(tmp_path: Path) -> None:
     """A fresh process that answers /health (its database already migrated) has not
     imported the heavy modules, nor Alembic, nor boto3 when no secret ARN is set."""
-    migrations.upgrade(f"sqlite:///{tmp_path / 'cold.db'}")
+    upgrade_all(f"sqlite:///{tmp_path / 'cold.db'}")
     script = textwrap.dedent(f"""
         import importlib.util, json, sys
         sys.path.insert(0, {str(ROOT)!r})
