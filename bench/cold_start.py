@@ -96,7 +96,7 @@ def mami_environment(folder: Path) -> dict[str, str]:
     sys.path.insert(0, str(ROOT))
     from core import migrations
 
-    migrations.upgrade(database)
+    migrations.upgrade_all(database)
     keep = {k: v for k, v in os.environ.items() if not k.startswith("MAMI")}
     return {**keep, "MAMI_DATABASE_URL": database, "MAMI_DATA_DIR": str(folder),
             "MAMI_FORGE_URL": f"http://127.0.0.1:{closed_port()}", "HOME": str(folder)}

@@ -133,7 +133,7 @@ async def make_tokens(data_dir: Path, count: int) -> list[str]:
     from plugins.token_ws_auth import tokens
 
     url = f"sqlite:///{data_dir}/mami.db"
-    migrations.upgrade(url)
+    migrations.upgrade_all(url)
     db = Database(url)
     made = []
     for i in range(count):
@@ -279,7 +279,7 @@ async def main(sessions: int, messages: int, rounds: int) -> None:
         on_dir, off_dir = Path(tmp, "auth"), Path(tmp, "open")
         tokens_ = await make_tokens(on_dir, sessions + 50)
         tokens_, cold = tokens_[:sessions], tokens_[sessions:]
-        migrations.upgrade(f"sqlite:///{off_dir}/mami.db")
+        migrations.upgrade_all(f"sqlite:///{off_dir}/mami.db")
         with_auth, without = Server(on_dir, True).start(), Server(off_dir, False).start()
         try:
             say("1. load")

@@ -30,6 +30,8 @@ from core.db import ensure_sqlite_dir, sync_url
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
+    from core.config import Config
+
 SCRIPT_LOCATION = Path(__file__).resolve().parent.parent / "alembic"
 VERSION_TABLE = "alembic_version"
 BRANCH = re.compile(r"[a-z][a-z0-9_]{0,40}")
@@ -234,18 +236,39 @@ def upgrade(url: str, revision: str = "head", sources: Sequence[MigrationSource]
     command.upgrade(alembic_config(url, source=source), rev)
 
 
+def plugin_sources(config: Config | None = None) -> list[MigrationSource]:
+    """The chains of the plugins ``config`` enables (default: every plugin that is on
+    unless configured otherwise)."""
+    from core.config import config_from_dict
+    from core.plugins import PluginHost
+
+    host = PluginHost(config if config is not None else config_from_dict({}))
+    return [source for _plugin, source in host.register_migrations()]
+
+
+def upgrade_all(url: str, config: Config | None = None) -> None:
+    """Core's chain and then the chain of every plugin ``config`` enables, to head."""
+    upgrade(url, "head", plugin_sources(config))
+
+
 def downgrade(url: str, revision: str, sources: Sequence[MigrationSource] = ()) -> None:
-    """Downgrade core's chain, or one plugin's with ``<branch>@<revision>``."""
+    """Downgrade core's chain, or one plugin's with ``<branch>@<revision>``. Core to
+    ``base`` takes every chain in ``sources`` to its base first (their tables may point
+    at core's)."""
     from alembic import command
 
     source, rev = _target(revision, sources)
+    if source is None and rev == "base":
+        for each in reversed(sources):
+            command.downgrade(alembic_config(url, source=each), "base")
     command.downgrade(alembic_config(url, source=source), rev)
 
 
 def drift(url: str, sources: Sequence[MigrationSource] = ()) -> list[Any]:
     """Differences between the models (core's and the ``metadata`` of every source) and
-    a database at head (empty list: no drift). Version tables are not compared; nor are
-    the tables of plugins that are not enabled (see :func:`_disabled_plugin_tables`)."""
+    a database at head (empty list: no drift). Version tables are not compared, nor are
+    tables no model declares: those of a disabled or uninstalled plugin (also the
+    built-in plugins' tables that core's 0001 once made) stay as they are."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
     from sqlmodel import SQLModel
@@ -259,29 +282,15 @@ def drift(url: str, sources: Sequence[MigrationSource] = ()) -> list[Any]:
     engine = create_engine(sync_url(url))
     try:
         with engine.connect() as conn:
-            present = set(inspect(conn).get_table_names())
-            foreign = _disabled_plugin_tables(present, set(models.tables), sources)
 
             def include(obj: Any, name: str | None, kind: str, reflected: bool,
                         compare_to: Any) -> bool:
                 if kind == "table" and name is not None and name.startswith(VERSION_TABLE):
                     return False
-                return not (kind == "table" and reflected and name in foreign)
+                return not (kind == "table" and reflected and name not in models.tables)
 
             ctx = MigrationContext.configure(
                 conn, opts={"compare_type": True, "include_object": include})
             return list(compare_metadata(ctx, models))
     finally:
         engine.dispose()
-
-
-def _disabled_plugin_tables(present: set[str], modelled: set[str],
-                            sources: Sequence[MigrationSource]) -> set[str]:
-    """Tables in the database that no model declares, when a chain other than core's
-    and the enabled plugins' has a version table here (a disabled or uninstalled
-    plugin's tables): those are left alone. Without such a chain every table counts."""
-    known = {VERSION_TABLE, *(s.version_table for s in sources)}
-    others = {t for t in present if t.startswith(VERSION_TABLE + "_") and t not in known}
-    if not others:
-        return set()
-    return present - modelled - {VERSION_TABLE} - others

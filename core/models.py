@@ -1,4 +1,5 @@
-"""Database tables. The schema is created and changed only by Alembic (``alembic/``)."""
+"""Core's tables. The schema is created and changed only by Alembic (``alembic/``). A
+plugin's tables are on its own metadata with its own chain (``register_migrations``)."""
 
 from __future__ import annotations
 
@@ -20,21 +21,6 @@ class Owner(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=128)
     created_at: datetime = Field(default_factory=utcnow)
-
-
-class ApiToken(SQLModel, table=True):
-    """An API token. Only its SHA-256 hash is stored; the token is shown once."""
-
-    __tablename__ = "api_tokens"
-
-    id: str = Field(primary_key=True, max_length=32)
-    owner_id: str = Field(foreign_key="owners.id", index=True, max_length=128)
-    token_hash: str = Field(unique=True, max_length=128)
-    name: str = Field(default="", max_length=200)
-    created_at: datetime = Field(default_factory=utcnow)
-    expires_at: datetime | None = None
-    revoked_at: datetime | None = None
-    last_used_at: datetime | None = None
 
 
 class Conversation(SQLModel, table=True):

@@ -92,16 +92,6 @@ def postgres_url() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def upgrade_all(url: str) -> None:
-    """What ``mami db upgrade`` does with the default configuration: core's chain, then
-    the own chain of every built-in plugin that has tables."""
-    from core import migrations
-    from core.plugins import PluginHost
-
-    sources = [source for _, source in PluginHost(config_from_dict({})).register_migrations()]
-    migrations.upgrade(url, "head", sources)
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each test using this runs once on SQLite and once on PostgreSQL."""

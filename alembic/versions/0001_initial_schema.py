@@ -1,5 +1,9 @@
 """initial schema
 
+Core's tables. Until plugins had their own chains this revision also made the built-in
+plugins' tables (api_tokens, ...); databases made then keep them, and each plugin's first
+revision adopts its table as it is.
+
 Revision ID: 0001
 Revises:
 Create Date: 2026-11-28
@@ -101,22 +105,6 @@ def upgrade() -> None:
     sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
-    op.create_table('api_tokens',
-    sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-    sa.Column('owner_id', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-    sa.Column('token_hash', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
-    sa.Column('expires_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
-    sa.Column('revoked_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
-    sa.Column('last_used_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
-    sa.ForeignKeyConstraint(['owner_id'], ['owners.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('token_hash')
-    )
-    with op.batch_alter_table('api_tokens', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_api_tokens_owner_id'), ['owner_id'], unique=False)
-
     op.create_table('conversations',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('owner_id', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
@@ -165,10 +153,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_conversations_owner_id'))
 
     op.drop_table('conversations')
-    with op.batch_alter_table('api_tokens', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_api_tokens_owner_id'))
-
-    op.drop_table('api_tokens')
     op.drop_table('owners')
     with op.batch_alter_table('memory_decisions', schema=None) as batch_op:
         batch_op.drop_index('ix_memory_decisions_owner_memory')

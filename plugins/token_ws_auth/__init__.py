@@ -15,6 +15,7 @@ from typing import Any
 
 from core import hookimpl
 from core.errors import ConfigError
+from core.migrations import MigrationSource
 from core.protocols import Authenticator
 from core.runtime import Runtime
 
@@ -92,20 +93,17 @@ def register_authenticators(register: Callable[[Authenticator], None], runtime: 
 
 
 @hookimpl
+def register_migrations(register: Callable[[MigrationSource], None]) -> None:
+    from plugins.token_ws_auth.models import MIGRATIONS
+
+    register(MIGRATIONS)
+
+
+@hookimpl
 def register_routes(runtime: Runtime) -> list[Any]:
     from plugins.token_ws_auth.routes import routes
 
     return list(routes)
-
-
-@hookimpl
-def register_migrations(register: Callable[[Any], None]) -> None:
-    from pathlib import Path
-
-    from core.migrations import MigrationSource
-    from plugins.token_ws_auth.state import metadata
-
-    register(MigrationSource("token_ws_auth", Path(__file__).parent / "migrations", metadata))
 
 
 @hookimpl

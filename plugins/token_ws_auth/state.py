@@ -14,32 +14,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, delete, func, select
+from sqlalchemy import Table, delete, func, select
+
+from plugins.token_ws_auth.models import failed_attempts, spent_tickets
 
 if TYPE_CHECKING:
     from core.db import Database
-
-metadata = MetaData()
-
-spent_tickets = Table(
-    "auth_spent_tickets",
-    metadata,
-    Column("ticket_id", String(64), primary_key=True),
-    Column("expires_at", Float, nullable=False, index=True),
-)
-"""Tickets already used, until they expire (a ticket past ``expires_at`` is refused by
-its signature check anyway)."""
-
-failed_attempts = Table(
-    "auth_failed_attempts",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("address", String(128), nullable=False),
-    Column("at", Float, nullable=False),
-    Index("ix_auth_failed_attempts_address_at", "address", "at"),
-)
-"""One row per failed authentication (or malformed unauthenticated request), kept for
-the failure window."""
 
 PRUNE_EVERY = 60.0
 TICKET_ID_MAX = 64

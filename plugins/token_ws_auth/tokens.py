@@ -19,7 +19,8 @@ from sqlmodel import col, func, select
 
 from core.db import Database
 from core.errors import BadRequest
-from core.models import ApiToken, Owner
+from core.models import Owner
+from plugins.token_ws_auth.models import ApiToken
 
 TOKEN_RE = re.compile(r"^mami_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")

@@ -22,7 +22,7 @@ NESTED_OBJECT = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
 @pytest.fixture
 def app(make_config: Any, database_url: str) -> Litestar:
     if not database_url.startswith("sqlite"):
-        migrations.upgrade(database_url)
+        migrations.upgrade_all(database_url)
     return create_app(make_config(core={"database_url": database_url}))
 
 

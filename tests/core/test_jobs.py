@@ -63,7 +63,7 @@ def forge() -> Iterator[ForgeStandIn]:
 
 @pytest.fixture
 def job_config(make_config: Any, database_url: str, forge: ForgeStandIn) -> Config:
-    migrations.upgrade(database_url)
+    migrations.upgrade_all(database_url)
     return make_config(core={"database_url": database_url, "event_timeout": 0.3},
                        plugins={"forge-image": {"url": forge.url, **FORGE_QUICK}})
 

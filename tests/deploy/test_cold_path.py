@@ -58,13 +58,13 @@ def test_files_head_follows_branches_and_merges(tmp_path: Path) -> None:
 @pytest.mark.postgres
 def test_current_revision_on_postgres(postgres_url: str) -> None:
     assert migrations.current_revision(postgres_url) is None
-    migrations.upgrade(postgres_url)
+    migrations.upgrade_all(postgres_url)
     assert migrations.current_revision(postgres_url) == migrations.head_revision()
 
 
 def test_schema_check_imports_no_alembic(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    migrations.upgrade(url)
+    migrations.upgrade_all(url)
     script = (
         "import sys\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"

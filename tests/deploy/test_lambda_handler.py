@@ -13,7 +13,6 @@ from sqlalchemy import create_engine, text
 
 from core import migrations
 from core.errors import ConfigError
-from tests.conftest import upgrade_all
 from tests.deploy.lambda_events import HANDLER_PATH, SHAPES, Invoker, load_handler_module
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,7 +145,7 @@ def test_postgres_schema_behind_is_a_clear_error_until_upgraded(
     assert response.status == 500
     assert "mami db upgrade" in response.json()["error"]["message"]
 
-    migrations.upgrade(postgres_url)
+    migrations.upgrade_all(postgres_url)
     response = invoke("http-api-v2", "GET", "/health")
     assert response.status == 200
     assert invoke.runtime.db.url.startswith("postgresql+psycopg://")
@@ -155,7 +154,7 @@ def test_postgres_schema_behind_is_a_clear_error_until_upgraded(
 def test_cold_path_imports_nothing_heavy(tmp_path: Path) -> None:
     """A fresh process that answers /health (its database already migrated) has not
     imported the heavy modules, nor Alembic, nor boto3 when no secret ARN is set."""
-    upgrade_all(f"sqlite:///{tmp_path / 'cold.db'}")
+    migrations.upgrade_all(f"sqlite:///{tmp_path / 'cold.db'}")
     script = textwrap.dedent(f"""
         import importlib.util, json, sys
         sys.path.insert(0, {str(ROOT)!r})
@@ -183,7 +182,7 @@ def test_schema_ahead_of_the_code_says_so_and_names_the_revision(
     """A database upgraded by a newer mami: not "run `mami db upgrade`" (which cannot
     help) but the revision, and what to do."""
     url = f"sqlite:///{tmp_path / 'ahead.db'}"
-    migrations.upgrade(url)
+    migrations.upgrade_all(url)
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = 'f00dfacecafe'"))

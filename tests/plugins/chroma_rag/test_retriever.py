@@ -123,7 +123,7 @@ async def test_documents_table_on_sqlite_and_postgres(
     if not config.database_url.startswith("sqlite"):
         from core import migrations
 
-        migrations.upgrade(config.database_url)
+        migrations.upgrade_all(config.database_url)
     runtime = Runtime(config, rag_candidates())
     await runtime.ensure_started()
     try:

@@ -36,7 +36,7 @@ MATRIX: dict[str, tuple[str, str | None, int]] = {
 async def test_fault_matrix_through_the_queue(make_config: Any, tmp_path: Any) -> None:
     forge = ForgeStandIn(delay=0.2).start()
     url = f"sqlite:///{tmp_path / 'matrix.db'}"
-    migrations.upgrade(url)
+    migrations.upgrade_all(url)
     config = make_config(core={"database_url": url}, plugins={"forge-image": {
         "url": forge.url, "deadline": DEADLINE, "connect_timeout": 0.3, "read_timeout": 0.4,
         "attempts": 3, "backoff_initial": 0.01, "backoff_max": 0.03, "backoff_jitter": 0.01,

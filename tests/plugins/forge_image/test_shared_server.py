@@ -69,7 +69,7 @@ async def test_three_workers_through_the_queue_store_no_partial_image(
 ) -> None:
     forge = ForgeStandIn(mode="slow", delay=0.3).start()
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    migrations.upgrade(url)
+    migrations.upgrade_all(url)
     config = make_config(core={"database_url": url, "data_dir": str(tmp_path)},
                          plugins={"forge-image": {
         "url": forge.url, "deadline": 0.8, "connect_timeout": 0.3, "read_timeout": 0.6,

@@ -14,8 +14,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from core.db import Database
-from core.models import ApiToken
 from plugins.token_ws_auth import tickets, tokens
+from plugins.token_ws_auth.models import ApiToken
 from tests.plugins.token_ws_auth.ws_auth_harness import (
     ALL_SECRETS,
     CAPTURE,

@@ -19,7 +19,7 @@ from core.db import Database
 from plugins.token_ws_auth import tokens
 from plugins.token_ws_auth.state import SharedAuthState
 from tests.conftest import free_port
-from tests.e2e.server import REPO, MamiServer
+from tests.e2e.server import MamiServer
 from tests.plugins.token_ws_auth.ws_auth_harness import (
     CAPTURE,
     GOOD_ORIGIN,
@@ -84,11 +84,8 @@ async def test_a_ticket_is_spent_once_and_failures_add_up_across_instances(
     """The state the processes share, through two separate databases handles: the
     second spend of a ticket loses, and failures from both count toward one limit."""
     from core import migrations
-    from plugins.token_ws_auth.state import metadata
 
-    source = migrations.MigrationSource(
-        "token_ws_auth", REPO / "plugins" / "token_ws_auth" / "migrations", metadata)
-    await asyncio.to_thread(migrations.upgrade, database_url, "head", [source])
+    await asyncio.to_thread(migrations.upgrade_all, database_url)
     one, two = Database(database_url), Database(database_url)
     try:
         first, second = SharedAuthState(one, 3, 60), SharedAuthState(two, 3, 60)

@@ -10,11 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core import migrations
 from core.app import create_app
 from core.config import config_from_dict
 from core.errors import ConfigError
 from plugins.token_ws_auth import keys
-from tests.conftest import upgrade_all
 from tests.plugins.token_ws_auth.ws_auth_harness import ALL_SECRETS, auth_candidates, start_server
 
 
@@ -45,7 +45,7 @@ async def test_first_start_prints_an_admin_token_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("MAMI_SIGNING_KEY")
-    upgrade_all(database_url)
+    migrations.upgrade_all(database_url)
     server, serving = start_server(tmp_path, database_url, bootstrap_admin=True)
     serving.stop()
     out = capsys.readouterr().out

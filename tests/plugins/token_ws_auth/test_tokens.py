@@ -19,15 +19,16 @@ from core import migrations
 from core.cli import main
 from core.db import Database
 from core.errors import BadRequest
-from core.models import ApiToken, Owner
+from core.models import Owner
 from plugins.token_ws_auth import tickets, tokens
+from plugins.token_ws_auth.models import ApiToken
 
 KEY = b"k" * 32
 
 
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
-    migrations.upgrade(database_url)
+    migrations.upgrade_all(database_url)
     database = Database(database_url)
     yield database
     await database.close()
@@ -128,7 +129,7 @@ def write_config(tmp_path: Path, database_url: str) -> str:
 
 def test_cli_create_list_revoke(database_url: str, tmp_path: Path,
                                 capsys: pytest.CaptureFixture[str]) -> None:
-    migrations.upgrade(database_url)
+    migrations.upgrade_all(database_url)
     config = write_config(tmp_path, database_url)
     assert main(["--config", config, "token", "create", "--owner", "zoe", "--expires", "30d",
                  "--name", "ci"]) == 0

@@ -1,17 +1,19 @@
-"""token_ws_auth: spent tickets and failed attempts shared by every process
+"""token-ws-auth: spent tickets and failed attempts, shared by every process
 
-Revision ID: w2_i15_shared_auth_state
-Revises:
+Revision ID: token_ws_auth_0002_i15
+Revises: token_ws_auth_0001
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "w2_i15_shared_auth_state"
-down_revision = None
-branch_labels = ("token_ws_auth",)
-depends_on = None
+revision: str = "token_ws_auth_0002_i15"
+down_revision: str | None = "token_ws_auth_0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
