@@ -70,7 +70,14 @@ from core.context import (
     summary_prompt,
     turns_from_messages,
 )
-from core.errors import BadRequest, MamiError, NotFound, ProviderError, StreamInterrupted
+from core.errors import (
+    BadRequest,
+    MamiError,
+    NotFound,
+    ProviderError,
+    StreamInterrupted,
+    hide_url_secrets,
+)
 from core.events import MessageCompleted
 from core.models import Conversation, Message, Owner, utcnow
 from core.protocols import (
@@ -361,7 +368,7 @@ class TurnRun:
         except Exception as exc:
             log.exception("reply failed")
             status = "interrupted" if parts else "error"
-            error, code = f"{type(exc).__name__}: {exc}", 500
+            error, code = hide_url_secrets(f"{type(exc).__name__}: {exc}"), 500
         finished = await asyncio.shield(self._finish(status, parts, error, code, finish,
                                                      reported, calls.calls()))
         after = None

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from core.config import Config, load_config
-from core.errors import MamiError
+from core.errors import MamiError, hide_url_secrets, hide_url_secrets_in_logs
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -246,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pre.add_argument("--config")
     pre.add_argument("--debug", action="store_true")
     known, _ = pre.parse_known_args(argv)
+    hide_url_secrets_in_logs()
     logging.basicConfig(
         level=logging.DEBUG if known.debug else os.environ.get("MAMI_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -268,8 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"mami: error: {type(exc).__name__}: {exc} (run with --debug for details)",
-              file=sys.stderr)
+        shown = hide_url_secrets(f"{type(exc).__name__}: {exc}")
+        print(f"mami: error: {shown} (run with --debug for details)", file=sys.stderr)
         return 1
 
 

@@ -18,16 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
-from core.errors import ConfigError
+from core.errors import ConfigError, hide_url_secrets
 
 T = TypeVar("T")
 
 SECRET_KEY = re.compile(
     r"(secret|token|password|passwd|api_?key|signing_?key|authorization|cookie)", re.I)
 REDACTED = "***"
-URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
 PLUGIN_KEYS = ("enabled", "tools")
 """Keys of every ``[plugins.<name>]`` table that belong to mami, not to the plugin's
 ``Settings``: ``enabled`` (true/false) and ``tools`` (true, false or a list of names)."""
@@ -150,27 +148,6 @@ def _redact(value: Any, path: str, secret_paths: set[str]) -> Any:
             out[key] = REDACTED if hidden else _redact(item, sub, secret_paths)
         return out
     return hide_url_secrets(value)
-
-
-def _strip_url(match: re.Match[str]) -> str:
-    url = match.group(0)
-    parts = urlsplit(url)
-    if "@" not in parts.netloc and not parts.query and not parts.fragment:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def hide_url_secrets(value: Any) -> Any:
-    """``value`` with every URL in its strings (in lists and mappings too) shown without
-    user, password, query and fragment, which may hold credentials."""
-    if isinstance(value, str):
-        return URL.sub(_strip_url, value) if "://" in value else value
-    if isinstance(value, Mapping):
-        return {key: hide_url_secrets(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [hide_url_secrets(item) for item in value]
-    return value
 
 
 def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:

@@ -431,7 +431,7 @@ class ImageWorker:
         try:
             failed = await self.runtime.image_finished(event)
         except Exception as exc:
-            failed = [("?", f"{type(exc).__name__}: {exc}")]
+            failed = [("?", describe(exc))]
         errors.extend({"plugin": plugin, "error": error} for plugin, error in failed)
         if errors:
             try:
@@ -448,7 +448,7 @@ async def _call_isolated(callback: JobCallback, job: ImageJob, timeout: float) -
     except TimeoutError:
         return f"timed out after {timeout:g}s"
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
+        return describe(exc)
     return None
 
 

@@ -40,7 +40,7 @@ import pluggy
 
 from core import hookspecs
 from core.config import PLUGIN_KEYS, Config, validate_table
-from core.errors import ConfigError
+from core.errors import ConfigError, hide_url_secrets
 
 if TYPE_CHECKING:
     import argparse
@@ -151,7 +151,7 @@ class PluginExit(Exception):
 def describe(exc: BaseException) -> str:
     if isinstance(exc, PluginExit):
         exc = exc.original
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return hide_url_secrets(f"{type(exc).__name__}: {exc}") if str(exc) else type(exc).__name__
 
 
 async def _guarded(awaitable: Awaitable[T]) -> T:
@@ -315,6 +315,7 @@ class PluginHost:
 
     def fail(self, name: str, error: str) -> None:
         """Mark a plugin failed, unregister it and log the reason."""
+        error = hide_url_secrets(error)
         log.error("plugin %s failed: %s", name, error)
         record = self.records.get(name)
         if record is None or record.status == "failed":

@@ -350,7 +350,7 @@ OPTIONAL_METHODS: dict[str, tuple[str, ...]] = {
     "retriever": ("validate", *COMMON_OPTIONAL),
     "memory": ("page", *COMMON_OPTIONAL),
     "images": COMMON_OPTIONAL,
-    "auth": ("check_message", "accept_anonymous", *COMMON_OPTIONAL),
+    "auth": ("check_message", "accept_anonymous", "malformed_request", *COMMON_OPTIONAL),
 }
 """Per provider kind, the methods mami uses when a provider has them (and never
 requires). Their contracts:
@@ -371,6 +371,10 @@ requires). Their contracts:
   socket's message (size, rate), else ``None``.
 - ``async accept_anonymous(socket) -> bool`` (auth): guards sockets when
   ``[core] auth = false``.
+- ``async malformed_request(headers, client) -> bool`` (auth): a request refused as
+  malformed (bad JSON, too deep, too large) before it was authenticated; counts as a
+  failed attempt of ``client`` unless ``headers`` carry a valid credential. True when
+  the address is over the failure limit (the answer becomes 429).
 """
 
 PROVIDER_PROTOCOLS: dict[str, type] = {

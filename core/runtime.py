@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from core import migrations
 from core.config import Config
 from core.db import Database
-from core.errors import ConfigError, PluginUnavailable
+from core.errors import ConfigError, PluginUnavailable, hide_url_secrets_in_logs
 from core.models import EventReceipt
 from core.plugins import Candidate, PluginHost, describe
 from core.protocols import (
@@ -59,6 +59,7 @@ class Runtime:
     def __init__(
         self, config: Config, candidates: list[Candidate] | None = None, *, serverless: bool = False
     ) -> None:
+        hide_url_secrets_in_logs()
         self.config = config
         self.serverless = serverless
         self.plugins = PluginHost(config, candidates)

@@ -10,6 +10,7 @@ also receive ``multipart/form-data``.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -17,12 +18,15 @@ from urllib.parse import urlsplit
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 
-from core.errors import error_body
+from core.errors import MamiError, error_body
+from core.plugins import describe
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 
     from core.runtime import Runtime
+
+log = logging.getLogger("mami.security")
 
 ACCEPTS_UPLOADS = "mami.accepts_uploads"
 MAX_JSON_DEPTH = 64
@@ -32,6 +36,11 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::"})
 CLOSE_FORBIDDEN = 4403
+PRINCIPAL_KEY = "mami.principal"
+"""The scope key under which an authenticated request carries its principal."""
+MALFORMED = frozenset({400, 413})
+TOO_MANY = (429, "too many failed requests from this address; try again later",
+            "rate_limit_exceeded")
 
 
 def host_name(host: str) -> str:
@@ -133,6 +142,12 @@ class BrowserGuard(ASGIMiddleware):
     - a NUL character in the URL, or a JSON body with a problem :func:`json_problem`
       finds: 400 naming the field; a body over ``max_body``: 413.
 
+    With ``[core] auth`` on, such a malformed request (and a 400 or 413 a handler gives
+    before the caller is authenticated, such as invalid JSON) counts as a failed attempt
+    of its address, through the authenticator's optional ``malformed_request``; over
+    the limit it is answered 429. Malformed requests with a valid credential do not
+    count.
+
     Lambda skips the ``Host`` check: API Gateway and function URLs route by host
     themselves, so no foreign name reaches the function."""
 
@@ -212,20 +227,26 @@ class BrowserGuard(ASGIMiddleware):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         refused = self.refusal(scope)
+        param = None
         if refused is None and _is_json_write(scope):
             body, more = await self._read_body(receive)
             if more:
                 refused = (413, f"the request body is over the limit of {self.max_body} bytes",
                            "request_too_large")
             elif (problem := json_problem(body)) is not None:
-                await _send_error(send, 400, problem[0], "invalid_request_body", problem[1])
-                return
+                refused = (400, problem[0], "invalid_request_body")
+                param = problem[1]
             else:
                 receive = _replay(body, receive)
         if refused is None:
+            if self._counts_malformed(scope):
+                send = self._counting(scope, send)
             await next_app(scope, receive, send)
             return
         status, message, code = refused
+        if status in MALFORMED and self._counts_malformed(scope) and await self._over_limit(scope):
+            await _send_error(send, *TOO_MANY)
+            return
         if scope["type"] == ScopeType.WEBSOCKET:
             # Accept, then close: a close before accept reaches the client as a bare 403.
             await receive()
@@ -237,7 +258,45 @@ class BrowserGuard(ASGIMiddleware):
             await send({"type": "websocket.close", "code": CLOSE_FORBIDDEN,
                         "reason": message[:120]})
             return
-        await _send_error(send, status, message, code)
+        await _send_error(send, status, message, code, param)
+
+    def _counts_malformed(self, scope: Scope) -> bool:
+        """Whether a malformed answer to this request may count as a failed attempt: an
+        unsafe HTTP request, with auth on, not (yet) authenticated."""
+        return (scope["type"] == ScopeType.HTTP and scope.get("method") in UNSAFE_METHODS
+                and self.runtime.config.core.auth and PRINCIPAL_KEY not in scope)
+
+    async def _over_limit(self, scope: Scope) -> bool:
+        """Count a malformed request as a failed attempt (the authenticator's optional
+        ``malformed_request``); True when its address is over the limit."""
+        await self.runtime.ensure_started()
+        count = getattr(self.runtime.authenticator, "malformed_request", None)
+        if count is None:
+            return False
+        client = scope.get("client")
+        try:
+            return bool(await count(headers_of(scope), client[0] if client else None))
+        except Exception as exc:  # the refusal stands either way
+            log.warning("could not count a malformed request: %s", describe(exc))
+            return False
+
+    def _counting(self, scope: Scope, send: Send) -> Send:
+        """A ``send`` that counts a 400 or 413 the handler gives an unauthenticated caller
+        (invalid JSON, say), and turns it into a 429 once the address is over the limit."""
+        swallowing = False
+
+        async def counted(message: Any) -> None:
+            nonlocal swallowing
+            if swallowing:
+                return
+            if (message["type"] == "http.response.start" and message["status"] in MALFORMED
+                    and PRINCIPAL_KEY not in scope and await self._over_limit(scope)):
+                swallowing = True
+                await _send_error(send, *TOO_MANY)
+                return
+            await send(message)
+
+        return counted  # type: ignore[return-value]
 
     async def _read_body(self, receive: Receive) -> tuple[bytes, bool]:
         """The whole body, and whether it went on past ``max_body`` (then it is cut)."""
@@ -255,6 +314,38 @@ class BrowserGuard(ASGIMiddleware):
             if not message.get("more_body", False):
                 break
         return b"".join(chunks), False
+
+
+class RequireAuth(ASGIMiddleware):
+    """Secure by default: with ``[core] auth`` on, every HTTP route needs a valid
+    credential before its handler runs, unless the handler opts out with
+    ``exclude_from_auth=True`` (the page and its files, ``/health``, the OpenAPI
+    schema). A plugin route that forgets to ask for the principal is therefore not
+    public. The principal is kept in the scope (:data:`PRINCIPAL_KEY`) for the
+    ``principal`` dependency. WebSocket routes authenticate with their tickets, before
+    anything is read from the socket."""
+
+    scopes = (ScopeType.HTTP,)
+    exclude_opt_key = "exclude_from_auth"
+    exclude_path_pattern = (r"^/schema(/|$)",)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        from core.api.deps import authenticate
+
+        if self.runtime.config.core.auth and PRINCIPAL_KEY not in scope:
+            await self.runtime.ensure_started()
+            client = scope.get("client")
+            try:
+                principal = await authenticate(self.runtime, headers_of(scope),
+                                               client[0] if client else None)
+            except MamiError as exc:
+                await _send_error(send, exc.status_code, exc.message, exc.code, exc.param)
+                return
+            scope[PRINCIPAL_KEY] = principal  # type: ignore[literal-required]
+        await next_app(scope, receive, send)
 
 
 def _is_json_write(scope: Scope) -> bool:
@@ -280,7 +371,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay  # type: ignore[return-value]
 
 
-async def _send_error(send: Send, status: int, message: str, code: str,
+async def _send_error(send: Send, status: int, message: str, code: str | None,
                       param: str | None = None) -> None:
     body = json.dumps(error_body(status, message, code=code, param=param)).encode()
     start: HTTPResponseStartEvent = {
@@ -299,4 +390,4 @@ def headers_of(scope: Scope) -> dict[str, str]:
 def guards(runtime: Runtime, max_body: int) -> list[Any]:
     """The middleware :func:`core.app.create_app` installs (``max_body``: the largest
     request body in bytes)."""
-    return [BrowserGuard(runtime, max_body)]
+    return [BrowserGuard(runtime, max_body), RequireAuth(runtime)]

@@ -8,6 +8,7 @@ from litestar.datastructures import State
 from core.errors import AuthError, PluginUnavailable
 from core.protocols import Principal
 from core.runtime import Runtime
+from core.security import PRINCIPAL_KEY
 
 MAX_OFFSET = 2**63 - 1
 """The largest ``offset`` a page may ask for: what a database's 64-bit integer holds."""
@@ -35,8 +36,15 @@ async def authenticate(runtime: Runtime, headers: dict[str, str], client: str | 
 
 
 async def provide_principal(request: Request, state: State) -> Principal:  # type: ignore[type-arg]
+    """The caller: the one :class:`core.security.RequireAuth` authenticated, or (on a
+    route that opted out with ``exclude_from_auth`` yet asks for it) authenticated here."""
+    known = request.scope.get(PRINCIPAL_KEY)
+    if isinstance(known, Principal):
+        return known
     client = request.client.host if request.client else None
-    return await authenticate(get_runtime(state), dict(request.headers), client)
+    principal = await authenticate(get_runtime(state), dict(request.headers), client)
+    request.scope[PRINCIPAL_KEY] = principal  # type: ignore[literal-required]
+    return principal
 
 
 async def provide_runtime(state: State) -> Runtime:

@@ -45,8 +45,10 @@ class Settings:
     messages_per_minute: int = 60
     """Messages one socket may send per minute; more close it with 1008."""
     max_failed_attempts: int = 10
-    """Failed authentications per client address within ``failure_window`` before
-    that address is refused (HTTP 429, WebSocket 1008)."""
+    """Failed authentications (and malformed requests without a valid token) per client
+    address within ``failure_window`` before that address's failures are refused (HTTP
+    429, WebSocket 1008); a valid token from it is still served. Counted in the
+    database, across every process and Lambda environment that shares it."""
     failure_window: float = 300.0
     """Seconds over which failed attempts are counted."""
     bootstrap_admin: bool = True

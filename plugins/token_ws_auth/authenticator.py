@@ -1,7 +1,8 @@
 """The authenticator: bearer tokens for HTTP, signed single-use tickets for WebSockets.
 
-Spent tickets, failed attempts and recently seen tokens are kept in this process:
-WebSockets are served by one ``mami serve`` process (Lambda serves no sockets).
+Spent tickets and failed attempts live in the database, shared by every process and
+Lambda environment (:mod:`plugins.token_ws_auth.state`); only a cache of recently seen
+active tokens is kept in the process.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from litestar.exceptions import WebSocketDisconnect
 from core.errors import AuthError
 from core.protocols import Check, Principal
 from plugins.token_ws_auth import keys, redact, tickets, tokens
+from plugins.token_ws_auth.state import SharedAuthState
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -42,35 +44,7 @@ TOUCH_EVERY = timedelta(minutes=5)
 
 class TooManyAttempts(AuthError):
     status_code = 429
-
-
-class FailureLog:
-    """Failed authentication attempts per client address in a sliding window."""
-
-    def __init__(self, limit: int, window: float) -> None:
-        self.limit, self.window = limit, window
-        self.attempts: dict[str, deque[float]] = {}
-
-    def _recent(self, address: str, moment: float) -> deque[float]:
-        seen = self.attempts.setdefault(address, deque())
-        while seen and seen[0] <= moment - self.window:
-            seen.popleft()
-        return seen
-
-    def blocked(self, address: str | None) -> bool:
-        if address is None or address not in self.attempts:
-            return False
-        return len(self._recent(address, time.monotonic())) >= self.limit
-
-    def record(self, address: str | None) -> None:
-        if address is None:
-            return
-        moment = time.monotonic()
-        if len(self.attempts) > 10_000:
-            cutoff = moment - self.window
-            for stale in [a for a, s in self.attempts.items() if not s or s[-1] <= cutoff]:
-                del self.attempts[stale]
-        self._recent(address, moment).append(moment)
+    code = "rate_limit_exceeded"
 
 
 class RecentTokens:
@@ -118,8 +92,8 @@ class TokenAuthenticator:
     def __init__(self, runtime: Runtime, settings: Settings) -> None:
         self.runtime = runtime
         self.settings = settings
-        self.failures = FailureLog(settings.max_failed_attempts, settings.failure_window)
-        self.used_tickets: dict[str, float] = {}
+        self.shared = SharedAuthState(runtime.db, settings.max_failed_attempts,
+                                      settings.failure_window)
         self.recent = RecentTokens(settings.ticket_ttl)
         self._key: bytes | None = None
 
@@ -161,25 +135,34 @@ class TokenAuthenticator:
             raise AuthError("missing credential: send 'Authorization: Bearer <token>'")
         scheme, _, credential = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not credential.strip() or " " in credential.strip():
-            self._failed(client)
+            await self._failed(client)
             raise AuthError("malformed Authorization header: expected 'Bearer <token>'")
         info = await tokens.verify_token(self.db, credential.strip())
         if info is None:
-            self._failed(client)
+            await self._failed(client)
             raise AuthError("invalid, expired or revoked token")
         self.recent.remember(info)
         if info.last_used_at is None or info.last_used_at < tokens.now() - TOUCH_EVERY:
             await tokens.touch(self.db, info.id, TOUCH_EVERY)
         return Principal(owner=info.owner, credential_id=info.id, expires_at=info.expires_at)
 
-    def _failed(self, client: str | None) -> None:
+    async def _failed(self, client: str | None) -> None:
         """Count a failure; once the address is over the limit its failures are 429s
         (a valid credential from it is still served: one bad client behind a shared
         address or proxy must not lock the others out)."""
-        blocked = self.failures.blocked(client)
-        self.failures.record(client)
-        if blocked:
+        if await self.shared.fail(client):
             raise TooManyAttempts("too many failed authentication attempts; try again later")
+
+    async def malformed_request(self, headers: Mapping[str, str], client: str | None) -> bool:
+        """A request refused as malformed before it was authenticated (see
+        :class:`core.security.BrowserGuard`): a failed attempt of ``client`` unless it
+        carries a valid token. True when the address is over the limit."""
+        header = {k.lower(): v for k, v in headers.items()}.get("authorization", "")
+        scheme, _, credential = header.strip().partition(" ")
+        if (scheme.lower() == "bearer" and credential.strip()
+                and await tokens.verify_token(self.db, credential.strip()) is not None):
+            return False
+        return await self.shared.fail(client)
 
     async def issue_ticket(self, principal: Principal) -> tuple[str, tickets.Ticket]:
         """A single-use WebSocket ticket bound to the principal's owner and token."""
@@ -214,9 +197,7 @@ class TokenAuthenticator:
                 return None
             principal = await self._redeem(_ticket_from_message(first))
         if principal is None:
-            blocked = self.failures.blocked(client)
-            self.failures.record(client)
-            if blocked:
+            if await self.shared.fail(client):
                 await socket.close(code=POLICY, reason="too many failed attempts")
             else:
                 await socket.close(code=NOT_AUTHENTICATED, reason="invalid, used or expired ticket")
@@ -251,12 +232,8 @@ class TokenAuthenticator:
             claims = tickets.verify(self.key, self.settings.algorithm, ticket)
         except tickets.TicketError:
             return None
-        moment = time.time()
-        for spent in [jti for jti, exp in self.used_tickets.items() if exp <= moment]:
-            del self.used_tickets[spent]
-        if claims.ticket_id in self.used_tickets:
+        if not await self.shared.spend(claims.ticket_id, claims.expires_at):
             return None
-        self.used_tickets[claims.ticket_id] = claims.expires_at
         if claims.token_id is None:
             if self.runtime.config.core.auth:
                 return None

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import ForeignKey
+from sqlalchemy import Column, Float, ForeignKey, Index, Integer, String, Table
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
@@ -36,4 +36,25 @@ class ApiToken(TokenTables, table=True):
 
 
 metadata = TokenTables.metadata
+
+spent_tickets = Table(
+    "auth_spent_tickets",
+    metadata,
+    Column("ticket_id", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False, index=True),
+)
+"""Tickets already used, until they expire (a ticket past ``expires_at`` is refused by
+its signature check anyway)."""
+
+failed_attempts = Table(
+    "auth_failed_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("address", String(128), nullable=False),
+    Column("at", Float, nullable=False),
+    Index("ix_auth_failed_attempts_address_at", "address", "at"),
+)
+"""One row per failed authentication (or malformed unauthenticated request), kept for
+the failure window."""
+
 MIGRATIONS = MigrationSource("token_ws_auth", Path(__file__).parent / "versions", metadata)

@@ -48,7 +48,9 @@ def redact_record(record: logging.LogRecord) -> None:
     """Redact a record's message, arguments and traceback in place (keeping the
     argument shape, which uvicorn's access formatter unpacks)."""
     access = record.name in ACCESS_LOGGERS
-    if record.exc_info and not record.exc_text:
+    if record.exc_text:
+        record.exc_text = redact(record.exc_text)
+    elif record.exc_info:
         # Formatters reuse exc_text, so the traceback is formatted (and redacted) once here.
         record.exc_text = redact(_FORMATTER.formatException(record.exc_info))
     if isinstance(record.msg, str):

@@ -49,12 +49,13 @@ def page_routes(settings: Settings) -> list[Any]:
     """Handlers for the page and its files; none of them needs a credential."""
     page = page_html(settings.title)
 
-    @get("/", include_in_schema=False, sync_to_thread=False)
+    @get("/", include_in_schema=False, sync_to_thread=False, exclude_from_auth=True)
     def index() -> Response[bytes]:
         """The chat page."""
         return Response(page, media_type="text/html", headers=HEADERS)
 
-    @get("/ui/{name:str}", include_in_schema=False, sync_to_thread=False)
+    @get("/ui/{name:str}", include_in_schema=False, sync_to_thread=False,
+         exclude_from_auth=True)
     def asset(name: str) -> Response[bytes]:
         """One of the page's own files; anything else is a 404."""
         media_type = ASSETS.get(name)
@@ -62,7 +63,8 @@ def page_routes(settings: Settings) -> list[Any]:
             raise NotFound(f"no file {name!r}")
         return Response(read_static(name), media_type=media_type, headers=HEADERS)
 
-    @get("/favicon.ico", include_in_schema=False, sync_to_thread=False)
+    @get("/favicon.ico", include_in_schema=False, sync_to_thread=False,
+         exclude_from_auth=True)
     def favicon() -> Response[bytes]:
         """Browsers ask for it whatever the page says."""
         return Response(read_static("icon.svg"), media_type=ASSETS["icon.svg"], headers=HEADERS)

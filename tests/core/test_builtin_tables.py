@@ -25,13 +25,15 @@ from core.app import create_app
 from core.config import config_from_dict
 from core.db import sync_url
 from core.plugins import builtin_candidates
+from plugins.token_ws_auth.models import MIGRATIONS as TOKEN_CHAIN
 
 ROOT = Path(__file__).resolve().parents[2]
 LEGACY = Path(__file__).resolve().parent / "legacy_schema"
 TOKEN = "mami_0123456789abcdef_" + "A" * 43
+TOKEN_HEAD = migrations.source_head(TOKEN_CHAIN)
 CORE_TABLES = {"owners", "conversations", "messages", "image_jobs", "event_receipts"}
 PLUGIN_TABLES = {"api_tokens", "documents", "memories", "memory_decisions"}
-CHAINS = {"token_ws_auth": "token_ws_auth_0001", "chroma_rag": "chroma_rag_0001",
+CHAINS = {"token_ws_auth": TOKEN_HEAD, "chroma_rag": "chroma_rag_0001",
           "memory": "memory_0001"}
 ALL_ON = {"token_ws_auth": True, "chroma_rag": True, "memory": True}
 ALL_OFF = {"token_ws_auth": False, "chroma_rag": False, "memory": False}

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import re
 import uuid
+from types import ModuleType
 from typing import Any
 
 import pytest
-from litestar import Litestar
+from litestar import Litestar, get
 from litestar.exceptions import WebSocketDisconnect
 from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient, TestClient
 
+from core import hookimpl
 from core.app import create_app
+from core.plugins import Candidate, builtin_candidates
 from core.security import UNSAFE_METHODS
 
 OWN = "http://127.0.0.1:8000"
@@ -133,3 +136,47 @@ def test_a_foreign_origin_socket_is_closed_4403(app: Litestar) -> None:
                   client.websocket_connect(path, headers={"origin": EVIL}) as socket):
                 socket.receive_text()
             assert closed.value.code == 4403, path
+
+
+@get("/forgetful", sync_to_thread=False)
+def forgetful() -> dict[str, str]:
+    """A plugin route that never asks for the principal."""
+    return {"secret": "plans"}
+
+
+@get("/public-note", sync_to_thread=False, exclude_from_auth=True)
+def public_note() -> dict[str, str]:
+    return {"note": "hello"}
+
+
+def forgetful_plugin() -> ModuleType:
+    module = ModuleType("mami_forgetful")
+    module.register_routes = lambda runtime: [forgetful, public_note]  # type: ignore[attr-defined]
+    hookimpl(module.register_routes)  # type: ignore[attr-defined]
+    return module
+
+
+async def test_every_route_needs_a_credential_unless_it_opts_out(make_config: Any) -> None:
+    """Secure by default: with auth on, a route that forgets to ask for the principal is
+    not public; only handlers with ``exclude_from_auth`` (and the OpenAPI schema) are."""
+    candidates = [*builtin_candidates(),
+                  Candidate("forgetful", "tests", "builtin", True, forgetful_plugin)]
+    app = create_app(make_config(core={"auth": True}), candidates=candidates)
+    assert {"/forgetful", "/public-note"} <= {route.path for route in app.routes}
+    public = set()
+    async with AsyncTestClient(app, base_url=OWN) as client:
+        for route in app.routes:
+            if not isinstance(route, HTTPRoute):
+                continue
+            for handler in route.route_handlers:
+                for method in sorted(handler.http_methods - {"OPTIONS", "HEAD"}):
+                    kwargs = {"json": {}} if method in UNSAFE_METHODS else {}
+                    response = await client.request(method, concrete(route.path), **kwargs)
+                    if handler.opt.get("exclude_from_auth") or route.path.startswith("/schema"):
+                        public.add(route.path)
+                        assert response.status_code != 401, route.path
+                    else:
+                        assert_refused(response, 401, "missing credential")
+        assert (await client.get("/public-note")).json() == {"note": "hello"}
+    assert {"/forgetful", "/api/me", "/api/tokens"}.isdisjoint(public)
+    assert {"/health", "/public-note", "/", "/schema/openapi.json"} <= public

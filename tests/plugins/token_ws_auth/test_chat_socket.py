@@ -165,3 +165,32 @@ async def test_revoked_while_streaming_over_http_ends_the_stream(
         await db.close()
     assert stored.status == "interrupted"
     assert stored.content.startswith("w1 w2 ")
+
+
+async def test_a_token_expiring_while_streaming_over_http_ends_the_stream(
+    auth_server: AuthServer, http: httpx.AsyncClient
+) -> None:
+    """Expiry, like revocation, ends a running SSE reply within about a second; the turn
+    is stored as interrupted."""
+    token, _ = await auth_server.token("erin-stream", expires_in=2)
+    body = {"messages": [{"role": "user", "content": "talk forever"}], "stream": True}
+    events: list[str] = []
+    headers = {**bearer(token), "x-mami-conversation": "new"}
+    async with http.stream("POST", "/v1/chat/completions", headers=headers,
+                           json=body, timeout=30) as reply:
+        assert reply.status_code == 200
+        conversation_id = reply.headers["x-mami-conversation"]
+        async with asyncio.timeout(15):  # an endless reply: this ends only if mami ends it
+            async for line in reply.aiter_lines():
+                events.append(line)
+    assert [e for e in events if e][-1] == "data: [DONE]"
+    assert any("credential_revoked" in e for e in events)
+    db = Database(auth_server.database_url)
+    try:
+        async with db.session() as session:
+            stored = (await session.exec(select(Message).where(
+                Message.conversation_id == conversation_id, Message.role == "assistant"))).one()
+    finally:
+        await db.close()
+    assert stored.status == "interrupted"
+    assert stored.content.startswith("w1 w2 ")

@@ -1,4 +1,5 @@
-"""A plugin whose startup hook raises."""
+"""A plugin whose startup hook raises (naming a URL with credentials, which mami must
+never show)."""
 
 from __future__ import annotations
 
@@ -9,4 +10,5 @@ from core import hookimpl
 
 @hookimpl
 def startup(runtime: Any) -> None:
-    raise RuntimeError("sample plugin failed to start")
+    raise RuntimeError("sample plugin failed to start: "
+                       "http://user:s3cret@gpu.internal:7860/sdapi?key=qwerty is unreachable")
