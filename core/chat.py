@@ -15,6 +15,15 @@ retry while the first attempt still streams is a 409. Without a conversation id,
 conversation id is derived from the owner and the client message id, so a retry that
 never learned the id lands in the same conversation.
 
+Crash consistency: while an answer streams, its text so far is saved to its row at most
+every :data:`FLUSH_INTERVAL` seconds (only when it changed) and the row's lease
+(:mod:`core.leases`) is renewed at least every :data:`HEARTBEAT` seconds. An answer
+left ``streaming`` by a process that died (its lease expired, or its process on this
+host is gone) is finished as ``interrupted`` with the saved text, at start-up
+(:func:`finish_abandoned`) and when its client message id is retried (the retry then
+answers again, replacing it). When the final write of an answer fails, the turn ends
+with an ``error`` (503) instead of breaking off.
+
 Slash commands (``/name argument``), registered per runtime by plugins'
 ``register_chat_commands`` hooks (:class:`ChatCommand`), are answered by their handler
 instead of the LLM (:func:`find_command` is the seam).
@@ -31,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +62,7 @@ from core.context import (
 )
 from core.errors import BadRequest, MamiError, NotFound, ProviderError, StreamInterrupted
 from core.events import MessageCompleted
+from core.leases import expired, holder_gone, new_holder
 from core.models import Conversation, Message, Owner, utcnow
 from core.protocols import ChatMessage, Delta, GenerationParams, LLMProvider, Principal
 
@@ -61,7 +72,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("mami.chat")
 
 HISTORY_LIMIT = 200
-STALE_STREAM = timedelta(minutes=10)
+STALE_STREAM = timedelta(minutes=10)  # for rows written before leases existed
+FLUSH_INTERVAL = 0.5
+"""Seconds between saves of a streaming answer's text (only when it changed)."""
+HEARTBEAT = 10.0
+"""Seconds after which a streaming answer's lease is renewed even without new text."""
+LEASE = timedelta(seconds=30)
+"""How long a streaming answer's row stays claimed without a renewal."""
 ID_NAMESPACE = uuid.UUID("6f1e3a52-6d61-4d69-8a11-636861747631")
 
 CommandHandler = Callable[["Runtime", Principal, str, str | None], Awaitable[str]]
@@ -186,6 +203,9 @@ class TurnRun:
         self.finished: Finished | None = None
         self.summary_from: tuple[str, int] | None = None  # (summary so far, its upto)
         self.store: asyncio.Future[None] | None = None
+        self.lease = new_holder()
+        self._flusher: asyncio.Future[None] | None = None
+        self._flushed = asyncio.Event()  # set: stop saving partial text
 
     async def saved(self) -> None:
         """Wait until the user message and the placeholder are committed; raises the
@@ -221,6 +241,8 @@ class TurnRun:
             if self.request.client_message_id is not None:
                 # The write is the idempotency gate: a duplicate must not reach the model.
                 await self.saved()
+            if self.message_id is not None:
+                self._flusher = asyncio.ensure_future(self._keep_saved(parts))
             async with contextlib.aclosing(self._generate()) as generated:
                 async for delta in generated:
                     piece = delta.text
@@ -249,7 +271,7 @@ class TurnRun:
         finished = await asyncio.shield(self._finish(status, parts, error, code, finish,
                                                      reported))
         after = None
-        if status == "complete" and self.stored and self.command is None:
+        if finished.status == "complete" and self.stored and self.command is None:
             # Started before the answer is handed over, so a client that leaves now cannot
             # cancel the event; awaited below, so on Lambda it still runs in the request.
             after = asyncio.ensure_future(self._after_complete(finished))
@@ -275,10 +297,47 @@ class TurnRun:
             async for delta in deltas:
                 yield delta
 
+    async def _keep_saved(self, parts: list[str]) -> None:
+        """Save the answer's text so far and renew its lease until :meth:`_finish`;
+        a failed save is logged and tried again at the next interval."""
+        try:
+            await self.saved()
+        except Exception:
+            return
+        saved, renewed = 0, time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flushed.wait(), FLUSH_INTERVAL)
+            if self._flushed.is_set():
+                return
+            count = len(parts)
+            if count == saved and time.monotonic() - renewed < HEARTBEAT:
+                continue
+            try:
+                async with self.runtime.db.session() as session:
+                    await session.execute(
+                        update(Message)
+                        .where(col(Message.id) == self.message_id,
+                               col(Message.status) == "streaming",
+                               col(Message.lease_owner) == self.lease)
+                        .values(content="".join(parts[:count]), lease_until=utcnow() + LEASE)
+                        .execution_options(synchronize_session=False)
+                    )
+                    await session.commit()
+                saved, renewed = count, time.monotonic()
+            except SQLAlchemyError as exc:
+                log.warning("saving the partial answer %s failed: %s", self.message_id, exc)
+
+    async def _stop_saving(self) -> None:
+        self._flushed.set()
+        if self._flusher is not None:
+            await self._flusher
+
     async def _finish(
         self, status: str, parts: list[str], error: str | None, code: int | None,
         finish: str | None, reported: Delta | None = None,
     ) -> Finished:
+        await self._stop_saving()
         text = "".join(parts)
         if reported is not None and reported.completion_tokens is not None:
             usage = Usage(reported.prompt_tokens if reported.prompt_tokens is not None
@@ -289,15 +348,25 @@ class TurnRun:
                           await asyncio.to_thread(self.llm.count_tokens, text) if text else 0)
         if self.message_id is not None:
             await self.saved()
-            async with self.runtime.db.session() as session:
-                await session.execute(
-                    update(Message)
-                    .where(col(Message.id) == self.message_id)
-                    .values(content=text, status=status, error=error,
-                            token_count=usage.completion_tokens)
-                    .execution_options(synchronize_session=False)
-                )
-                await session.commit()
+            try:
+                async with self.runtime.db.session() as session:
+                    written = await session.execute(
+                        update(Message)
+                        .where(col(Message.id) == self.message_id,
+                               col(Message.lease_owner) == self.lease)
+                        .values(content=text, status=status, error=error,
+                                token_count=usage.completion_tokens, lease_until=None)
+                        .execution_options(synchronize_session=False)
+                    )
+                    await session.commit()
+                if written.rowcount != 1:  # type: ignore[attr-defined]
+                    log.warning("answer %s was taken over by a retry; this one is dropped",
+                                self.message_id)
+                    status, error, code = "error", "a retry took over this answer", 409
+            except SQLAlchemyError as exc:
+                log.error("storing the answer %s failed: %s", self.message_id, exc)
+                status, code = "error", 503
+                error = "the answer could not be stored; retry"
         self.finished = Finished(status, self.message_id, text, usage, finish, error, code)
         return self.finished
 
@@ -415,10 +484,11 @@ async def _stored_turn(
         turn.replay = Finished("complete", reply.id, reply.content,
                                Usage(0, reply.token_count or 0), "stop")
         return turn
-    if reply is not None and reply.status == "streaming" and (
-        utcnow() - _aware(reply.created_at) < STALE_STREAM
-    ):
-        raise Conflict("this message is still being answered; retry when it ends")
+    if reply is not None and reply.status == "streaming":
+        if not abandoned(reply):
+            raise Conflict("this message is still being answered; retry when it ends")
+        await finish_abandoned(runtime, [reply])
+        reply.status = "interrupted"
 
     summarize = runtime.config.budget.summarize and conversation is not None
     if command is None:
@@ -441,6 +511,7 @@ async def _stored_turn(
         user_seq=retry_of.seq if retry_of is not None else last_seq + 1,
         reply_id=reply.id if reply is not None else uuid.uuid4().hex,
         reclaim_status=reply.status if reply is not None else None,
+        lease=turn.lease,
     )
     # Without a client message id the rows are written while the model reads the prompt;
     # the turn waits for them before its first token leaves (see TurnRun.run).
@@ -467,6 +538,7 @@ class StorePlan:
     user_seq: int
     reply_id: str
     reclaim_status: str | None
+    lease: str = ""
 
 
 async def store(runtime: Runtime, plan: StorePlan) -> None:
@@ -517,12 +589,14 @@ async def _write(runtime: Runtime, plan: StorePlan) -> None:
         if plan.reclaim_status is None:
             session.add(Message(id=plan.reply_id, conversation_id=plan.conversation_id,
                                 seq=plan.user_seq + 1, role="assistant", content="",
-                                status="streaming", reply_to=plan.user_id))
+                                status="streaming", reply_to=plan.user_id,
+                                lease_owner=plan.lease, lease_until=now + LEASE))
         else:
             claimed = await session.execute(
                 update(Message).where(col(Message.id) == plan.reply_id,
                                       col(Message.status) == plan.reclaim_status)
-                .values(status="streaming", content="", error=None, created_at=now)
+                .values(status="streaming", content="", error=None, created_at=now,
+                        lease_owner=plan.lease, lease_until=now + LEASE)
                 .execution_options(synchronize_session=False)
             )
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
@@ -530,10 +604,44 @@ async def _write(runtime: Runtime, plan: StorePlan) -> None:
         await session.commit()
 
 
-def _aware(moment: Any) -> Any:
-    from datetime import UTC
+def abandoned(message: Message) -> bool:
+    """True when ``message`` is ``streaming`` but nobody writes it any more: its lease
+    expired, or the process holding it on this host is gone."""
+    return message.status == "streaming" and (
+        holder_gone(message.lease_owner)
+        or expired(message.lease_until, fallback=message.created_at, grace=STALE_STREAM))
 
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+async def finish_abandoned(runtime: Runtime, candidates: Sequence[Message] | None = None
+                           ) -> int:
+    """Finish ``candidates`` (default: every ``streaming`` answer) that are
+    :func:`abandoned` as ``interrupted``, keeping the text saved so far; returns how
+    many. Each row is finished only if its lease is still the one seen, so an answer
+    that a live process renewed or a retry reclaimed meanwhile is left alone."""
+    if candidates is None:
+        async with runtime.db.session() as session:
+            candidates = list((await session.exec(
+                select(Message).where(Message.status == "streaming"))).all())
+    gone = [m for m in candidates if abandoned(m)]
+    finished = 0
+    for message in gone:
+        async with runtime.db.session() as session:
+            holder, until = col(Message.lease_owner), col(Message.lease_until)
+            query = update(Message).where(
+                col(Message.id) == message.id, col(Message.status) == "streaming",
+                holder.is_(None) if message.lease_owner is None
+                else holder == message.lease_owner,
+                until.is_(None) if message.lease_until is None else until <= message.lease_until)
+            done = await session.execute(
+                query.values(status="interrupted", error="the server stopped while answering",
+                             lease_until=None)
+                .execution_options(synchronize_session=False))
+            await session.commit()
+            finished += done.rowcount  # type: ignore[attr-defined]
+    if finished:
+        log.warning("finished %d answer(s) left streaming by a stopped process as interrupted",
+                    finished)
+    return finished
 
 
 async def _ensure_owner(runtime: Runtime, session: Any, owner: str) -> None:

@@ -55,13 +55,16 @@ class Conversation(SQLModel, table=True):
 class Message(SQLModel, table=True):
     """One message. ``client_message_id`` (unique per conversation) makes a retried
     request idempotent; an assistant message's ``reply_to`` is the user message it
-    answers, so one user message never gets two stored answers."""
+    answers, so one user message never gets two stored answers. While an answer is
+    ``streaming``, ``lease_owner`` names the process and turn writing it and
+    ``lease_until`` is renewed as its text is saved (see :mod:`core.leases`)."""
 
     __tablename__ = "messages"
     __table_args__ = (
         UniqueConstraint("conversation_id", "client_message_id", name="uq_messages_client_id"),
         UniqueConstraint("conversation_id", "seq", name="uq_messages_seq"),
         UniqueConstraint("reply_to", name="uq_messages_reply_to"),
+        Index("ix_messages_status", "status"),
     )
 
     id: str = Field(primary_key=True, max_length=64)
@@ -75,6 +78,8 @@ class Message(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     token_count: int | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_until: datetime | None = None
 
 
 class Document(SQLModel, table=True):
