@@ -33,6 +33,15 @@ finish reason ``tool_calls``, and their fragments are yielded as
 offered no server-side tools, and a request with client tools, tool messages or a
 ``response_format`` it does not support is a 400 naming the parameter.
 
+Crash consistency: while an answer streams, its text so far is saved to its row at most
+every :data:`FLUSH_INTERVAL` seconds (only when it changed) and the row's lease
+(:mod:`core.leases`) is renewed at least every :data:`HEARTBEAT` seconds. An answer
+left ``streaming`` by a process that died (its lease expired, or its process on this
+host is gone) is finished as ``interrupted`` with the saved text, at start-up
+(:func:`finish_abandoned`) and when its client message id is retried (the retry then
+answers again, replacing it). When the final write of an answer fails, the turn ends
+with an ``error`` (503) instead of breaking off.
+
 Slash commands (``/name argument``), registered per runtime by plugins'
 ``register_chat_commands`` hooks (:class:`ChatCommand`), are answered by their handler
 instead of the LLM (:func:`find_command` is the seam).
@@ -79,6 +88,7 @@ from core.errors import (
     hide_url_secrets,
 )
 from core.events import MessageCompleted
+from core.leases import expired, holder_gone, new_holder
 from core.models import Conversation, Message, Owner, utcnow
 from core.protocols import (
     ChatMessage,
@@ -97,7 +107,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("mami.chat")
 
 HISTORY_LIMIT = 200
-STALE_STREAM = timedelta(minutes=10)
+STALE_STREAM = timedelta(minutes=10)  # for rows written before leases existed
+FLUSH_INTERVAL = 0.5
+"""Seconds between saves of a streaming answer's text (only when it changed)."""
+HEARTBEAT = 10.0
+"""Seconds after which a streaming answer's lease is renewed even without new text."""
+LEASE = timedelta(seconds=30)
+"""How long a streaming answer's row stays claimed without a renewal."""
 ID_NAMESPACE = uuid.UUID("6f1e3a52-6d61-4d69-8a11-636861747631")
 
 CommandHandler = Callable[["Runtime", Principal, str, str | None], Awaitable[str]]
@@ -295,6 +311,9 @@ class TurnRun:
         self.tool_steps = 0
         self.plan: StorePlan | None = None
         self.steps: list[tuple[str, tuple[ToolCall, ...], list[ToolResult]]] = []
+        self.lease = new_holder()
+        self._flusher: asyncio.Future[None] | None = None
+        self._flushed = asyncio.Event()  # set: stop saving partial text
 
     async def saved(self) -> None:
         """Wait until the user message and the placeholder are committed; raises the
@@ -336,6 +355,8 @@ class TurnRun:
             if self.request.client_message_id is not None:
                 # The write is the idempotency gate: a duplicate must not reach the model.
                 await self.saved()
+            if self.message_id is not None:
+                self._flusher = asyncio.ensure_future(self._keep_saved(parts))
             async with contextlib.aclosing(self._generate()) as generated:
                 async for delta in generated:
                     if not isinstance(delta, Delta):  # a server-side tool step
@@ -372,7 +393,7 @@ class TurnRun:
         finished = await asyncio.shield(self._finish(status, parts, error, code, finish,
                                                      reported, calls.calls()))
         after = None
-        if status == "complete" and self.stored and self.command is None:
+        if finished.status == "complete" and self.stored and self.command is None:
             # Started before the answer is handed over, so a client that leaves now cannot
             # cancel the event; awaited below, so on Lambda it still runs in the request.
             after = asyncio.ensure_future(self._after_complete(finished))
@@ -499,10 +520,47 @@ class TurnRun:
                 duration=result.duration) for i, result in enumerate(results)])
         return rows
 
+    async def _keep_saved(self, parts: list[str]) -> None:
+        """Save the answer's text so far and renew its lease until :meth:`_finish`;
+        a failed save is logged and tried again at the next interval."""
+        try:
+            await self.saved()
+        except Exception:
+            return
+        saved, renewed = 0, time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flushed.wait(), FLUSH_INTERVAL)
+            if self._flushed.is_set():
+                return
+            count = len(parts)
+            if count == saved and time.monotonic() - renewed < HEARTBEAT:
+                continue
+            try:
+                async with self.runtime.db.session() as session:
+                    await session.execute(
+                        update(Message)
+                        .where(col(Message.id) == self.message_id,
+                               col(Message.status) == "streaming",
+                               col(Message.lease_owner) == self.lease)
+                        .values(content="".join(parts[:count]), lease_until=utcnow() + LEASE)
+                        .execution_options(synchronize_session=False)
+                    )
+                    await session.commit()
+                saved, renewed = count, time.monotonic()
+            except SQLAlchemyError as exc:
+                log.warning("saving the partial answer %s failed: %s", self.message_id, exc)
+
+    async def _stop_saving(self) -> None:
+        self._flushed.set()
+        if self._flusher is not None:
+            await self._flusher
+
     async def _finish(
         self, status: str, parts: list[str], error: str | None, code: int | None,
         finish: str | None, reported: Delta | None = None, calls: tuple[ToolCall, ...] = (),
     ) -> Finished:
+        await self._stop_saving()
         text = "".join(parts)
         if reported is not None and reported.completion_tokens is not None:
             usage = Usage(reported.prompt_tokens if reported.prompt_tokens is not None
@@ -513,7 +571,15 @@ class TurnRun:
                           await asyncio.to_thread(self.llm.count_tokens, text) if text else 0)
         if self.message_id is not None:
             await self.saved()
-            await self._store_answer(text, status, error, usage, calls)
+            try:
+                if not await self._store_answer(text, status, error, usage, calls):
+                    log.warning("answer %s was taken over by a retry; this one is dropped",
+                                self.message_id)
+                    status, error, code = "error", "a retry took over this answer", 409
+            except SQLAlchemyError as exc:
+                log.error("storing the answer %s failed: %s", self.message_id, exc)
+                status, code = "error", 503
+                error = "the answer could not be stored; retry"
         if calls and status == "complete":
             finish = "tool_calls"
         self.finished = Finished(status, self.message_id, text, usage, finish, error, code,
@@ -521,17 +587,18 @@ class TurnRun:
         return self.finished
 
     async def _store_answer(self, text: str, status: str, error: str | None, usage: Usage,
-                            calls: tuple[ToolCall, ...]) -> None:
+                            calls: tuple[ToolCall, ...]) -> bool:
         """Store the answer and, in the same transaction, the turn's tool steps (each
         call with all its results) where the answer's row was, the answer after them.
         When another turn has taken those places meanwhile, the steps and the answer go
-        after the conversation's last row."""
+        after the conversation's last row. False (nothing written) when the row's lease
+        is no longer this turn's: a retry took the answer over."""
         assert self.plan is not None or not self.steps
         stored_calls = [{"id": c.id, "name": c.name, "arguments": c.arguments}
                         for c in calls] or None
         values: dict[str, Any] = dict(content=text, status=status, error=error,
                                       token_count=usage.completion_tokens,
-                                      tool_calls=stored_calls)
+                                      tool_calls=stored_calls, lease_until=None)
         for attempt in range(3):
             try:
                 async with self.runtime.db.session() as session:
@@ -546,16 +613,21 @@ class TurnRun:
                                 .order_by(col(Message.seq).desc()).limit(1))).first() or 0)
                         rows = self._step_rows(where)
                         values["seq"] = where + len(rows)
-                    await session.execute(
-                        update(Message).where(col(Message.id) == self.message_id)
+                    written = await session.execute(
+                        update(Message).where(col(Message.id) == self.message_id,
+                                              col(Message.lease_owner) == self.lease)
                         .values(**values).execution_options(synchronize_session=False))
+                    if written.rowcount != 1:  # type: ignore[attr-defined]
+                        await session.rollback()
+                        return False
                     if self.steps:
                         session.add_all(rows)
                     await session.commit()
-                return
+                return True
             except IntegrityError:
                 if not self.steps or attempt == 2:
                     raise
+        return False  # not reached: the last attempt returns or raises
 
     async def _after_complete(self, finished: Finished) -> None:
         assert self.conversation_id and self.user_message_id and finished.message_id
@@ -672,10 +744,11 @@ async def _stored_turn(
         turn.replay = Finished("complete", reply.id, reply.content,
                                Usage(0, reply.token_count or 0), "stop")
         return turn
-    if reply is not None and reply.status == "streaming" and (
-        utcnow() - _aware(reply.created_at) < STALE_STREAM
-    ):
-        raise Conflict("this message is still being answered; retry when it ends")
+    if reply is not None and reply.status == "streaming":
+        if not abandoned(reply):
+            raise Conflict("this message is still being answered; retry when it ends")
+        await finish_abandoned(runtime, [reply])
+        reply.status = "interrupted"
 
     summarize = runtime.config.budget.summarize and conversation is not None
     if command is None:
@@ -699,6 +772,7 @@ async def _stored_turn(
         reply_id=reply.id if reply is not None else uuid.uuid4().hex,
         reclaim_status=reply.status if reply is not None else None,
         reply_seq=reply.seq if reply is not None else None,
+        lease=turn.lease,
     )
     # Without a client message id the rows are written while the model reads the prompt;
     # the turn waits for them before its first token leaves (see TurnRun.run).
@@ -727,6 +801,7 @@ class StorePlan:
     reply_id: str
     reclaim_status: str | None
     reply_seq: int | None = None  # the reclaimed answer's; else user_seq + 1
+    lease: str = ""
 
 
 async def store(runtime: Runtime, plan: StorePlan) -> None:
@@ -777,12 +852,14 @@ async def _write(runtime: Runtime, plan: StorePlan) -> None:
         if plan.reclaim_status is None:
             session.add(Message(id=plan.reply_id, conversation_id=plan.conversation_id,
                                 seq=plan.user_seq + 1, role="assistant", content="",
-                                status="streaming", reply_to=plan.user_id))
+                                status="streaming", reply_to=plan.user_id,
+                                lease_owner=plan.lease, lease_until=now + LEASE))
         else:
             claimed = await session.execute(
                 update(Message).where(col(Message.id) == plan.reply_id,
                                       col(Message.status) == plan.reclaim_status)
-                .values(status="streaming", content="", error=None, created_at=now)
+                .values(status="streaming", content="", error=None, created_at=now,
+                        lease_owner=plan.lease, lease_until=now + LEASE)
                 .execution_options(synchronize_session=False)
             )
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
@@ -790,10 +867,44 @@ async def _write(runtime: Runtime, plan: StorePlan) -> None:
         await session.commit()
 
 
-def _aware(moment: Any) -> Any:
-    from datetime import UTC
+def abandoned(message: Message) -> bool:
+    """True when ``message`` is ``streaming`` but nobody writes it any more: its lease
+    expired, or the process holding it on this host is gone."""
+    return message.status == "streaming" and (
+        holder_gone(message.lease_owner)
+        or expired(message.lease_until, fallback=message.created_at, grace=STALE_STREAM))
 
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+async def finish_abandoned(runtime: Runtime, candidates: Sequence[Message] | None = None
+                           ) -> int:
+    """Finish ``candidates`` (default: every ``streaming`` answer) that are
+    :func:`abandoned` as ``interrupted``, keeping the text saved so far; returns how
+    many. Each row is finished only if its lease is still the one seen, so an answer
+    that a live process renewed or a retry reclaimed meanwhile is left alone."""
+    if candidates is None:
+        async with runtime.db.session() as session:
+            candidates = list((await session.exec(
+                select(Message).where(Message.status == "streaming"))).all())
+    gone = [m for m in candidates if abandoned(m)]
+    finished = 0
+    for message in gone:
+        async with runtime.db.session() as session:
+            holder, until = col(Message.lease_owner), col(Message.lease_until)
+            query = update(Message).where(
+                col(Message.id) == message.id, col(Message.status) == "streaming",
+                holder.is_(None) if message.lease_owner is None
+                else holder == message.lease_owner,
+                until.is_(None) if message.lease_until is None else until <= message.lease_until)
+            done = await session.execute(
+                query.values(status="interrupted", error="the server stopped while answering",
+                             lease_until=None)
+                .execution_options(synchronize_session=False))
+            await session.commit()
+            finished += done.rowcount  # type: ignore[attr-defined]
+    if finished:
+        log.warning("finished %d answer(s) left streaming by a stopped process as interrupted",
+                    finished)
+    return finished
 
 
 async def _ensure_owner(runtime: Runtime, session: Any, owner: str) -> None:

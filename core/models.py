@@ -51,7 +51,9 @@ class Conversation(SQLModel, table=True):
 class Message(SQLModel, table=True):
     """One message. ``client_message_id`` (unique per conversation) makes a retried
     request idempotent; an assistant message's ``reply_to`` is the user message it
-    answers, so one user message never gets two stored answers.
+    answers, so one user message never gets two stored answers. While an answer is
+    ``streaming``, ``lease_owner`` names the process and turn writing it and
+    ``lease_until`` is renewed as its text is saved (see :mod:`core.leases`).
 
     Tool steps: an assistant message that asked for tools keeps them in ``tool_calls``
     (``[{"id", "name", "arguments"}]``); each result is a ``tool`` message with
@@ -64,6 +66,7 @@ class Message(SQLModel, table=True):
         UniqueConstraint("conversation_id", "client_message_id", name="uq_messages_client_id"),
         UniqueConstraint("conversation_id", "seq", name="uq_messages_seq"),
         UniqueConstraint("reply_to", name="uq_messages_reply_to"),
+        Index("ix_messages_status", "status"),
     )
 
     id: str = Field(primary_key=True, max_length=64)
@@ -82,6 +85,8 @@ class Message(SQLModel, table=True):
     tool_call_id: str | None = Field(default=None, max_length=128)
     tool_name: str | None = Field(default=None, max_length=128)
     duration: float | None = None
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_until: datetime | None = None
 
 
 class EventReceipt(SQLModel, table=True):

@@ -91,7 +91,18 @@ class Runtime:
             self._drop_failed_providers()
             self.register_tools()
             self._drop_failed_providers()
+            await self._finish_abandoned()
             self.started = True
+
+    async def _finish_abandoned(self) -> None:
+        """Answers a killed process left ``streaming`` become ``interrupted`` (their
+        saved text kept); a failure here is logged, never fatal."""
+        from core.chat import finish_abandoned
+
+        try:
+            await finish_abandoned(self)
+        except Exception as exc:
+            log.warning("finishing abandoned answers failed: %s", exc)
 
     def prepare_schema(self) -> None:
         """Upgrade a SQLite database to head when allowed; otherwise refuse a core schema
@@ -263,6 +274,16 @@ class Runtime:
             return True
         except IntegrityError:
             return False
+
+    async def release_claim(self, consumer: str, key: str) -> None:
+        """Undo :meth:`claim_once` (the work it guarded failed), so the next delivery of
+        the event claims ``key`` again and retries."""
+        from sqlalchemy import delete
+
+        async with self.db.session() as session:
+            await session.execute(delete(EventReceipt).where(
+                EventReceipt.consumer == consumer, EventReceipt.key == key))  # type: ignore[arg-type]
+            await session.commit()
 
     async def fire(self, hook_name: str, **kwargs: Any) -> list[tuple[str, str]]:
         """Deliver an event to every plugin, isolated; returns the errors."""

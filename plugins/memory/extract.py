@@ -9,6 +9,7 @@ for durable facts as JSON; output that is not such JSON is logged and ignored.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -140,11 +141,14 @@ async def llm_facts(event: MessageCompleted, runtime: Runtime, settings: Setting
 
 
 async def remember_from(event: MessageCompleted, runtime: Runtime, settings: Settings) -> None:
-    """Remember the facts of one completed exchange, at most once per assistant message.
+    """Remember the facts of one completed exchange, exactly once per assistant message.
 
     The facts are found first; only then is the message claimed (``claim_once``), so
     a message with nothing to remember costs no write, and a second delivery, a retry
-    or a racing worker finds the claim taken and does nothing.
+    or a racing worker finds the claim taken and does nothing. When remembering fails
+    after the claim (Chroma or the database down), the claim is released and the error
+    raised, so the next delivery tries again; facts that this message already stored
+    before the failure are not counted twice.
     """
     store = runtime.memory
     if store is None:
@@ -159,10 +163,19 @@ async def remember_from(event: MessageCompleted, runtime: Runtime, settings: Set
     chosen = list(unique.values())[: settings.max_facts]
     if not chosen or not await runtime.claim_once(CONSUMER, event.message_id):
         return
-    for fact in chosen:
-        try:
-            decision = await store.remember(event.owner, fact, event.message_id)
-        except BadRequest as exc:
-            log.info("not remembering %.80r: %s", fact, exc.message)
-            continue
-        log.info("memory %s %s for %s", decision.action, decision.memory_id, event.owner)
+    try:
+        decided = getattr(store, "decided", None)
+        done = await decided(event.owner, event.message_id) if decided is not None else set()
+        for fact in chosen:
+            if fact in done:
+                continue
+            try:
+                decision = await store.remember(event.owner, fact, event.message_id)
+            except BadRequest as exc:
+                log.info("not remembering %.80r: %s", fact, exc.message)
+                continue
+            log.info("memory %s %s for %s", decision.action, decision.memory_id, event.owner)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(runtime.release_claim(CONSUMER, event.message_id))
+        raise

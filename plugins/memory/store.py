@@ -7,15 +7,25 @@ add a second row. Each owner's vectors live in their own collection (chroma-rag'
 :class:`~plugins.memory.index.MemoryIndex`), so a query cannot see another owner's
 memories and needs no slow filtered search; rows read back from SQL are filtered by
 owner as well.
+
+One owner's writes take turns: check, search and insert run under a per-owner lock in
+the process and, on PostgreSQL, a per-owner advisory lock across processes (the new
+vector is written to Chroma before that lock is released), so two paraphrases of one
+fact remembered at the same moment make one memory.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, update
+from sqlalchemy import delete, func, insert, or_, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -33,6 +43,9 @@ from plugins.memory.normalize import clean, memory_id, normalize
 __all__ = ["SCOPE", "ChromaMemoryStore"]
 
 NORMALIZED_MAX = 1024  # the length of memories.normalized
+ADVISORY_HOLDERS = 4
+"""Most owners one process holds a PostgreSQL advisory lock for at once (each holds a
+pooled connection while its memory is written)."""
 
 log = logging.getLogger("mami.memory")
 
@@ -74,6 +87,35 @@ class ChromaMemoryStore:
         self.index = MemoryIndex(vectors, self.embedder,
                                  settings.write_behind and not runtime.serverless)
         self.vectors, self.location = vectors, shown_location(url, path)
+        self._owner_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = \
+            weakref.WeakValueDictionary()
+        self._advisory = asyncio.Semaphore(ADVISORY_HOLDERS)
+
+    @asynccontextmanager
+    async def _owner_turn(self, owner: str) -> AsyncIterator[None]:
+        """Hold ``owner``'s write lock: in this process, and across processes on
+        PostgreSQL (``pg_advisory_lock``, released however the write ends)."""
+        lock = self._owner_locks.get(owner)
+        if lock is None:
+            lock = self._owner_locks[owner] = asyncio.Lock()
+        async with lock:
+            if self.db.is_sqlite:
+                yield
+                return
+            key = int.from_bytes(hashlib.blake2b(f"mami-memory\x1f{owner}".encode(),
+                                                 digest_size=8).digest(), "big", signed=True)
+            async with self._advisory, self.db.engine.connect() as connection:
+                await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                await connection.commit()
+                try:
+                    yield
+                finally:
+                    await asyncio.shield(self._unlock(connection, key))
+
+    @staticmethod
+    async def _unlock(connection: Any, key: int) -> None:
+        await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        await connection.commit()
 
     async def doctor(self) -> list[Check]:
         """The embedding model's files and Chroma (see ``mami doctor``)."""
@@ -106,14 +148,20 @@ class ChromaMemoryStore:
         if not owner:
             raise AuthError("no owner")
         wording, normalized = self.candidate(text)
-        for attempt in range(3):
-            try:
-                return await self._remember(owner, wording, normalized, source_message_id)
-            except IntegrityError:
-                # A concurrent write stored the same text first; the next pass sees it.
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        async with self._owner_turn(owner):
+            for attempt in range(3):
+                try:
+                    decision = await self._remember(owner, wording, normalized,
+                                                    source_message_id)
+                    break
+                except IntegrityError:
+                    # A concurrent write stored the same text first; the next pass sees it.
+                    if attempt == 2:
+                        raise
+            if not self.db.is_sqlite:
+                # Other processes search Chroma, not this one's queue of vectors.
+                await self.index.flush()
+            return decision
 
     async def _remember(
         self, owner: str, wording: str, normalized: str, source: str | None
@@ -305,6 +353,15 @@ class ChromaMemoryStore:
                 ).order_by(col(MemoryDecisionRecord.id))
             )).all()
         return [_decision(row) for row in rows]
+
+    async def decided(self, owner: str, source_message_id: str) -> set[str]:
+        """The wordings of the decisions already recorded for ``source_message_id``
+        (what an earlier, failed delivery of its event remembered)."""
+        async with self.db.session() as session:
+            return set((await session.exec(select(MemoryDecisionRecord.text).where(
+                col(MemoryDecisionRecord.owner_id) == owner,
+                col(MemoryDecisionRecord.source_message_id) == source_message_id,
+            ))).all())
 
     async def get(self, owner: str, memory_id: str) -> Memory | None:
         """One of the owner's memories, or None."""

@@ -22,8 +22,8 @@ from tests.conftest import free_port
 class ChromaServer:
     """``chroma run`` on 127.0.0.1 with its data in a temporary directory."""
 
-    def __init__(self, path: Path) -> None:
-        self.port = free_port()
+    def __init__(self, path: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [shutil.which("chroma") or "chroma", "run", "--path", str(path),

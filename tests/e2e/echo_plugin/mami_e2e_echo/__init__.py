@@ -2,10 +2,16 @@
 
 It answers with the document passages mami put into its system prompt, so a test can
 see that an uploaded document reached the model, whatever a real model would say.
+
+With ``MAMI_E2E_SLOW_DELAY`` set (seconds) it also registers ``slow-count``, which
+answers ``w1 w2 ... w<MAMI_E2E_SLOW_WORDS>`` one word per delay: a reply long enough
+to kill the server in the middle of it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -36,6 +42,31 @@ class ContextEcho:
         return None
 
 
+class SlowCount:
+    name = "slow-count"
+    context_window = 4096
+
+    def __init__(self, delay: float, words: int) -> None:
+        self.delay, self.words = delay, words
+
+    def count_tokens(self, text: str) -> int:
+        return len(text) // 2 + 1
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> AsyncIterator[Delta]:
+        for number in range(1, self.words + 1):
+            await asyncio.sleep(self.delay)
+            yield Delta(f"w{number} ")
+        yield Delta("", finish_reason="stop")
+
+    async def aclose(self) -> None:
+        return None
+
+
 @hookimpl
 def register_llm_providers(register: Callable[[Any], None], runtime: Any) -> None:
     register(ContextEcho())
+    delay = os.environ.get("MAMI_E2E_SLOW_DELAY")
+    if delay:
+        register(SlowCount(float(delay), int(os.environ.get("MAMI_E2E_SLOW_WORDS", "200"))))
