@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 
 from core.errors import AuthError, BadRequest, PayloadTooLarge
+from core.formats import page_of
 from core.models import Document, utcnow
 from core.protocols import Check, DocumentInfo, Passage
 from core.runtime import Runtime
@@ -89,11 +90,13 @@ class ChromaRetriever:
         return size
 
     async def ingest(
-        self, owner: str, source: str, text: str, scope: str = "default"
+        self, owner: str, source: str, text: str, scope: str = "default",
+        pages: Sequence[int] = (),
     ) -> DocumentInfo:
         """Chunk, embed and store ``text``, replacing the owner's document with the same
         scope and source. Scope ``global`` (for ``global_writers`` only) stores it under
-        the shared sentinel owner.
+        the shared sentinel owner. ``pages``: where each page starts in ``text`` (PDF);
+        each chunk then keeps the page it starts on.
         Everything is checked and embedded before the first write; if a write fails,
         the document is removed entirely rather than left half-replaced."""
         size = self.validate(owner, source, text, scope)
@@ -108,10 +111,13 @@ class ChromaRetriever:
             raise BadRequest(f"{source}: no text to index")
         vectors = await aembed(self.embedder, [c.text for c in chunks])
         ids = [f"{doc_id}:{c.index}" for c in chunks]
-        metas = [
+        metas: list[dict[str, Any]] = [
             {"owner": owner, "scope": scope, "doc": doc_id, "source": source, "chunk": c.index}
             for c in chunks
         ]
+        if pages:  # Chroma rejects None values: unpaged chunks have no "page" key
+            for meta, c in zip(metas, chunks, strict=True):
+                meta["page"] = page_of(pages, c.start)
         try:
             await asyncio.to_thread(
                 self.store.upsert, owner, scope, ids, vectors, [c.text for c in chunks], metas
@@ -183,7 +189,8 @@ class ChromaRetriever:
         hits.sort(key=lambda h: h.score, reverse=True)
         return [
             Passage(h.text, str(h.metadata["doc"]), str(h.metadata["source"]),
-                    int(h.metadata["chunk"]), str(h.metadata["scope"]), h.score)
+                    int(h.metadata["chunk"]), str(h.metadata["scope"]), h.score,
+                    int(h.metadata["page"]) if h.metadata.get("page") is not None else None)
             for h in hits[:k]
         ]
 
