@@ -24,7 +24,7 @@ from core.models import Document, utcnow
 from core.protocols import Check, DocumentInfo, Passage
 from core.runtime import Runtime
 from plugins.chroma_rag import GLOBAL_OWNER, GLOBAL_SCOPE, Settings
-from plugins.chroma_rag.chunking import chunk_text
+from plugins.chroma_rag.chunking import chunk_pages, chunk_text
 from plugins.chroma_rag.embeddings import Embedder, aembed, get_embedder
 from plugins.chroma_rag.store import VectorStore, open_client, shown_location
 
@@ -96,7 +96,7 @@ class ChromaRetriever:
         """Chunk, embed and store ``text``, replacing the owner's document with the same
         scope and source. Scope ``global`` (for ``global_writers`` only) stores it under
         the shared sentinel owner. ``pages``: where each page starts in ``text`` (PDF);
-        each chunk then keeps the page it starts on.
+        chunks then stay within a page and keep its number.
         Everything is checked and embedded before the first write; if a write fails,
         the document is removed entirely rather than left half-replaced."""
         size = self.validate(owner, source, text, scope)
@@ -104,9 +104,12 @@ class ChromaRetriever:
         doc_id = document_id(owner, scope, source)
         tokens = min(self.settings.chunk_tokens, self.embedder.max_tokens - 2)
         overlap = min(self.settings.chunk_overlap, tokens - 1)
-        chunks = await asyncio.to_thread(
-            chunk_text, text, self.embedder.token_spans, tokens, overlap
-        )
+        if pages:
+            chunks = await asyncio.to_thread(
+                chunk_pages, text, pages, self.embedder.token_spans, tokens, overlap)
+        else:
+            chunks = await asyncio.to_thread(
+                chunk_text, text, self.embedder.token_spans, tokens, overlap)
         if not chunks:
             raise BadRequest(f"{source}: no text to index")
         vectors = await aembed(self.embedder, [c.text for c in chunks])

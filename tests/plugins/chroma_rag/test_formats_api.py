@@ -116,3 +116,21 @@ def test_ingest_reads_pdf_and_docx_from_a_directory(tmp_path: Path, capsys: Any)
     assert main(["--config", config, "ingest", str(docs / "sheet.xlsx"),
                  "--owner", "alice"]) == 1
     assert "sheet.xlsx: unsupported file type .xlsx" in capsys.readouterr().err
+
+
+def test_chunks_of_a_paged_document_stay_within_their_page() -> None:
+    import re
+
+    from core.formats import page_of
+    from plugins.chroma_rag.chunking import chunk_pages
+
+    def words(text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in re.finditer(r"\S+", text)]
+
+    text = "a b c d e\n\nf g\n\n\n\nh i j"
+    pages = (0, 11, 16, 18)  # the third page is empty
+    chunks = chunk_pages(text, pages, words, 3, 1)
+    assert [c.text for c in chunks] == ["a b c", "c d e", "f g", "h i j"]
+    assert [c.index for c in chunks] == [0, 1, 2, 3]
+    assert all(text[c.start:c.end] == c.text for c in chunks)
+    assert [page_of(pages, c.start) for c in chunks] == [1, 1, 2, 4]
