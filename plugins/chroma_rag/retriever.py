@@ -25,7 +25,7 @@ from core.protocols import Check, DocumentInfo, Passage
 from core.runtime import Runtime
 from plugins.chroma_rag import GLOBAL_OWNER, GLOBAL_SCOPE, Settings
 from plugins.chroma_rag.chunking import chunk_pages, chunk_text
-from plugins.chroma_rag.embeddings import Embedder, aembed, get_embedder
+from plugins.chroma_rag.embeddings import Embedder, aembed, embedder_health, get_embedder
 from plugins.chroma_rag.store import VectorStore, open_client, shown_location
 
 
@@ -58,6 +58,10 @@ class ChromaRetriever:
         """The embedding model's files and Chroma (see ``mami doctor``)."""
         checks = [self.embedder.check()] if hasattr(self.embedder, "check") else []
         return [*checks, await self.store.check("retrieval store", self.location)]
+
+    async def health(self) -> dict[str, Any]:
+        """``degraded`` with the fix when the embedding model is missing."""
+        return embedder_health(self.embedder)
 
     def check_scope(self, scope: str) -> str:
         """``scope`` if it is ``global`` or configured; else a 400 naming the choices."""
