@@ -308,6 +308,8 @@ requires). Their contracts:
 - ``async aclose() -> None`` (all): awaited when the app stops.
 - ``validate(owner, source, text, scope) -> int`` (retriever): raises what ``ingest``
   would raise, before anything is written; returns the size in bytes.
+- keyword ``pages: Sequence[int]`` of ``ingest`` (retriever): where each page of a
+  paged document starts in ``text``; passed only when ``ingest`` declares it.
 - ``async page(owner, limit, offset) -> tuple[list[Memory], int]`` (memory): one page of
   the owner's memories, most recently seen first, and their total.
 - ``async health() -> Mapping[str, Any]`` (all): details for ``/health``.

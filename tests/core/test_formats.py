@@ -116,3 +116,20 @@ def test_byte_limit_before_parsing() -> None:
 def test_empty_files(data: bytes) -> None:
     with pytest.raises(MamiError, match=r"e\.md: the file is empty"):
         parse_document("e.md", data)
+
+
+def test_a_server_without_the_parser_says_what_to_install() -> None:
+    """The Lambda zip has no PDF parser: a PDF is a 415 naming the package to install."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import sys; sys.modules['pypdf'] = None\n"
+              "from core.formats import parse_document\n"
+              "from tests.document_files import make_pdf\n"
+              "try:\n    parse_document('a.pdf', make_pdf(['text']))\n"
+              "except Exception as exc:\n    print(exc.status_code, exc.message)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.strip() == ("415 PDF files are not read by this server: it needs pypdf "
+                                   "(pip install 'mami[documents]')")
