@@ -106,7 +106,7 @@ async def runtime_for(data_dir: Path, url: str) -> Any:
 
 
 async def load(layout: str, owners: int, data_dir: Path, url: str) -> dict[str, Any]:
-    from core.models import Document
+    from plugins.chroma_rag.models import Document
     from plugins.chroma_rag.store import collection_name
 
     data = Data(owners)

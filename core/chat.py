@@ -46,6 +46,10 @@ Slash commands (``/name argument``), registered per runtime by plugins'
 ``register_chat_commands`` hooks (:class:`ChatCommand`), are answered by their handler
 instead of the LLM (:func:`find_command` is the seam).
 
+Sources: the document passages a reply was given are its sources (:func:`source_of`,
+numbered as in the prompt); :attr:`TurnRun.sources` has them before the first token,
+and they are stored with the answer (``messages.sources``).
+
 A provider may define ``async load()``; it is awaited before the provider's tokenizer
 or window is used, so a lazily loaded model never blocks the event loop. Token counting
 (``count_tokens``, which may be slow or block on a tokenizer) runs in worker threads,
@@ -57,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -95,6 +100,7 @@ from core.protocols import (
     Delta,
     GenerationParams,
     LLMProvider,
+    Passage,
     Principal,
     ToolCall,
     ToolCallDelta,
@@ -244,6 +250,13 @@ class CallAssembler:
                      for i in sorted(self.ids))
 
 
+def source_of(n: int, passage: Passage) -> dict[str, Any]:
+    """A ``Source``: passage ``n`` (1-based, as numbered in the prompt) of a reply."""
+    return {"n": n, "document_id": passage.document_id, "source": passage.source,
+            "chunk_index": passage.chunk_index, "page": passage.page,
+            "score": round(float(passage.score), 4), "text": passage.text}
+
+
 def resolve_llm(runtime: Runtime, model: str | None) -> LLMProvider:
     """The provider named ``model`` (404 if unknown), else the active one (503 if none)."""
     if model:
@@ -314,6 +327,14 @@ class TurnRun:
         self.lease = new_holder()
         self._flusher: asyncio.Future[None] | None = None
         self._flushed = asyncio.Event()  # set: stop saving partial text
+        self.replay_sources: list[dict[str, Any]] | None = None
+
+    @property
+    def sources(self) -> list[dict[str, Any]]:
+        """The reply's sources: the passages in its prompt ([] when none was used)."""
+        if self.replay_sources is not None:
+            return self.replay_sources
+        return [dict(s) for s in self.context.sources] if self.context is not None else []
 
     async def saved(self) -> None:
         """Wait until the user message and the placeholder are committed; raises the
@@ -457,7 +478,9 @@ class TurnRun:
                     *(ChatMessage("tool", r.content, tool_call_id=r.tool_call_id)
                       for r in ordered)]
             self.context_inputs["tail"] = tail
-            self.context = await asyncio.to_thread(build_context, **self.context_inputs)
+            sources = self.context.sources
+            self.context = dataclasses.replace(
+                await asyncio.to_thread(build_context, **self.context_inputs), sources=sources)
 
     def _server_tools(self) -> list[dict[str, Any]]:
         """The OpenAI tool entries of the runtime's tools this owner may use, when the
@@ -598,7 +621,8 @@ class TurnRun:
                         for c in calls] or None
         values: dict[str, Any] = dict(content=text, status=status, error=error,
                                       token_count=usage.completion_tokens,
-                                      tool_calls=stored_calls, lease_until=None)
+                                      tool_calls=stored_calls, lease_until=None,
+                                      sources=self.sources or None)
         for attempt in range(3):
             try:
                 async with self.runtime.db.session() as session:
@@ -743,6 +767,7 @@ async def _stored_turn(
         turn.user_message_id, turn.message_id = retry_of.id, reply.id
         turn.replay = Finished("complete", reply.id, reply.content,
                                Usage(0, reply.token_count or 0), "stop")
+        turn.replay_sources = list(reply.sources or [])
         return turn
     if reply is not None and reply.status == "streaming":
         if not abandoned(reply):
@@ -1009,11 +1034,19 @@ async def _context(turn: TurnRun, history: list[Turn], summary: str) -> Context:
         window=llm.context_window,
         budget=runtime.config.budget,
         memories=memories,
-        passages=passages,
+        passages=[_passage_text(p) for p in passages],
         summary=summary,
         tail=list(request.tail),
     )
-    return await asyncio.to_thread(build_context, **turn.context_inputs)
+    context = await asyncio.to_thread(build_context, **turn.context_inputs)
+    used = passages[: context.used_passages]
+    return dataclasses.replace(
+        context, sources=tuple(source_of(n, p) for n, p in enumerate(used, 1)))
+
+
+def _passage_text(passage: Passage) -> str:
+    page = f", page {passage.page}" if passage.page is not None else ""
+    return f"{passage.text}\n(source: {passage.source}{page})"
 
 
 def _system_prompt(runtime: Runtime, request: ChatRequest) -> str:
@@ -1033,7 +1066,7 @@ async def _recall(runtime: Runtime, owner: str, text: str) -> list[str]:
         return []
 
 
-async def _search(runtime: Runtime, owner: str, text: str) -> list[str]:
+async def _search(runtime: Runtime, owner: str, text: str) -> list[Passage]:
     retriever = runtime.retriever
     if retriever is None or runtime.config.budget.rag_k <= 0:
         return []
@@ -1043,4 +1076,4 @@ async def _search(runtime: Runtime, owner: str, text: str) -> list[str]:
         log.warning("retriever %s failed, answering without passages: %s",
                     getattr(retriever, "name", "?"), exc)
         return []
-    return [f"{p.text}\n(source: {p.source})" for p in found]
+    return list(found)

@@ -57,9 +57,12 @@ class CoreSettings:
     tool_deadline: float = 120.0  # seconds for a turn's tool steps; then it must answer
     tool_timeout: float = 30.0  # seconds one tool call may take (a tool may set its own)
     tool_owners: dict[str, list[str]] = field(default_factory=dict)  # owner -> tool patterns
+    document_max_bytes: int = 10_000_000  # a document file's size (uploads and mami ingest)
+    document_max_pages: int = 500  # a PDF's pages
 
     def __post_init__(self) -> None:
-        for name in ("event_timeout", "image_deadline", "tool_timeout", "tool_deadline"):
+        for name in ("event_timeout", "image_deadline", "tool_timeout", "tool_deadline",
+                     "document_max_bytes", "document_max_pages"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"[core] {name}: must be greater than 0")
         if self.max_tool_steps < 0:

@@ -87,6 +87,9 @@ class Message(SQLModel, table=True):
     duration: float | None = None
     lease_owner: str | None = Field(default=None, max_length=128)
     lease_until: datetime | None = None
+    sources: list[dict[str, Any]] | None = Field(default=None,
+                                                 sa_column=Column(JSON, nullable=True))
+    """An answer's sources: the document passages it was given (see ``core.chat``)."""
 
 
 class EventReceipt(SQLModel, table=True):

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -54,6 +54,9 @@ class MessageOut:
     """A ``tool`` message: the call it answers, the tool's name and its seconds."""
     tool_name: str | None = None
     duration: float | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    """An answer's sources (``n``, ``document_id``, ``source``, ``chunk_index``, ``page``,
+    ``score``, ``text``): the document passages it was given; [] when none."""
 
 
 def _out(conversation: Conversation) -> ConversationOut:
@@ -122,7 +125,8 @@ class ConversationController(Controller):
             )).all()
         return [MessageOut(m.id, m.seq, m.role, m.content, m.status, m.created_at,
                            m.client_message_id, m.reply_to, m.error, m.tool_calls,
-                           m.tool_call_id, m.tool_name, m.duration) for m in rows]
+                           m.tool_call_id, m.tool_name, m.duration, list(m.sources or []))
+                for m in rows]
 
     @delete("/{conversation_id:str}", status_code=204)
     async def remove(self, runtime: Runtime, principal: Principal, conversation_id: str) -> None:

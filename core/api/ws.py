@@ -18,6 +18,7 @@ Client -> server (JSON text frames)::
 Server -> client::
 
     {"type": "start", "conversation_id": str, "message_id": str}
+    {"type": "sources", "sources": [Source, ...]}   only when passages were used
     {"type": "delta", "text": str}
     {"type": "tool_call", "id": str, "name": str, "arguments": str}
                                 a server-side tool starts (arguments: JSON text)
@@ -27,6 +28,9 @@ Server -> client::
      "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}
     {"type": "error", "message": str, "code": int}
     {"type": "pong"}
+
+A ``Source`` (:func:`core.chat.source_of`) is ``{"n", "document_id", "source",
+"chunk_index", "page", "score", "text"}``; ``n`` is the number the prompt gave it.
 
 Bad JSON, an unknown type or a bad field gives an ``error`` event (code 400) and the
 socket stays open; a message while a reply runs gives an ``error`` with code 409.
@@ -182,6 +186,8 @@ class ChatSocket:
                 return
             self.send({"type": "start", "conversation_id": turn.conversation_id,
                        "message_id": turn.message_id})
+            if turn.sources:
+                self.send({"type": "sources", "sources": turn.sources})
             try:
                 async for item in turn.run():
                     if isinstance(item, str):
