@@ -112,10 +112,11 @@ class Connection:
 
     @property
     def where(self) -> str:
-        """The command or URL, without credentials."""
+        """The URL without credentials, or the command without its arguments (which may
+        hold some)."""
         if self.server.url:
             return str(hide_url_secrets(self.server.url))
-        return " ".join([self.server.command, *self.server.args])
+        return self.server.command
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"mcp server {self.name}")
