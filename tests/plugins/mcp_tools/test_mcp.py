@@ -220,6 +220,16 @@ async def test_a_command_that_does_not_exist_is_a_server_that_is_down(
     assert runtime.tools.specs("alice") == []
 
 
+async def test_a_server_that_never_answers_is_down_after_connect_timeout(
+        make_runtime: Any) -> None:
+    silent = {"command": sys.executable, "args": ["-c", "import time; time.sleep(300)"]}
+    started = time.monotonic()
+    runtime = await make_runtime({"silent": silent}, connect_timeout=2.0)
+    assert time.monotonic() - started < 30
+    connection = runtime.tools.toolsets[0][1].connections[0]  # type: ignore[attr-defined]
+    assert (connection.state, connection.error) == ("down", "timed out")
+
+
 @pytest.mark.parametrize(("servers", "message"), [
     ({"x": {"command": "a", "url": "http://b"}},
      "[plugins.mcp] servers.x: give either command (stdio) or url (streamable HTTP)"),
