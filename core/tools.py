@@ -634,6 +634,13 @@ class ToolBox:
         """The enabled tools ``owner`` may use, in registration order."""
         return [e.tool for n, e in self._entries().items() if self.allowed(owner, n)]
 
+    def by_plugin(self) -> dict[str, list[str]]:
+        """The enabled tools' names per plugin (whatever the owner)."""
+        found: dict[str, list[str]] = {}
+        for name, entry in self._entries().items():
+            found.setdefault(entry.plugin, []).append(name)
+        return found
+
     def plugin_of(self, name: str) -> str | None:
         entry = self._entries().get(name)
         return entry.plugin if entry else None

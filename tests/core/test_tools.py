@@ -525,3 +525,25 @@ async def test_hung_sync_tools_hold_at_most_their_own_threads(monkeypatch: Any) 
             break
         await asyncio.sleep(0.05)
     assert box._threads == 0
+
+
+def test_mami_plugins_lists_each_plugins_tools(tmp_path: Any, monkeypatch: Any,
+                                               capsys: Any) -> None:
+    import argparse
+
+    import core.plugins
+    from core.cli import cmd_plugins
+
+    monkeypatch.setattr(core.plugins, "builtin_candidates", lambda: candidates(
+        static=Tools(echo_tool("echo"), echo_tool("shout")),
+        dynamic=Tools(Changing(echo_tool("dyn_one"))), none=Tools()))
+    monkeypatch.setattr(core.plugins, "entrypoint_candidates", lambda: [])
+    config = tmp_path / "plugins.toml"
+    config.write_text(f'[core]\ndata_dir = "{tmp_path / "data"}"\n\n[plugins.static]\n'
+                      'tools = ["shout"]\n', encoding="utf-8")
+    assert cmd_plugins(argparse.Namespace(config=str(config), json=True)) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)["plugins"]}
+    assert {name: row["tools"] for name, row in rows.items()} == {
+        "static": ["shout"], "dynamic": ["dyn_one"], "none": []}
+    assert cmd_plugins(argparse.Namespace(config=str(config), json=False)) == 0
+    assert "tools: shout" in capsys.readouterr().out
