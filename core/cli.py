@@ -99,14 +99,17 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(sys.stderr):  # what plugins print on startup: not the list
         runtime = asyncio.run(_checked_runtime(config))
     host = runtime.plugins
-    rows = [record.as_dict() for record in host.records.values()]
+    tools = runtime.tools.by_plugin()
+    rows = [{**record.as_dict(), "tools": tools.get(record.name, [])}
+            for record in host.records.values()]
     if args.json:
         print(json.dumps({"status": host.status(), "plugins": rows,
                           "config": config.redacted()["plugins"]}, indent=2, default=str))
         return 0
     for row in rows:
         line = f"{row['name']:<16} {row['status']:<9} {row['source']:<10} {row['module']}"
-        print(line + (f"  ({row['error']})" if row["error"] else ""))
+        line += f"  ({row['error']})" if row["error"] else ""
+        print(line + (f"\n{'':<16} tools: {', '.join(row['tools'])}" if row["tools"] else ""))
     return 0
 
 

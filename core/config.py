@@ -24,7 +24,8 @@ from core.errors import ConfigError
 
 T = TypeVar("T")
 
-SECRET_KEY = re.compile(r"(secret|token|password|passwd|api_?key|signing_?key)", re.I)
+SECRET_KEY = re.compile(
+    r"(secret|token|password|passwd|api_?key|signing_?key|authorization|cookie)", re.I)
 REDACTED = "***"
 URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
 PLUGIN_KEYS = ("enabled", "tools")

@@ -281,7 +281,7 @@ class Runtime:
         await self.plugins.shutdown(self)
         closing = [provider for registered in self.providers.values()
                    for provider in registered.values()]
-        for provider in [*closing, *(toolset for _, toolset in self.tools.toolsets)]:
+        for provider in [*closing, *self.tools.to_close]:
             close = getattr(provider, "aclose", None)
             if close is not None:
                 try:

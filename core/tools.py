@@ -17,6 +17,8 @@ the model's arguments.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import dataclasses
 import enum
 import fnmatch
@@ -25,6 +27,7 @@ import inspect
 import json
 import logging
 import re
+import threading
 import time
 import types
 import typing
@@ -47,6 +50,7 @@ log = logging.getLogger("mami.tools")
 NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 OWNER_PARAMETER = "owner"
 DEFAULT_TIMEOUT = 30.0
+TOOL_THREADS = 32
 
 
 class ToolError(Exception):
@@ -520,7 +524,9 @@ class ToolBox:
         self.selection: Callable[[str], Selection] = selection or (lambda plugin: True)
         self._tools: dict[str, _Entry] = {}
         self._sets: list[tuple[str, Toolset]] = []
+        self._retired: list[Toolset] = []
         self._clashes: set[tuple[str, str]] = set()
+        self._threads = 0
 
     @classmethod
     def from_config(cls, config: Config) -> ToolBox:
@@ -560,7 +566,7 @@ class ToolBox:
             if self.enabled(plugin, current.name):
                 self._claim(current.name, plugin)
         self._sets.append((plugin, item))
-        return True
+        return self.selection(plugin) is not False
 
     def _claim(self, name: str, plugin: str) -> None:
         holder = self._holder(name)
@@ -577,14 +583,21 @@ class ToolBox:
         return None
 
     def remove_plugin(self, plugin: str) -> None:
-        """Drop every tool and toolset of ``plugin`` (it failed)."""
+        """Drop every tool and toolset of ``plugin`` (it failed); its toolsets are still
+        closed with the others (:attr:`to_close`)."""
         self._tools = {n: e for n, e in self._tools.items() if e.plugin != plugin}
+        self._retired.extend(s for p, s in self._sets if p == plugin)
         self._sets = [(p, s) for p, s in self._sets if p != plugin]
 
     @property
     def toolsets(self) -> list[tuple[str, Toolset]]:
-        """``(plugin, toolset)`` pairs, for health, doctor and closing."""
+        """``(plugin, toolset)`` pairs in use, for health and doctor."""
         return list(self._sets)
+
+    @property
+    def to_close(self) -> list[Toolset]:
+        """Every toolset ever registered, in use or dropped, for closing at the end."""
+        return [*(s for _, s in self._sets), *self._retired]
 
     def _entries(self) -> dict[str, _Entry]:
         found = dict(self._tools)
@@ -620,6 +633,13 @@ class ToolBox:
     def tools(self, owner: str) -> list[Tool]:
         """The enabled tools ``owner`` may use, in registration order."""
         return [e.tool for n, e in self._entries().items() if self.allowed(owner, n)]
+
+    def by_plugin(self) -> dict[str, list[str]]:
+        """The enabled tools' names per plugin (whatever the owner)."""
+        found: dict[str, list[str]] = {}
+        for name, entry in self._entries().items():
+            found.setdefault(entry.plugin, []).append(name)
+        return found
 
     def plugin_of(self, name: str) -> str | None:
         entry = self._entries().get(name)
@@ -669,7 +689,7 @@ class ToolBox:
             arguments[OWNER_PARAMETER] = owner
         limit = found.timeout or self.timeout
         try:
-            value = await within(_run(found, arguments), limit)
+            value = await within(self._run(found, arguments), limit)
         except TimeoutError:
             return failed(f"tool {found.name} timed out after {limit:g}s")
         except (ToolError, MamiError) as exc:  # messages written for a reader
@@ -684,22 +704,59 @@ class ToolBox:
             return failed(f"tool {found.name} returned something that is not JSON: {exc}")
 
 
-async def _run(found: Tool, arguments: dict[str, Any]) -> Any:
-    try:
-        if inspect.iscoroutinefunction(found.fn) or inspect.iscoroutinefunction(
-                type(found.fn).__call__):
-            result = found.fn(**arguments)
-        else:
-            result = await asyncio.to_thread(found.fn, **arguments)
-        if inspect.isawaitable(result):
-            result = await result
-    except TimeoutError as exc:  # the tool's own, not ours
-        raise ToolError(describe(exc)) from exc
-    except TypeError as exc:
-        if _bad_signature(found.fn, arguments):
-            raise ToolError(f"bad arguments: {exc}") from exc
-        raise
-    return result
+    async def _run(self, found: Tool, arguments: dict[str, Any]) -> Any:
+        try:
+            if inspect.iscoroutinefunction(found.fn) or inspect.iscoroutinefunction(
+                    type(found.fn).__call__):
+                result = found.fn(**arguments)
+            else:
+                result = await self._in_thread(found.fn, arguments)
+            if inspect.isawaitable(result):
+                result = await result
+        except TimeoutError as exc:  # the tool's own, not ours
+            raise ToolError(describe(exc)) from exc
+        except TypeError as exc:
+            if _bad_signature(found.fn, arguments):
+                raise ToolError(f"bad arguments: {exc}") from exc
+            raise
+        return result
+
+    async def _in_thread(self, fn: Callable[..., Any], arguments: dict[str, Any]) -> Any:
+        """Run a sync tool in a daemon thread of its own: a tool that hangs past its
+        timeout keeps its thread (threads cannot be stopped), so it must neither starve
+        the loop's default pool nor hold the process at exit. At most ``TOOL_THREADS``
+        run at once."""
+        if self._threads >= TOOL_THREADS:
+            raise ToolError("too many tool calls are running; try again later")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        context = contextvars.copy_context()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            self._threads -= 1
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        def work() -> None:
+            try:
+                outcome, error = context.run(fn, **arguments), None
+            except BaseException as exc:
+                outcome, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop is gone
+                loop.call_soon_threadsafe(settle, outcome, error)
+
+        self._threads += 1
+        try:
+            threading.Thread(target=work, name=f"mami-tool {getattr(fn, '__name__', '')}",
+                             daemon=True).start()
+        except BaseException:
+            self._threads -= 1
+            raise
+        return await future
 
 
 def _bad_signature(fn: Callable[..., Any], arguments: Mapping[str, Any]) -> bool:

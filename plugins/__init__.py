@@ -10,4 +10,5 @@ BUILTINS: dict[str, tuple[str, bool]] = {
     "memory": ("plugins.memory", True),
     "web-ui": ("plugins.web_ui", True),
     "builtin-tools": ("plugins.builtin_tools", False),
+    "mcp": ("plugins.mcp_tools", False),
 }

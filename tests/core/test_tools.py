@@ -140,6 +140,7 @@ async def test_sync_tools_run_in_a_thread_and_async_ones_on_the_loop() -> None:
     @tool
     def blocking(n: int) -> dict[str, Any]:
         seen["sync"] = threading.get_ident()
+        seen["daemon"] = threading.current_thread().daemon  # never holds the process at exit
         return {"n": n * 2}
 
     @tool
@@ -155,7 +156,7 @@ async def test_sync_tools_run_in_a_thread_and_async_ones_on_the_loop() -> None:
     second = await box.call(call("awaiting", {"text": "ünï"}, "call_2"), owner="alice")
     assert (first.tool_call_id, first.name, first.is_error) == ("call_1", "blocking", False)
     assert json.loads(first.content) == {"n": 42}
-    assert seen["sync"] != loop_thread and seen["async"] == loop_thread
+    assert seen["sync"] != loop_thread and seen["async"] == loop_thread and seen["daemon"]
     assert json.loads(second.content) == {"title": "ünï", "at": "2026-01-02T03:04:00"}
     assert first.duration >= 0 and second.duration >= 0
 
@@ -381,3 +382,168 @@ def test_bad_tool_settings_stop_startup_naming_the_key(
     with pytest.raises(ConfigError) as info:
         make_config(**tables)
     assert message in str(info.value)
+
+
+class Changing:
+    """A toolset whose tools, health and checks the test changes."""
+
+    name = "changing"
+
+    def __init__(self, *items: Tool) -> None:
+        self.current = list(items)
+        self.down = False
+        self.closed = False
+
+    def tools(self) -> list[Tool]:
+        return self.current
+
+    async def health(self) -> dict[str, Any]:
+        return {"status": "degraded", "reason": "backend away", "secret_url":
+                "http://u:pw@10.0.0.1/x"} if self.down else {"status": "ok"}
+
+    async def doctor(self) -> list[Any]:
+        from core.protocols import Check
+
+        return [Check("changing backend", "fail" if self.down else "ok", "checked")]
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_a_toolsets_tools_follow_it_and_never_take_a_name(make_config: Any) -> None:
+    changing = Changing(echo_tool("dyn_one"))
+    runtime = await started(make_config, {}, dynamic=Tools(changing),
+                            static=Tools(echo_tool("echo")))
+    try:
+        assert runtime.plugins.records["dynamic"].provides == ["tools"]
+        assert sorted(t.name for t in runtime.tools.tools("a")) == ["dyn_one", "echo"]
+        clashing = tool(lambda text: "from the toolset", name="echo", description="")
+        changing.current = [echo_tool("dyn_one"), clashing, echo_tool("dyn_two")]
+        assert sorted(t.name for t in runtime.tools.tools("a")) == ["dyn_one", "dyn_two", "echo"]
+        assert runtime.tools.plugin_of("echo") == "static"
+        assert (await runtime.tools.call(call("echo", {"text": "x"}), owner="a")).content == "x"
+        assert (await runtime.tools.call(call("dyn_two", {"text": "y"}), owner="a")).content == "y"
+        changing.current = []
+        assert [t.name for t in runtime.tools.tools("a")] == ["echo"]
+        assert (await runtime.tools.call(call("dyn_one", {"text": "x"}), owner="a")).is_error
+    finally:
+        await runtime.stop()
+    assert changing.closed
+
+
+async def test_a_toolset_whose_tools_clash_at_start_fails_its_plugin(make_config: Any) -> None:
+    dropped = Changing(echo_tool("fine"))
+    runtime = await started(make_config, {"picky": {"tools": ["dyn_t*"]}},
+                            late=Tools(Changing(echo_tool("echo"))),
+                            broken=Tools(dropped, "not a tool"),
+                            picky=Tools(Changing(echo_tool("dyn_one"), echo_tool("dyn_two"))),
+                            early=Tools(echo_tool("echo")))
+    try:
+        assert runtime.plugins.records["late"].status == "failed"
+        assert runtime.plugins.records["late"].error == \
+            "tool name 'echo' is already registered by plugin early"
+        assert runtime.plugins.records["broken"].status == "failed"
+        assert [p for p, _ in runtime.tools.toolsets] == ["picky"]
+        assert sorted(t.name for t in runtime.tools.tools("a")) == ["dyn_two", "echo"]
+    finally:
+        await runtime.stop()
+    assert dropped.closed  # a failed plugin's toolset is still closed
+
+
+async def test_a_toolsets_health_shows_only_to_authenticated_callers(make_config: Any) -> None:
+    from litestar.testing import AsyncTestClient
+
+    from core.app import create_app
+    from tests.chat_support import AuthPlugin, HeaderAuthenticator
+
+    changing = Changing(echo_tool("dyn_one"))
+    found = [*candidates(dynamic=Tools(changing)),
+             Candidate("header-auth", "tests", "test", True,
+                       lambda: AuthPlugin(HeaderAuthenticator()))]  # type: ignore[arg-type,return-value]
+    app = create_app(make_config(core={"auth": True}), candidates=found)
+    async with AsyncTestClient(app, base_url="http://127.0.0.1") as client:
+        assert (await client.get("/health")).json()["status"] == "ok"
+        changing.down = True
+        anonymous = (await client.get("/health")).json()
+        assert anonymous == {"status": "degraded", "plugins": {
+            "dynamic": {"status": "degraded"}, "header-auth": {"status": "ok"}}}
+        detailed = await client.get("/health", headers={"Authorization": "Bearer alice"})
+        entry = detailed.json()["plugins"]["dynamic"]
+        assert entry["error"] == "backend away"
+        assert entry["health"]["secret_url"] == "http://10.0.0.1/x"
+        assert "pw" not in detailed.text
+
+
+def test_mami_doctor_runs_the_toolsets_checks(tmp_path: Any, monkeypatch: Any,
+                                               capsys: Any) -> None:
+    import argparse
+
+    import core.plugins
+    from core.commands.doctor import cmd_doctor
+
+    changing = Changing()
+    changing.down = True
+    monkeypatch.setattr(core.plugins, "builtin_candidates",
+                        lambda: candidates(dynamic=Tools(changing)))
+    monkeypatch.setattr(core.plugins, "entrypoint_candidates", lambda: [])
+    from core import migrations
+
+    (tmp_path / "data").mkdir(mode=0o700)
+    url = f"sqlite:///{tmp_path / 'data' / 'mami.db'}"
+    migrations.upgrade(url)
+    config = tmp_path / "plugins.toml"
+    config.write_text(f'[core]\ndata_dir = "{tmp_path / "data"}"\ndatabase_url = "{url}"\n',
+                      encoding="utf-8")
+    assert cmd_doctor(argparse.Namespace(config=str(config), debug=False, timeout=5.0)) == 1
+    assert "FAIL  changing backend: checked" in capsys.readouterr().out
+
+
+async def test_hung_sync_tools_hold_at_most_their_own_threads(monkeypatch: Any) -> None:
+    import core.tools
+
+    monkeypatch.setattr(core.tools, "TOOL_THREADS", 2)
+    release = threading.Event()
+
+    @tool(timeout=0.2)
+    def stuck() -> str:
+        release.wait(30)
+        return "late"
+
+    box = ToolBox()
+    box.add(stuck)
+    try:
+        first = await asyncio.gather(*(box.call(call("stuck"), owner="o") for _ in range(2)))
+        assert [error_of(r.content) for r in first] == ["tool stuck timed out after 0.2s"] * 2
+        third = await box.call(call("stuck"), owner="o")
+        assert error_of(third.content) == "too many tool calls are running; try again later"
+        assert await asyncio.to_thread(lambda: "the default pool is free") == \
+            "the default pool is free"
+    finally:
+        release.set()
+    for _ in range(100):  # the released threads hand their slots back
+        if box._threads == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert box._threads == 0
+
+
+def test_mami_plugins_lists_each_plugins_tools(tmp_path: Any, monkeypatch: Any,
+                                               capsys: Any) -> None:
+    import argparse
+
+    import core.plugins
+    from core.cli import cmd_plugins
+
+    monkeypatch.setattr(core.plugins, "builtin_candidates", lambda: candidates(
+        static=Tools(echo_tool("echo"), echo_tool("shout")),
+        dynamic=Tools(Changing(echo_tool("dyn_one"))), none=Tools()))
+    monkeypatch.setattr(core.plugins, "entrypoint_candidates", lambda: [])
+    config = tmp_path / "plugins.toml"
+    config.write_text(f'[core]\ndata_dir = "{tmp_path / "data"}"\n\n[plugins.static]\n'
+                      'tools = ["shout"]\n', encoding="utf-8")
+    assert cmd_plugins(argparse.Namespace(config=str(config), json=True)) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)["plugins"]}
+    assert {name: row["tools"] for name, row in rows.items()} == {
+        "static": ["shout"], "dynamic": ["dyn_one"], "none": []}
+    assert cmd_plugins(argparse.Namespace(config=str(config), json=False)) == 0
+    assert "tools: shout" in capsys.readouterr().out
