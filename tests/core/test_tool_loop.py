@@ -327,3 +327,20 @@ def test_the_model_calls_mcp_tools_over_stdio_and_http_through_mami(
     rows = stored(server, conversation)
     assert [(r["role"], r.get("tool_name")) for r in rows[2:4]] == [
         ("tool", "local_add"), ("tool", "remote_add")]
+
+
+def test_calls_without_ids_or_with_the_same_id_get_ids_of_their_own() -> None:
+    from core.chat import CallAssembler
+    from core.protocols import ToolCallDelta
+
+    assembler = CallAssembler()
+    passed = [assembler.add(f) for f in (
+        ToolCallDelta(0, "call_x", "a", '{"q":'), ToolCallDelta(0, None, None, ' 1}'),
+        ToolCallDelta(1, "call_x", "b", "{}"), ToolCallDelta(2, None, "c", ""))]
+    calls = assembler.calls()
+    assert [c.name for c in calls] == ["a", "b", "c"]
+    assert calls[0].id == "call_x" and calls[0].arguments == '{"q": 1}'
+    assert len({c.id for c in calls}) == 3 and all(c.id.startswith("call_") for c in calls)
+    assert calls[2].arguments == "{}"
+    # What a client is streamed agrees with the assembled calls.
+    assert [p.id for p in passed] == [calls[0].id, None, calls[1].id, calls[2].id]
