@@ -235,7 +235,9 @@ class CallAssembler:
         index = fragment.index
         first = index not in self.ids
         if first:
-            self.ids[index] = fragment.id or new_call_id()
+            # An id the model left out or gave twice would pair a result with two calls.
+            taken = fragment.id in self.ids.values()
+            self.ids[index] = fragment.id if fragment.id and not taken else new_call_id()
             self.arguments[index] = []
         name = None
         if fragment.name and index not in self.names:

@@ -31,6 +31,8 @@ WEATHER = {
 def weather_script(body: dict[str, Any]) -> Reply:
     """Asks for the weather when offered the tool; answers from the tool's result."""
     results = last_tool_results(body)
+    if (body.get("response_format") or {}).get("type") == "json_schema":
+        return Reply('{"sky": "clear", "celsius": 21}')
     if results:
         return Reply(f"It is {json.loads(results[0]['content'])['sky']} in Paris.")
     if body.get("tools"):
@@ -243,3 +245,21 @@ def test_the_local_model_without_a_tool_handler_refuses_tools(make_config: Any,
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "tools"
     assert "does not support tools" in response.json()["error"]["message"]
+
+
+def test_the_openai_sdks_parse_gets_a_typed_answer(sdk: openai.OpenAI,
+                                                   model: ScriptedModel) -> None:
+    from pydantic import BaseModel
+
+    class Weather(BaseModel):
+        sky: str
+        celsius: int
+
+    parsed = sdk.chat.completions.parse(
+        model="scripted", messages=[{"role": "user", "content": "Weather?"}],
+        response_format=Weather)
+    assert parsed.choices[0].message.parsed == Weather(sky="clear", celsius=21)
+    sent = model.requests[-1]["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["name"] == "Weather"
+    assert sent["json_schema"]["schema"]["properties"]["celsius"] == {
+        "title": "Celsius", "type": "integer"}

@@ -123,6 +123,11 @@ def script(body: dict[str, Any]) -> Reply:
         if not results:
             return Reply(calls=[Call("lookup", {"q": "first"})])
         return Reply(calls=[Call("stall")])
+    if asked == "mcp":
+        if results:
+            return Reply("mcp: " + " | ".join(r["content"] for r in results))
+        return Reply(calls=[Call("local_add", {"a": 1, "b": 2}),
+                            Call("remote_add", {"a": 3, "b": 4})])
     if asked == "who":
         return Reply(" | ".join(r["content"] for r in results)) if results else \
             Reply(calls=[Call("whoami"), Call("whoami", {"owner": "mallory"})])
@@ -300,3 +305,42 @@ async def test_a_turn_stopped_during_a_tool_keeps_its_finished_steps(mami: Any) 
         ("assistant", "interrupted")]
     assert rows[1]["tool_calls"][0]["name"] == "lookup"
     assert rows[2]["content"] == "found first"
+
+
+def test_the_model_calls_mcp_tools_over_stdio_and_http_through_mami(
+        make_config: Any, live_server: Any, model: ScriptedModel) -> None:
+    pytest.importorskip("mcp")
+    from tests.plugins.mcp_tools.test_mcp import HttpServer, candidates, http, mcp_table, stdio
+
+    remote = HttpServer().start()
+    try:
+        config = make_config(plugins={
+            "openai-llm": {"base_url": model.url, "model": "scripted", "attempts": 1},
+            "mcp": mcp_table({"local": stdio(), "remote": http(remote)})})
+        server = live_server(create_app(config, candidates=[OPENAI, *candidates()]))
+        reply, conversation = ask(server, "mcp")
+    finally:
+        remote.stop()
+    assert reply["choices"][0]["message"]["content"] == "mcp: 3 | 7"
+    offered = {t["function"]["name"] for t in model.requests[0]["tools"]}
+    assert {"local_add", "remote_add"} <= offered
+    rows = stored(server, conversation)
+    assert [(r["role"], r.get("tool_name")) for r in rows[2:4]] == [
+        ("tool", "local_add"), ("tool", "remote_add")]
+
+
+def test_calls_without_ids_or_with_the_same_id_get_ids_of_their_own() -> None:
+    from core.chat import CallAssembler
+    from core.protocols import ToolCallDelta
+
+    assembler = CallAssembler()
+    passed = [assembler.add(f) for f in (
+        ToolCallDelta(0, "call_x", "a", '{"q":'), ToolCallDelta(0, None, None, ' 1}'),
+        ToolCallDelta(1, "call_x", "b", "{}"), ToolCallDelta(2, None, "c", ""))]
+    calls = assembler.calls()
+    assert [c.name for c in calls] == ["a", "b", "c"]
+    assert calls[0].id == "call_x" and calls[0].arguments == '{"q": 1}'
+    assert len({c.id for c in calls}) == 3 and all(c.id.startswith("call_") for c in calls)
+    assert calls[2].arguments == "{}"
+    # What a client is streamed agrees with the assembled calls.
+    assert [p.id for p in passed] == [calls[0].id, None, calls[1].id, calls[2].id]
