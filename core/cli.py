@@ -50,7 +50,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    """Schema migrations: upgrade, downgrade, current, check. Core's chain and the chain
+    """Schema migrations: upgrade, downgrade, current, check; ``repair`` heals the data a
+    killed process left (see :func:`_repair`). Core's chain and the chain
     of every enabled plugin that has its own tables (``<branch>@<revision>`` names one
     plugin's revision, e.g. ``mami db downgrade notes@base``)."""
     from core import migrations
@@ -65,6 +66,8 @@ def cmd_db(args: argparse.Namespace) -> int:
         _print_states(migrations.states(url, sources), "database at")
     elif args.db_command == "current":
         _print_states(migrations.states(url, sources), "")
+    elif args.db_command == "repair":
+        return asyncio.run(_repair(_config(args)))
     elif args.db_command == "check":
         behind = [s for s in migrations.states(url, sources) if s.behind]
         if behind:
@@ -81,6 +84,36 @@ def cmd_db(args: argparse.Namespace) -> int:
         print(f"{migrations.head_revision()}: no drift between the models and the migrations "
               f"({names})")
     return 0
+
+
+async def _repair(config: Config) -> int:
+    """Heal what killed processes left: answers left streaming (finished as
+    interrupted, their text kept) and each provider's own ``repair()`` (chroma-rag:
+    unfinished documents and orphan vectors). Prints one line per check."""
+    from core.runtime import Runtime
+
+    runtime = Runtime(config)
+    try:
+        await runtime.ensure_started()  # which finishes abandoned answers
+        answers = runtime.state.get("chat.abandoned_finished", 0)
+        print(f"ok    chat: {answers} answer(s) left streaming by a stopped process "
+              "finished as interrupted")
+        failed = 0
+        seen: set[int] = set()
+        for registered in runtime.providers.values():
+            for provider in registered.values():
+                repair = getattr(provider, "repair", None)
+                if repair is None or id(provider) in seen:
+                    continue
+                seen.add(id(provider))
+                for check in await repair(apply=True):
+                    failed += check.status == "fail"
+                    print(f"{check.status:<5} {check.name}: {check.detail}"
+                          + (f"\n      fix: {check.fix}" if check.fix and check.status != "ok"
+                             else ""))
+    finally:
+        await runtime.stop()
+    return 1 if failed else 0
 
 
 def _print_states(states: list[Any], prefix: str) -> None:
@@ -153,6 +186,8 @@ def build_parser(plugin_commands: Callable[[Any], None] | None = None) -> argpar
     down.add_argument("revision")
     db_sub.add_parser("current", help="show the database's revision")
     db_sub.add_parser("check", help="fail if the schema is behind or drifts from the models")
+    db_sub.add_parser("repair", help="heal what a killed process left: answers left "
+                      "streaming, unfinished documents, orphan vectors")
     db.set_defaults(func=cmd_db)
 
     plugins = sub.add_parser("plugins", help="list plugins and their state",
