@@ -612,6 +612,18 @@ def abandoned(message: Message) -> bool:
         or expired(message.lease_until, fallback=message.created_at, grace=STALE_STREAM))
 
 
+async def keep_finishing_abandoned(runtime: Runtime, every: float | None = None) -> None:
+    """For a long-running server: every ``every`` seconds (default: the lease) finish
+    the answers abandoned by processes that died elsewhere (another host sharing the
+    database), so they do not wait for a retry or a restart. Runs until cancelled."""
+    while True:
+        await asyncio.sleep(every if every is not None else LEASE.total_seconds())
+        try:
+            await finish_abandoned(runtime)
+        except Exception as exc:
+            log.warning("finishing abandoned answers failed: %s", exc)
+
+
 async def finish_abandoned(runtime: Runtime, candidates: Sequence[Message] | None = None
                            ) -> int:
     """Finish ``candidates`` (default: every ``streaming`` answer) that are
