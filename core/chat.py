@@ -20,8 +20,9 @@ every :data:`FLUSH_INTERVAL` seconds (only when it changed) and the row's lease
 (:mod:`core.leases`) is renewed at least every :data:`HEARTBEAT` seconds. An answer
 left ``streaming`` by a process that died (its lease expired, or its process on this
 host is gone) is finished as ``interrupted`` with the saved text, at start-up
-(:func:`finish_abandoned`) and when its client message id is retried (the retry then
-answers again, replacing it). When the final write of an answer fails, the turn ends
+(:func:`finish_abandoned`), every lease period in a running server
+(:func:`keep_finishing_abandoned`) and when its client message id is retried (the
+retry then answers again, replacing it). When the final write of an answer fails, the turn ends
 with an ``error`` (503) instead of breaking off.
 
 Slash commands (``/name argument``), registered per runtime by plugins'
