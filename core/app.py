@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import logging
 from collections.abc import AsyncIterator
@@ -114,12 +116,17 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await runtime.ensure_started()
+        from core.chat import keep_finishing_abandoned
         from core.jobs import start_image_worker
 
         worker = start_image_worker(runtime)  # None unless [core] image_worker
+        sweeper = asyncio.create_task(keep_finishing_abandoned(runtime))
         try:
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             if worker is not None:
                 await worker.stop()
             await runtime.stop()

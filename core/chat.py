@@ -38,8 +38,9 @@ every :data:`FLUSH_INTERVAL` seconds (only when it changed) and the row's lease
 (:mod:`core.leases`) is renewed at least every :data:`HEARTBEAT` seconds. An answer
 left ``streaming`` by a process that died (its lease expired, or its process on this
 host is gone) is finished as ``interrupted`` with the saved text, at start-up
-(:func:`finish_abandoned`) and when its client message id is retried (the retry then
-answers again, replacing it). When the final write of an answer fails, the turn ends
+(:func:`finish_abandoned`), every lease period in a running server
+(:func:`keep_finishing_abandoned`) and when its client message id is retried (the
+retry then answers again, replacing it). When the final write of an answer fails, the turn ends
 with an ``error`` (503) instead of breaking off.
 
 Slash commands (``/name argument``), registered per runtime by plugins'
@@ -900,6 +901,18 @@ def abandoned(message: Message) -> bool:
     return message.status == "streaming" and (
         holder_gone(message.lease_owner)
         or expired(message.lease_until, fallback=message.created_at, grace=STALE_STREAM))
+
+
+async def keep_finishing_abandoned(runtime: Runtime, every: float | None = None) -> None:
+    """For a long-running server: every ``every`` seconds (default: the lease) finish
+    the answers abandoned by processes that died elsewhere (another host sharing the
+    database), so they do not wait for a retry or a restart. Runs until cancelled."""
+    while True:
+        await asyncio.sleep(every if every is not None else LEASE.total_seconds())
+        try:
+            await finish_abandoned(runtime)
+        except Exception as exc:
+            log.warning("finishing abandoned answers failed: %s", exc)
 
 
 async def finish_abandoned(runtime: Runtime, candidates: Sequence[Message] | None = None

@@ -64,7 +64,8 @@ def _schema_preflight(runtime: Any) -> None:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    """Schema migrations: upgrade, downgrade, current, check. Core's chain and the chain
+    """Schema migrations: upgrade, downgrade, current, check; ``repair`` heals the data a
+    killed process left (see :func:`_repair`). Core's chain and the chain
     of every enabled plugin that has its own tables (``<branch>@<revision>`` names one
     plugin's revision, e.g. ``mami db downgrade notes@base``). A downgrade may drop
     tables and columns with their data: it asks first (``--yes`` answers for it)."""
@@ -85,6 +86,8 @@ def cmd_db(args: argparse.Namespace) -> int:
         _print_states(migrations.states(url, sources), "database at")
     elif args.db_command == "current":
         _print_states(migrations.states(url, sources), "")
+    elif args.db_command == "repair":
+        return asyncio.run(_repair(_config(args)))
     elif args.db_command == "check":
         behind = [s for s in migrations.states(url, sources) if s.behind]
         if behind:
@@ -127,6 +130,36 @@ def _confirm_downgrade(args: argparse.Namespace, url: str, sources: list[Any]) -
     answer = input(f"{warning}.\nType yes to go on: ")
     if answer.strip().lower() != "yes":
         raise MamiError("downgrade cancelled; nothing was changed")
+
+
+async def _repair(config: Config) -> int:
+    """Heal what killed processes left: answers left streaming (finished as
+    interrupted, their text kept) and each provider's own ``repair()`` (chroma-rag:
+    unfinished documents and orphan vectors). Prints one line per check."""
+    from core.runtime import Runtime
+
+    runtime = Runtime(config)
+    try:
+        await runtime.ensure_started()  # which finishes abandoned answers
+        answers = runtime.state.get("chat.abandoned_finished", 0)
+        print(f"ok    chat: {answers} answer(s) left streaming by a stopped process "
+              "finished as interrupted")
+        failed = 0
+        seen: set[int] = set()
+        for registered in runtime.providers.values():
+            for provider in registered.values():
+                repair = getattr(provider, "repair", None)
+                if repair is None or id(provider) in seen:
+                    continue
+                seen.add(id(provider))
+                for check in await repair(apply=True):
+                    failed += check.status == "fail"
+                    print(f"{check.status:<5} {check.name}: {check.detail}"
+                          + (f"\n      fix: {check.fix}" if check.fix and check.status != "ok"
+                             else ""))
+    finally:
+        await runtime.stop()
+    return 1 if failed else 0
 
 
 def _print_states(states: list[Any], prefix: str) -> None:
@@ -205,6 +238,8 @@ def build_parser(plugin_commands: Callable[[Any], None] | None = None) -> argpar
                       help="do not ask: the downgrade may drop tables, columns and their rows")
     db_sub.add_parser("current", help="show the database's revision")
     db_sub.add_parser("check", help="fail if the schema is behind or drifts from the models")
+    db_sub.add_parser("repair", help="heal what a killed process left: answers left "
+                      "streaming, unfinished documents, orphan vectors")
     db.set_defaults(func=cmd_db)
 
     plugins = sub.add_parser("plugins", help="list plugins and their state",

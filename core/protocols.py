@@ -352,7 +352,7 @@ class Authenticator(Protocol):
 COMMON_OPTIONAL = ("aclose", "health", "doctor")
 OPTIONAL_METHODS: dict[str, tuple[str, ...]] = {
     "llm": ("load", "supports", *COMMON_OPTIONAL),
-    "retriever": ("validate", *COMMON_OPTIONAL),
+    "retriever": ("validate", "repair", *COMMON_OPTIONAL),
     "memory": ("page", *COMMON_OPTIONAL),
     "images": COMMON_OPTIONAL,
     "auth": ("check_message", "accept_anonymous", "malformed_request", *COMMON_OPTIONAL),
@@ -374,6 +374,8 @@ requires). Their contracts:
   the owner's memories, most recently seen first, and their total.
 - ``async health() -> Mapping[str, Any]`` (all): details for ``/health``.
 - ``async doctor() -> list[Check]`` (all): the provider's own ``mami doctor`` checks.
+- ``async repair(apply: bool = True) -> list[Check]`` (retriever): find (and with
+  ``apply``, remove) what a killed process left behind; run by ``mami db repair``.
 - ``check_message(socket, size) -> int | None`` (auth): a close code to refuse a chat
   socket's message (size, rate), else ``None``.
 - ``async accept_anonymous(socket) -> bool`` (auth): guards sockets when

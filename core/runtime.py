@@ -62,6 +62,9 @@ class Runtime:
         hide_url_secrets_in_logs()
         self.config = config
         self.serverless = serverless
+        self.repair_on_start = True
+        """Whether starting heals what a killed process left (answers left streaming,
+        plugins' own repairs); ``mami doctor`` turns it off, as it changes nothing."""
         self.plugins = PluginHost(config, candidates)
         self.db = Database(config.database_url)
         self.providers: dict[str, dict[str, Any]] = {kind: {} for kind in PROVIDER_HOOKS}
@@ -99,8 +102,10 @@ class Runtime:
         saved text kept); a failure here is logged, never fatal."""
         from core.chat import finish_abandoned
 
+        if not self.repair_on_start:
+            return
         try:
-            await finish_abandoned(self)
+            self.state["chat.abandoned_finished"] = await finish_abandoned(self)
         except Exception as exc:
             log.warning("finishing abandoned answers failed: %s", exc)
 

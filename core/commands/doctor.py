@@ -57,6 +57,7 @@ async def _collect(args: argparse.Namespace, checks: list[Check]) -> None:
     checks.append(_data_dir(config.data_dir))
     # Short-lived like a Lambda invocation: no background work, no first-start admin token.
     runtime = Runtime(config, serverless=True)
+    runtime.repair_on_start = False
     schema = await asyncio.to_thread(_schema, runtime)
     checks.append(schema)
     if schema.status != "ok":  # starting would upgrade the schema: doctor changes nothing
@@ -66,6 +67,7 @@ async def _collect(args: argparse.Namespace, checks: list[Check]) -> None:
     try:
         await runtime.ensure_started()
         checks.extend(_plugins(runtime))
+        checks.append(await _abandoned_answers(runtime))
         pairs = [(runtime.provider_plugin.get(id(p), "?"), p) for p in _providers(runtime)]
         for plugin, provider in [*pairs, *runtime.tools.toolsets]:
             for check in await _provider_checks(provider, plugin):
@@ -110,6 +112,24 @@ def _schema(runtime: Any) -> Check:
         return Check("database", "warn", state, "`mami serve` upgrades SQLite on start, "
                      "or run `mami db upgrade`")
     return Check("database", "fail", state, "run `mami db upgrade`")
+
+
+async def _abandoned_answers(runtime: Any) -> Check:
+    from sqlmodel import select
+
+    from core.chat import abandoned
+    from core.models import Message
+
+    async with runtime.db.session() as session:
+        streaming = (await session.exec(
+            select(Message).where(Message.status == "streaming"))).all()
+    left = sum(abandoned(message) for message in streaming)
+    if left:
+        return Check("chat answers", "warn", f"{left} answer(s) left streaming by a stopped "
+                     "process", "start `mami serve` or run `mami db repair` (they are "
+                     "finished as interrupted, their text kept)")
+    return Check("chat answers", "ok", f"none left streaming by a stopped process "
+                 f"({len(streaming)} streaming now)")
 
 
 def _plugins(runtime: Any) -> Iterable[Check]:

@@ -11,8 +11,9 @@ be reused by other plugins.
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,23 @@ def register_retrievers(register: Callable[[Retriever], None], runtime: Runtime)
     retriever = ChromaRetriever(runtime.settings(PLUGIN) or Settings(), runtime)
     runtime.state[PLUGIN] = retriever
     register(retriever)
+
+
+@hookimpl
+def startup(runtime: Runtime) -> Awaitable[None] | None:
+    """Remove documents a stopped ingest left unfinished (see ``ChromaRetriever.repair``)."""
+    retriever = runtime.state.get(PLUGIN)
+    if retriever is None or not getattr(runtime, "repair_on_start", True):
+        return None
+    return _repair_pending(retriever)
+
+
+async def _repair_pending(retriever: Any) -> None:
+    # A failure must not fail the plugin: search never shows unfinished documents anyway.
+    try:
+        await retriever.repair_pending()
+    except Exception as exc:
+        logging.getLogger("mami.rag").warning("repairing unfinished documents failed: %s", exc)
 
 
 def retriever_of(runtime: Runtime) -> Any:

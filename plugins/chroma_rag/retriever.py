@@ -3,6 +3,15 @@
 The ``documents`` table is the index of what each owner has (scope, source, chunk
 count); it makes listing cheap and tells a search which collections to query. Chunk
 vectors live in one Chroma collection per (owner, scope) (see :mod:`.store`).
+
+Crash consistency: an ingest first records its row as *pending* (``chunks = 0``), then
+writes the vectors, then commits the chunk count; only then is the document listed
+and found. A search keeps only passages of listed documents (asking for more when it
+had to drop some, so none is lost to the filter). A process killed mid-ingest leaves a
+pending row; :meth:`ChromaRetriever.repair` removes it with its vectors, at start-up
+(pending rows of an embedded Chroma, which one process owns; with a Chroma server, those
+older than :data:`PENDING_GRACE`) and with ``mami db repair``, which also removes
+vectors of documents no row lists (``mami doctor`` reports them).
 """
 
 from __future__ import annotations
@@ -10,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +39,15 @@ from plugins.chroma_rag.chunking import chunk_pages, chunk_text
 from plugins.chroma_rag.embeddings import Embedder, aembed, embedder_health, get_embedder
 from plugins.chroma_rag.models import Document
 from plugins.chroma_rag.store import VectorStore, open_client, shown_location
+
+log = logging.getLogger("mami.rag")
+
+PENDING_GRACE = timedelta(minutes=15)
+"""With a Chroma server (shared by processes), how old a pending document must be
+before it counts as abandoned by a stopped ingest."""
+MAX_EXTRA = 10_000
+"""Most extra results a search asks for to make up for passages it drops."""
+SCAN_PAGE = 1000
 
 
 def document_id(owner: str, scope: str, source: str) -> str:
@@ -54,11 +74,16 @@ class ChromaRetriever:
         )
         self.embedder = embedder or get_embedder(settings.embedder, settings.model_dir)
         self.location = shown_location(settings.chroma_url, path)
+        self.embedded = not settings.chroma_url
+        self.removed_at_start: list[str] = []  # sources of pending documents removed
 
     async def doctor(self) -> list[Check]:
         """The embedding model's files and Chroma (see ``mami doctor``)."""
         checks = [self.embedder.check()] if hasattr(self.embedder, "check") else []
-        return [*checks, await self.store.check("retrieval store", self.location)]
+        store = await self.store.check("retrieval store", self.location)
+        if store.status != "ok":
+            return [*checks, store]
+        return [*checks, store, *await self.repair(apply=False)]
 
     async def health(self) -> dict[str, Any]:
         """``degraded`` with the fix when the embedding model is missing."""
@@ -127,6 +152,8 @@ class ChromaRetriever:
             for meta, c in zip(metas, chunks, strict=True):
                 meta["page"] = page_of(pages, c.start)
         try:
+            # Pending (unlisted, never found) until every vector is written.
+            await self._record(doc_id, owner, scope, source, text, 0, size)
             await asyncio.to_thread(
                 self.store.upsert, owner, scope, ids, vectors, [c.text for c in chunks], metas
             )
@@ -179,14 +206,42 @@ class ChromaRetriever:
         if not own and not shared:
             return []  # nothing to read: skip embedding the query
         vector = (await aembed(self.embedder, [query]))[0]
-        return await asyncio.to_thread(self._nearest, owner, own, shared, vector, k)
+        return await self._listed_nearest(owner, own, shared, vector, k)
 
     async def search_vector(
         self, owner: str, vector: Any, k: int = 5, scopes: Sequence[str] | None = None
     ) -> list[Passage]:
         """:meth:`search` for an already embedded query."""
         own, shared = await self._stored(owner, k, scopes)
-        return await asyncio.to_thread(self._nearest, owner, own, shared, vector, k)
+        return await self._listed_nearest(owner, own, shared, vector, k)
+
+    async def _listed_nearest(
+        self, owner: str, own: dict[str, int], shared: dict[str, int], vector: Any, k: int
+    ) -> list[Passage]:
+        """The ``k`` nearest passages of listed documents. Chunks of a document being
+        written (or left by a stopped ingest) are dropped, and as many more are asked
+        for, so the filter never costs a listed document its place."""
+        extra = 0
+        while True:
+            wanted = k + extra
+            grown_own = {scope: count + extra for scope, count in own.items() if count > 0}
+            grown_shared = {scope: count + extra for scope, count in shared.items() if count > 0}
+            found = await asyncio.to_thread(self._nearest, owner, grown_own, grown_shared,
+                                            vector, wanted)
+            listed = await self._listed({p.document_id for p in found})
+            kept = [p for p in found if p.document_id in listed]
+            if len(kept) == len(found) or len(kept) >= k or len(found) < wanted \
+                    or extra >= MAX_EXTRA:
+                return kept[:k]
+            extra = min(MAX_EXTRA, max(2 * extra, wanted - len(kept)))
+
+    async def _listed(self, document_ids: set[str]) -> set[str]:
+        """Which of ``document_ids`` are listed (complete) documents."""
+        if not document_ids:
+            return set()
+        async with self.db.session() as session:
+            return set((await session.exec(select(Document.id).where(
+                col(Document.id).in_(document_ids), col(Document.chunks) > 0))).all())
 
     def _nearest(
         self, owner: str, own: dict[str, int], shared: dict[str, int], vector: Any, k: int
@@ -238,7 +293,8 @@ class ChromaRetriever:
     async def list_documents(self, owner: str) -> list[DocumentInfo]:
         """The owner's documents, newest first; a global writer also sees the shared ones."""
         statement = (
-            select(Document).where(col(Document.owner_id).in_(self._writable_owners(owner)))
+            select(Document).where(col(Document.owner_id).in_(self._writable_owners(owner)),
+                                   col(Document.chunks) > 0)
             .order_by(col(Document.created_at).desc(), col(Document.source))
         )
         async with self.db.session() as session:
@@ -273,3 +329,111 @@ class ChromaRetriever:
             await session.execute(delete(Document).where(col(Document.owner_id) == owner))
             await session.commit()
         return len(rows)
+
+    async def repair(self, apply: bool = True) -> list[Check]:
+        """Find (and with ``apply``, remove) what a stopped ingest left: pending documents
+        (see the module's docstring) with their vectors, and vectors of chunks that no
+        listed document has. One :class:`Check` per kind, for ``mami db repair`` and
+        ``mami doctor`` (which passes ``apply=False``)."""
+        pending, in_flight = await self._pending()
+        sources = [row.source for row in pending]
+        if apply:
+            for row in pending:
+                await self._forget(row.owner_id, row.scope, row.id)
+            sources += self.removed_at_start  # by this process's start, just before
+            self.removed_at_start = []
+        async with self.db.session() as session:
+            rows = (await session.exec(
+                select(Document.owner_id, Document.scope, Document.id, Document.chunks)
+                .where(col(Document.chunks) > 0))).all()
+        keep: dict[tuple[str, str], dict[str, int]] = {}
+        for row_owner, scope, doc_id, chunks in rows:
+            keep.setdefault((row_owner, scope), {})[doc_id] = int(chunks)
+        for row in in_flight:  # an ingest still running: its chunks are not orphans
+            keep.setdefault((row.owner_id, row.scope), {})[row.id] = 1 << 30
+        orphans, collections = await asyncio.to_thread(self._orphan_chunks, keep, apply)
+        done = "removed" if apply else "found"
+        names = ", ".join(sorted(sources)[:5]) + (", ..." if len(sources) > 5 else "")
+        checks = [
+            Check("retrieval documents", "ok", f"{done} {len(sources)} unfinished "
+                  f"document(s) of a stopped ingest ({names}); ingest them again")
+            if sources and apply else
+            Check("retrieval documents", "warn", f"{len(sources)} unfinished document(s) "
+                  f"of a stopped ingest ({names})", "run `mami db repair` (it removes them; "
+                  "ingest them again)")
+            if sources else
+            Check("retrieval documents", "ok", "no unfinished documents"),
+            Check("retrieval vectors", "ok", f"{done} {orphans} orphan vector(s) (chunks of no "
+                  f"listed document) in {collections} collection(s)")
+            if orphans and apply else
+            Check("retrieval vectors", "warn", f"{orphans} orphan vector(s) (chunks of no "
+                  f"listed document) in {collections} collection(s)", "run `mami db repair`")
+            if orphans else
+            Check("retrieval vectors", "ok", f"every vector belongs to a listed document "
+                  f"({collections} collection(s) read)"),
+        ]
+        return checks
+
+    async def repair_pending(self) -> int:
+        """At start-up: remove the pending documents a stopped ingest left (not the
+        vectors of unlisted documents: that scan reads every collection, so it is left
+        to ``mami db repair``). Returns how many; Chroma is not opened when none."""
+        pending, _in_flight = await self._pending()
+        for row in pending:
+            await self._forget(row.owner_id, row.scope, row.id)
+        self.removed_at_start += [row.source for row in pending]
+        if pending:
+            log.warning("removed %d document(s) left unfinished by a stopped ingest: %s",
+                        len(pending), ", ".join(row.source for row in pending[:5]))
+        return len(pending)
+
+    async def _pending(self) -> tuple[list[Document], list[Document]]:
+        """Pending rows: (abandoned, possibly still being written). An embedded Chroma
+        belongs to this process, so none of its pending rows is being written."""
+        async with self.db.session() as session:
+            rows = list((await session.exec(
+                select(Document).where(col(Document.chunks) == 0))).all())
+        if self.embedded:
+            return rows, []
+        cutoff = utcnow() - PENDING_GRACE
+        old = [r for r in rows if _aware(r.created_at) < cutoff]
+        return old, [r for r in rows if _aware(r.created_at) >= cutoff]
+
+    def _orphan_chunks(self, keep: dict[tuple[str, str], dict[str, int]], apply: bool
+                       ) -> tuple[int, int]:
+        """Chunks in this retriever's collections that no entry of ``keep`` ((owner,
+        scope) -> document -> chunk count) covers; deleted with ``apply``. Returns
+        (orphans, collections read)."""
+        prefix = f"{self.store.prefix}-"
+        orphans = read = 0
+        for collection in self.store.client.list_collections():
+            if not collection.name.startswith(prefix):
+                continue
+            meta = collection.metadata or {}
+            owner, scope = meta.get("owner"), meta.get("scope")
+            if owner is None or scope is None:
+                continue
+            read += 1
+            documents = keep.get((str(owner), str(scope)), {})
+            bad: list[str] = []
+            offset = 0
+            while True:
+                page = collection.get(include=["metadatas"], limit=SCAN_PAGE, offset=offset)
+                for chunk_id, chunk in zip(page["ids"], page["metadatas"], strict=True):
+                    chunk = chunk or {}
+                    if int(chunk.get("chunk", 0)) >= documents.get(str(chunk.get("doc")), 0):
+                        bad.append(chunk_id)
+                if len(page["ids"]) < SCAN_PAGE:
+                    break
+                offset += SCAN_PAGE
+            orphans += len(bad)
+            if apply and bad:
+                for i in range(0, len(bad), SCAN_PAGE):
+                    collection.delete(ids=bad[i : i + SCAN_PAGE])
+        return orphans, read
+
+
+def _aware(moment: Any) -> Any:
+    from datetime import UTC
+
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -8,7 +8,9 @@ updated, skipped) goes to ``memory_decisions``.
 
 Facts come from the ``message_completed`` event only: explicit requests ("remember
 that ...", "... hatırla") always, and LLM-extracted facts when ``llm_extraction`` is
-on. Each assistant message is handled at most once (``runtime.claim_once``).
+on. Each assistant message is handled exactly once: claimed with
+``runtime.claim_once``, the claim released when remembering fails (the next delivery
+retries), and claims a killed process left unfinished handled again at the next start.
 """
 
 from __future__ import annotations
@@ -89,6 +91,26 @@ def register_memory_stores(register: Callable[[MemoryStore], None], runtime: Run
     from plugins.memory.store import ChromaMemoryStore
 
     register(ChromaMemoryStore(runtime.settings(PLUGIN) or Settings(), runtime))
+
+
+@hookimpl
+def startup(runtime: Runtime) -> Awaitable[None] | None:
+    """Remember the facts of messages a killed process had claimed but not handled."""
+    if runtime.memory is None or not getattr(runtime, "repair_on_start", True):
+        return None
+    return _redeliver(runtime)
+
+
+async def _redeliver(runtime: Runtime) -> None:
+    import logging
+
+    from plugins.memory.extract import redeliver_unfinished
+
+    try:  # never fails the plugin: the next start tries again
+        await redeliver_unfinished(runtime, runtime.settings(PLUGIN) or Settings())
+    except Exception as exc:
+        logging.getLogger("mami.memory").warning("redelivering claimed messages failed: %s",
+                                                 exc)
 
 
 @hookimpl

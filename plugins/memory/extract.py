@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import re
+from datetime import timedelta
 from typing import Any
 
 from core.chat import ready
@@ -179,3 +180,65 @@ async def remember_from(event: MessageCompleted, runtime: Runtime, settings: Set
         with contextlib.suppress(Exception):
             await asyncio.shield(runtime.release_claim(CONSUMER, event.message_id))
         raise
+
+
+RECENT = timedelta(days=1)
+"""How far back the start-up looks for claims a killed process did not finish."""
+CLAIM_GRACE = timedelta(minutes=5)
+"""With a Chroma server (several processes), how old an unfinished claim must be
+before it counts as abandoned."""
+REDELIVER_MAX = 50
+"""Most messages redelivered at one start."""
+
+
+async def redeliver_unfinished(runtime: Runtime, settings: Settings) -> int:
+    """At start-up: messages whose claim was taken in the last day by a process that
+    stopped before remembering anything (no decision has them as source) are handled
+    again; returns how many. With an embedded Chroma (one process) every such claim is
+    abandoned; with a server only those older than :data:`CLAIM_GRACE`. A message whose
+    facts were all refused is looked at again at each start for a day."""
+    from sqlmodel import col, select
+
+    from core.models import Conversation, EventReceipt, Message, utcnow
+    from plugins.memory.models import MemoryDecisionRecord
+
+    store = runtime.memory
+    if store is None:
+        return 0
+    now = utcnow()
+    embedded = not getattr(store, "location", "").startswith(("http://", "https://"))
+    newest = now if embedded else now - CLAIM_GRACE
+    async with runtime.db.session() as session:
+        keys = [key for key, created in (await session.exec(
+            select(EventReceipt.key, EventReceipt.created_at).where(
+                col(EventReceipt.consumer) == CONSUMER,
+                col(EventReceipt.created_at) >= now - RECENT))).all()
+            if _aware(created) <= newest]
+        if not keys:
+            return 0
+        decided = set((await session.exec(select(MemoryDecisionRecord.source_message_id).where(
+            col(MemoryDecisionRecord.source_message_id).in_(keys)))).all())
+        events = []
+        for key in [k for k in keys if k not in decided][:REDELIVER_MAX]:
+            answer = await session.get(Message, key)
+            if answer is None or answer.status != "complete" or answer.reply_to is None:
+                continue
+            asked = await session.get(Message, answer.reply_to)
+            conversation = await session.get(Conversation, answer.conversation_id)
+            if asked is None or conversation is None:
+                continue
+            events.append(MessageCompleted(conversation.owner_id, conversation.id, key,
+                                           asked.id, asked.content, answer.content))
+    for event in events:
+        await runtime.release_claim(CONSUMER, event.message_id)
+        await remember_from(event, runtime, settings)
+    if events:
+        log.warning("remembered the facts of %d message(s) a stopped process had claimed",
+                    len(events))
+    return len(events)
+
+
+def _aware(moment: Any) -> Any:
+    from datetime import UTC
+
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -23,7 +23,7 @@ from sqlmodel import col
 
 from core import leases, migrations
 from core.app import create_app
-from core.chat import ChatRequest, finish_abandoned, start_turn
+from core.chat import ChatRequest, finish_abandoned, keep_finishing_abandoned, start_turn
 from core.db import is_sqlite
 from core.errors import ERROR_TYPES
 from core.models import Conversation, Message, Owner, utcnow
@@ -195,3 +195,23 @@ def test_an_sse_reply_whose_final_write_fails_ends_with_an_error_event(
     text = "".join(c["delta"].get("content") or "" for e in events[:-2]
                    for c in json.loads(e)["choices"])
     assert text == "Hello from the stand-in."
+
+
+async def test_a_server_finishes_answers_abandoned_elsewhere_without_a_restart(
+    make_runtime: Any, database_url: str
+) -> None:
+    runtime = await make_runtime(database_url=database_url)
+    sweeper = asyncio.create_task(keep_finishing_abandoned(runtime, every=0.05))
+    try:
+        # Another host's process stopped renewing this answer's lease a second ago.
+        gone = await add_answer(runtime, "other-host:7:1/c", timedelta(seconds=-1), "half")
+        alive = await add_answer(runtime, "other-host:8:1/d", timedelta(seconds=30))
+        for _ in range(100):
+            if (await rows(runtime, gone))[1].status != "streaming":
+                break
+            await asyncio.sleep(0.05)
+        assert [(m.status, m.content) for m in await rows(runtime, gone)][1] == (
+            "interrupted", "half")
+        assert (await rows(runtime, alive))[1].status == "streaming"
+    finally:
+        sweeper.cancel()

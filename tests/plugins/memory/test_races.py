@@ -11,11 +11,13 @@ from typing import Any
 from sqlmodel import col, func, select
 
 from core.events import MessageCompleted
-from core.models import EventReceipt, MemoryDecisionRecord, MemoryRecord
+from core.models import EventReceipt
 from core.runtime import Runtime
+from plugins.memory.models import MemoryDecisionRecord, MemoryRecord
 from tests.conftest import free_port
 from tests.plugins.chroma_rag.conftest import ChromaServer
 from tests.plugins.memory.conftest import ScriptedLLM, store_of
+from tests.plugins.memory.test_exactly_once import ask
 
 PARAPHRASES = [
     ("My dog's name is Max", "My dog is named Max"),
@@ -92,3 +94,20 @@ async def test_a_memory_write_that_fails_after_the_claim_is_done_on_the_next_del
         assert await counts(runtime) == (2, 2, 1)
     finally:
         server.stop()
+
+
+async def test_a_claim_left_by_a_killed_process_is_handled_at_the_next_start(
+    make_runtime: Any, database_url: str, llm: ScriptedLLM
+) -> None:
+    before = await make_runtime(database_url=database_url, llm=llm, memory={"enabled": False})
+    finished = await ask(before, "Remember that my cat is called Pamuk.", "c1")
+    # The process claimed the message, then died before remembering anything.
+    assert await before.claim_once("memory", finished.message_id or "")
+    after = await make_runtime(database_url=database_url, llm=llm)
+    [memory] = await store_of(after).list_memories("alice")
+    assert memory.text == "my cat is called Pamuk"
+    [decision] = await store_of(after).history("alice", memory.id)
+    assert decision.source_message_id == finished.message_id
+    assert await counts(after) == (1, 1, 1)
+    again = await make_runtime(database_url=database_url, llm=llm)  # nothing left to do
+    assert await counts(again) == (1, 1, 1)
