@@ -11,6 +11,7 @@ owner as well.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,13 @@ from core.models import MemoryDecisionRecord, MemoryRecord, utcnow
 from core.protocols import Check, Memory, MemoryDecision
 from core.runtime import Runtime
 from plugins.chroma_rag.embeddings import Embedder, aembed, get_embedder
-from plugins.chroma_rag.store import Hit, VectorStore, open_client, shown_location
+from plugins.chroma_rag.store import (
+    Hit,
+    VectorStore,
+    close_client,
+    open_client,
+    shown_location,
+)
 from plugins.memory import Settings
 from plugins.memory.index import SCOPE, MemoryIndex
 from plugins.memory.normalize import clean, memory_id, normalize
@@ -67,8 +74,12 @@ class ChromaMemoryStore:
         self.settings = settings
         self.db = runtime.db
         url, path, token = chroma_location(settings, runtime)
-        vectors = VectorStore(lambda: open_client(url, path, token), settings.collection_prefix,
-                              shared_max=settings.shared_max_memories)
+        served = runtime.state.get("public_url", "")
+        holder = f"mami serve at {served}" if served else ""
+        vectors = VectorStore(lambda: open_client(url, path, token, holder),
+                              settings.collection_prefix,
+                              shared_max=settings.shared_max_memories, url=url, path=path,
+                              close=lambda: close_client(url, path, token))
         self.embedder = embedder or get_embedder(settings.embedder, settings.model_dir)
         self.index = MemoryIndex(vectors, self.embedder,
                                  settings.write_behind and not runtime.serverless)
@@ -78,6 +89,11 @@ class ChromaMemoryStore:
         """The embedding model's files and Chroma (see ``mami doctor``)."""
         checks = [self.embedder.check()] if hasattr(self.embedder, "check") else []
         return [*checks, await self.vectors.check("memory store", self.location)]
+
+    async def health(self) -> dict[str, Any]:
+        """``degraded`` (with the reason) while the vector store is missing, not writable
+        or unreachable."""
+        return await asyncio.to_thread(self.vectors.health)
 
     def candidate(self, text: str) -> tuple[str, str]:
         """``(wording, normalised)`` of a fact, or a 400 saying what is wrong with it."""
