@@ -264,12 +264,17 @@ class VectorStore:
     def client(self) -> Any:
         try:
             client = self._connect()
+        except (ConfigError, StoreUnavailable):
+            raise
         except Exception as exc:
-            if self.path is None:
-                raise
-            self.last_fault = (f"Chroma at {self.path} cannot be opened ({type(exc).__name__}: "
-                               f"{exc}): make the directory and its files writable by the "
-                               "user running mami (and check the disk), then retry")
+            if self.url:
+                self.last_fault = (f"the Chroma server at {self.where} does not answer ({exc}): "
+                                   "start it (`chroma run`) or fix chroma_url")
+            else:
+                self.last_fault = (f"Chroma at {self.path} cannot be opened ("
+                                   f"{type(exc).__name__}: {exc}): make the directory and its "
+                                   "files writable by the user running mami (and check the "
+                                   "disk), then retry")
             raise StoreUnavailable(self.last_fault) from exc
         self._opened = True
         with self._lock:
@@ -297,7 +302,8 @@ class VectorStore:
         """``exc`` as the 503 to answer with if it is a storage fault, else ``exc``."""
         text = f"{type(exc).__name__}: {exc}".lower()
         if self.url:
-            if not any(n in type(exc).__name__ for n in ("Connect", "Timeout", "Network")):
+            if not any(n in type(exc).__name__ for n in ("Connect", "Timeout", "Network")) \
+                    and "could not connect" not in text:
                 return exc
             self.last_fault = (f"the Chroma server at {self.where} does not answer: start it "
                                "(`chroma run`) or fix chroma_url")
@@ -327,6 +333,12 @@ class VectorStore:
                 reason = f"the Chroma directory {self.path} is missing"
             elif not all(os.access(f, os.W_OK) for f in files):
                 reason = f"Chroma at {self.path} is not writable"
+        if reason is None and self.last_fault and self.url:
+            try:  # the server may be back: a heartbeat says so without waiting for a call
+                self.client.heartbeat()
+                self.last_fault = None
+            except Exception:
+                pass
         reason = reason or self.last_fault
         return {"status": "degraded", "reason": reason} if reason else {"status": "ok"}
 

@@ -7,6 +7,8 @@ disk")."""
 from __future__ import annotations
 
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -119,11 +121,13 @@ def test_a_shared_record_tagged_for_one_owner_but_naming_another_is_refused(
         store.query("alice", {"default": 3}, unit(rng, 1)[0], 5)
 
 
-def nofile_server(data: Path, nofile: int) -> tuple[subprocess.Popen[bytes], str]:
+def nofile_server(data: Path, nofile: int, chroma_url: str = ""
+                  ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(HERE.parents[2])}
     process = subprocess.Popen(
-        [sys.executable, str(HERE / "fd_limited_server.py"), str(port), str(data), str(nofile)],
+        [sys.executable, str(HERE / "fd_limited_server.py"), str(port), str(data), str(nofile),
+         *([chroma_url] if chroma_url else [])],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -139,9 +143,28 @@ def nofile_server(data: Path, nofile: int) -> tuple[subprocess.Popen[bytes], str
     raise RuntimeError("server did not start")
 
 
+def limited(nofile: int) -> Any:
+    def set_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    return set_limit
+
+
 @pytest.mark.slow
-def test_a_thousand_owners_searched_twice_under_256_descriptors(tmp_path: Path) -> None:
-    process, url = nofile_server(tmp_path / "data", 256)
+@pytest.mark.parametrize("chroma", ["embedded", "server"])
+def test_a_thousand_owners_searched_twice_under_256_descriptors(tmp_path: Path,
+                                                                chroma: str) -> None:
+    chroma_server = None
+    if chroma == "server":  # `chroma run` under the same limit (it failed uploads at 1024)
+        port = free_port()
+        chroma_server = subprocess.Popen(
+            [shutil.which("chroma") or "chroma", "run", "--path", str(tmp_path / "chroma"),
+             "--host", "127.0.0.1", "--port", str(port)], preexec_fn=limited(256),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(f"http://127.0.0.1:{port}/api/v2/heartbeat", chroma_server)
+    process, url = nofile_server(tmp_path / "data", 256,
+                                 f"http://127.0.0.1:{port}" if chroma_server else "")
     owners = [f"owner{i:04d}" for i in range(1000)]
     try:
         with httpx.Client(base_url=url, timeout=120) as http:
@@ -164,8 +187,23 @@ def test_a_thousand_owners_searched_twice_under_256_descriptors(tmp_path: Path) 
                     failed = [(o, r) for o, r in zip(owners, results, strict=True)
                               if r != (200, [f"{o}.md"])]
                     assert failed == []
-            fds = len(os.listdir(f"/proc/{process.pid}/fd"))
-            assert fds < 200
+            for holder in (process, chroma_server):
+                if holder is not None:
+                    assert len(os.listdir(f"/proc/{holder.pid}/fd")) < 200
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        for running in (process, chroma_server):
+            if running is not None:
+                running.terminate()
+                running.wait(timeout=30)
+
+
+def wait_for(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline, "did not start"
+        time.sleep(0.2)

@@ -124,3 +124,50 @@ async def test_doctor_names_documents_whose_vectors_are_gone(make_config: Any,
         assert "mami ingest" in check.fix
     finally:
         await runtime.stop()
+
+
+def chroma_run(path: Path, port: int) -> subprocess.Popen[bytes]:
+    import time
+
+    import httpx
+
+    process = subprocess.Popen(
+        [shutil.which("chroma") or "chroma", "run", "--path", str(path), "--host", "127.0.0.1",
+         "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1).is_success:
+                return process
+        except httpx.HTTPError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline, "chroma did not start"
+        time.sleep(0.2)
+
+
+def test_a_chroma_server_that_stops_gives_503_then_works_once_back(tmp_path: Path) -> None:
+    from plugins.chroma_rag.store import StoreUnavailable, VectorStore, open_client
+    from tests.conftest import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = chroma_run(tmp_path / "server", port)
+    store = VectorStore(lambda: open_client(url), "faults", url=url)
+    vector = [1.0] + [0.0] * 7
+    try:
+        store.upsert("alice", "default", ["d:0"], [vector], ["x"],
+                     [{"doc": "d", "chunk": 0, "source": "d.md"}])
+        assert [h.id for h in store.query("alice", {"default": 1}, vector, 1)] == ["d:0"]
+        server.terminate()
+        server.wait(timeout=30)
+        with pytest.raises(StoreUnavailable) as raised:
+            store.query("alice", {"default": 1}, vector, 1)
+        assert url in raised.value.message and "chroma run" in raised.value.message
+        assert raised.value.status_code == 503
+        assert store.health()["status"] == "degraded"
+        server = chroma_run(tmp_path / "server", port)
+        assert store.health() == {"status": "ok"}
+        assert [h.id for h in store.query("alice", {"default": 1}, vector, 1)] == ["d:0"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
