@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,8 @@ from urllib.parse import urlsplit
 from core.db import private_dir
 from core.errors import ConfigError, PluginUnavailable
 from core.protocols import Check
+
+log = logging.getLogger("mami.rag")
 
 __all__ = ["Hit", "IsolationError", "StoreUnavailable", "VectorStore", "collection_name",
            "open_client", "shared_key"]
@@ -258,6 +261,9 @@ class VectorStore:
         self._collections: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.last_fault: str | None = None
+        self._stripes = [threading.Lock() for _ in range(64)]
+        self._settled: set[str] = set()  # own collections checked for the old layout
+        self._small_checked: set[str] = set()  # ... and for being small enough to share
         self._opened = False  # an embedded store existed: its vanishing is a fault
 
     @property
@@ -380,8 +386,33 @@ class VectorStore:
 
     def _collection(self, owner: str, scope: str, create: bool = False) -> Any | None:
         """The own collection of ``owner``'s ``scope``; None if it has none."""
-        return self._named(collection_name(self.prefix, owner, scope), create,
-                           {"owner": owner, "scope": scope})
+        found = self._named(collection_name(self.prefix, owner, scope), create,
+                            {"owner": owner, "scope": scope})
+        if found is not None and found.name not in self._settled:
+            self._settled.add(found.name)
+            self._persist_always(found)
+        return found
+
+    def _persist_always(self, collection: Any) -> None:
+        """Make a collection of the old layout write its index on every change (and once
+        now), so that Chroma can reload it after evicting it."""
+        hnsw = (getattr(collection, "configuration", None) or {}).get("hnsw") or {}
+        if hnsw.get("sync_threshold", SYNC_THRESHOLD) == SYNC_THRESHOLD:
+            return
+        try:
+            collection.modify(configuration={"hnsw": {"sync_threshold": SYNC_THRESHOLD,
+                                                      "batch_size": SYNC_THRESHOLD}})
+            one = collection.get(limit=1, include=["embeddings", "documents", "metadatas"])
+            if one["ids"]:
+                collection.upsert(ids=one["ids"], embeddings=one["embeddings"],
+                                  documents=one["documents"], metadatas=one["metadatas"])
+        except Exception as exc:  # still searchable; only eviction stays unsafe
+            log.warning("could not make %s persist its index: %s", collection.name, exc)
+
+    def _key_lock(self, owner: str, scope: str) -> threading.Lock:
+        """One of a few locks, by (owner, scope): moves between the shared and an own
+        collection never interleave with this process's writes of the same scope."""
+        return self._stripes[int(shared_key(owner, scope)[:8], 16) % len(self._stripes)]
 
     def _shared(self) -> Any:
         return self._named(self.shared_name, True, {"shared": True})
@@ -440,14 +471,37 @@ class VectorStore:
         in its own collection (moving the shared ones there first)."""
         key = shared_key(owner, scope)
         tagged = [{**m, "owner": owner, "scope": scope, "key": key} for m in metadatas]
-        if self._collection(owner, scope) is None:
-            held = self._shared_rows(owner, scope, ["metadatas"])["ids"]
-            if len(set(held) | set(ids)) <= self.shared_max:
-                self._in_shared(lambda c: self._write(c, ids, vectors, texts, tagged))
+        with self._key_lock(owner, scope):
+            if self._collection(owner, scope) is None:
+                held = self._shared_rows(owner, scope, ["metadatas"])["ids"]
+                if len(set(held) | set(ids)) <= self.shared_max:
+                    self._in_shared(lambda c: self._write(c, ids, vectors, texts, tagged))
+                    return
+                self._promote(owner, scope)
+            self._own(owner, scope, lambda c: self._write(c, ids, vectors, texts, tagged),
+                      create=True)
+
+    def _demote(self, owner: str, scope: str) -> None:
+        """Move a small scope's own collection (the old layout kept every scope in one)
+        into the shared collection, then drop it. Embedded only: this process is the only
+        writer (mami.lock) and holds the scope's lock; with a Chroma server another
+        process could write to the collection being dropped."""
+        name = collection_name(self.prefix, owner, scope)
+        with self._key_lock(owner, scope):
+            own = self._collection(owner, scope)
+            if own is None or own.count() > self.shared_max:
                 return
-            self._promote(owner, scope)
-        self._own(owner, scope, lambda c: self._write(c, ids, vectors, texts, tagged),
-                  create=True)
+            rows = own.get(include=["embeddings", "documents", "metadatas"])
+            for id_, meta in zip(rows["ids"], rows["metadatas"], strict=True):
+                if meta.get("owner") != owner or meta.get("scope") != scope:
+                    raise IsolationError(f"collection for {owner!r}/{scope!r} holds {id_!r}")
+            if rows["ids"]:
+                key = shared_key(owner, scope)
+                self._in_shared(lambda c: self._write(
+                    c, rows["ids"], rows["embeddings"], rows["documents"],
+                    [{**m, "key": key} for m in rows["metadatas"]]))
+            self._collections.pop(name, None)
+            self.client.delete_collection(name)
 
     def _promote(self, owner: str, scope: str) -> None:
         """Move ``owner``'s ``scope`` from the shared collection to its own. Copy, then
@@ -467,14 +521,19 @@ class VectorStore:
         where: dict[str, Any] = {"doc": document_id}
         if keep:
             where = {"$and": [where, {"chunk": {"$gte": keep}}]}
-        self._own(owner, scope, lambda c: c.delete(where=where))
         shared = [{"key": shared_key(owner, scope)},
                   *(where["$and"] if keep else [where])]
-        self._in_shared(lambda c: c.delete(where={"$and": shared}))
+        with self._key_lock(owner, scope):
+            self._own(owner, scope, lambda c: c.delete(where=where))
+            self._in_shared(lambda c: c.delete(where={"$and": shared}))
 
     @_guarded
     def drop(self, owner: str, scope: str) -> bool:
         """Delete every record of ``owner``'s ``scope``; False if there was none."""
+        with self._key_lock(owner, scope):
+            return self._drop(owner, scope)
+
+    def _drop(self, owner: str, scope: str) -> bool:
         from chromadb.errors import NotFoundError
 
         held = self._shared_rows(owner, scope, ["metadatas"])["ids"]
@@ -537,6 +596,10 @@ class VectorStore:
         found = self._own(owner, scope, run)
         if found is None:
             return hits
+        if self.path is not None and stored <= self.shared_max \
+                and collection_name(self.prefix, owner, scope) not in self._small_checked:
+            self._small_checked.add(collection_name(self.prefix, owner, scope))
+            self._demote(owner, scope)
         for id_, text, meta, distance in zip(
             found["ids"][0], found["documents"][0], found["metadatas"][0],
             found["distances"][0], strict=True,

@@ -51,7 +51,8 @@ def exact(ids: list[str], vectors: Any, query: Any, k: int) -> list[str]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> VectorStore:
-    return VectorStore(lambda: open_client(path=tmp_path / "chroma"), "t", shared_max=20)
+    path = tmp_path / "chroma"
+    return VectorStore(lambda: open_client(path=path), "t", shared_max=20, path=path)
 
 
 def test_small_owners_share_one_collection_and_are_ranked_exactly(store: VectorStore) -> None:
@@ -94,19 +95,40 @@ def test_a_scope_that_outgrows_the_shared_collection_moves_to_its_own(
     assert store.count("bob", "default") == 3
 
 
-def test_a_collection_of_the_old_layout_is_still_searched(store: VectorStore) -> None:
+def legacy(store: VectorStore, owner: str, vectors: Any) -> Any:
+    """A collection as the old layout made it: one per owner and scope, Chroma's default
+    index persistence (every 1,000 records)."""
+    collection = store.client.create_collection(
+        collection_name("t", owner, "default"), configuration={"hnsw": {"space": "cosine"}},
+        embedding_function=None)
+    n = len(vectors)
+    collection.add(ids=[f"old:{i}" for i in range(n)], embeddings=vectors, documents=["x"] * n,
+                   metadatas=[{"owner": owner, "scope": "default", "doc": "old", "chunk": i,
+                               "source": "old"} for i in range(n)])
+    return collection
+
+
+def test_a_small_collection_of_the_old_layout_moves_into_the_shared_one(
+        store: VectorStore) -> None:
     rng = np.random.default_rng(3)
     vectors = unit(rng, 4)
-    legacy = store.client.create_collection(
-        collection_name("t", "alice", "default"), configuration={"hnsw": {"space": "cosine"}},
-        embedding_function=None)
-    legacy.add(ids=["old:0", "old:1", "old:2", "old:3"], embeddings=vectors,
-               documents=["x"] * 4,
-               metadatas=[{"owner": "alice", "scope": "default", "doc": "old", "chunk": i,
-                           "source": "old"} for i in range(4)])
+    legacy(store, "alice", vectors)
     assert store.query("alice", {"default": 4}, vectors[2], 1)[0].id == "old:2"
-    put(store, "alice", "default", "new", unit(rng, 1))  # goes where the scope lives
-    assert legacy.count() == 5 and store.count("alice", "default") == 5
+    assert {c.name for c in store.client.list_collections()} == {"t-shared"}
+    assert store.query("alice", {"default": 4}, vectors[2], 4)[0].id == "old:2"
+    put(store, "alice", "default", "new", unit(rng, 1))
+    assert store.count("alice", "default") == 5
+    assert store.client.get_collection("t-shared").count() == 5
+
+
+def test_a_big_collection_of_the_old_layout_stays_and_persists_its_index(
+        store: VectorStore) -> None:
+    rng = np.random.default_rng(5)
+    vectors = unit(rng, 30)
+    collection = legacy(store, "alice", vectors)
+    assert store.query("alice", {"default": 30}, vectors[7], 1)[0].id == "old:7"
+    again = store.client.get_collection(collection.name)
+    assert again.configuration["hnsw"]["sync_threshold"] == 1 and again.count() == 30
 
 
 def test_a_shared_record_tagged_for_one_owner_but_naming_another_is_refused(
