@@ -36,9 +36,17 @@ from core.protocols import Check, DocumentInfo, Passage
 from core.runtime import Runtime
 from plugins.chroma_rag import GLOBAL_OWNER, GLOBAL_SCOPE, Settings
 from plugins.chroma_rag.chunking import chunk_pages, chunk_text
-from plugins.chroma_rag.embeddings import Embedder, aembed, embedder_health, get_embedder
+from plugins.chroma_rag.embeddings import Embedder, aembed, get_embedder
 from plugins.chroma_rag.models import Document
-from plugins.chroma_rag.store import VectorStore, open_client, shown_location
+from plugins.chroma_rag.store import (
+    StoreUnavailable,
+    VectorStore,
+    close_client,
+    hold_store,
+    open_client,
+    shown_location,
+    store_health,
+)
 
 log = logging.getLogger("mami.rag")
 
@@ -68,26 +76,64 @@ class ChromaRetriever:
         self.settings = settings
         self.db = runtime.db
         path = settings.path or str(Path(runtime.config.data_dir) / "chroma")
+        where = (settings.chroma_url, path, settings.chroma_token)
+        served = runtime.state.get("public_url", "")
+        holder = f"mami serve at {served}" if served else ""
         self.store = VectorStore(
-            lambda: open_client(settings.chroma_url, path, settings.chroma_token),
-            settings.collection_prefix, settings.hnsw_ef_search, settings.shared_max_chunks,
+            lambda: open_client(*where, holder=holder), settings.collection_prefix,
+            settings.hnsw_ef_search,
+            settings.shared_max_chunks, url=settings.chroma_url, path=path,
+            close=lambda: close_client(*where),
         )
         self.embedder = embedder or get_embedder(settings.embedder, settings.model_dir)
         self.location = shown_location(settings.chroma_url, path)
         self.embedded = not settings.chroma_url
         self.removed_at_start: list[str] = []  # sources of pending documents removed
+        if served and not settings.chroma_url:
+            # The server owns its embedded store from the start, not from its first
+            # search: a `mami ingest` meanwhile would write behind its back.
+            try:
+                hold_store(path, holder)
+            except StoreUnavailable as exc:
+                log.warning("%s", exc.message)
 
     async def doctor(self) -> list[Check]:
-        """The embedding model's files and Chroma (see ``mami doctor``)."""
+        """The embedding model's files, Chroma, and documents whose vectors are gone
+        (see ``mami doctor``)."""
         checks = [self.embedder.check()] if hasattr(self.embedder, "check") else []
-        store = await self.store.check("retrieval store", self.location)
-        if store.status != "ok":
-            return [*checks, store]
-        return [*checks, store, *await self.repair(apply=False)]
+        reached = await self.store.check("retrieval store", self.location)
+        if reached.status != "ok":
+            return [*checks, reached]
+        return [*checks, reached, *await self.repair(apply=False),
+                await self.vanished_vectors()]
+
+    async def vanished_vectors(self) -> Check:
+        """Listed documents with chunks missing from the vector store (a deleted or
+        restored-from-an-old-backup Chroma directory): search can never find them."""
+        async with self.db.session() as session:
+            rows = (await session.exec(select(Document))).all()
+        scopes: dict[tuple[str, str], list[Document]] = {}
+        for row in rows:
+            scopes.setdefault((row.owner_id, row.scope), []).append(row)
+        lost: list[str] = []
+        for (owner, scope), documents in scopes.items():
+            held = await asyncio.to_thread(self.store.ids, owner, scope)
+            lost += [f"{owner}/{d.source}" for d in documents
+                     if any(f"{d.id}:{i}" not in held for i in range(d.chunks))]
+        if not lost:
+            return Check("document vectors", "ok",
+                         f"every chunk of the {len(rows)} documents is in the vector store")
+        return Check("document vectors", "fail",
+                     f"{len(lost)} of {len(rows)} documents have lost their vectors and are "
+                     f"never found by search: {', '.join(sorted(lost)[:5])}"
+                     + (" ..." if len(lost) > 5 else ""),
+                     "upload them again (`mami ingest` or POST /api/documents), or delete "
+                     "them (DELETE /api/documents/{id})")
 
     async def health(self) -> dict[str, Any]:
-        """``degraded`` with the fix when the embedding model is missing."""
-        return embedder_health(self.embedder)
+        """``degraded`` (with the reason and fix) when the embedding model is missing or
+        while the vector store is missing, not writable or unreachable."""
+        return await store_health(self.embedder, self.store)
 
     def check_scope(self, scope: str) -> str:
         """``scope`` if it is ``global`` or configured; else a 400 naming the choices."""

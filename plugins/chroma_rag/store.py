@@ -14,20 +14,28 @@ requires the owner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
+import logging
+import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from core.db import private_dir
-from core.errors import ConfigError
+from core.errors import ConfigError, PluginUnavailable
 from core.protocols import Check
 
-__all__ = ["Hit", "IsolationError", "VectorStore", "collection_name", "open_client",
-           "shared_key"]
+log = logging.getLogger("mami.rag")
+
+__all__ = ["Hit", "IsolationError", "StoreUnavailable", "VectorStore", "collection_name",
+           "open_client", "shared_key"]
+
+T = TypeVar("T")
 
 
 _opening = threading.Lock()
@@ -40,25 +48,100 @@ index that was never written ("Nothing found on disk"; its default waits for 1,0
 records), so every write of an own collection is persisted."""
 
 
-def open_client(url: str = "", path: str | Path = "", token: str = "") -> Any:
+_held: dict[str, Any] = {}
+LOCK_FILE = "mami.lock"
+
+
+def hold_store(path: str | Path, holder: str = "") -> None:
+    """Make this process the one owner of the embedded Chroma at ``path``: an exclusive
+    lock on ``<path>/mami.lock`` (released when the process ends, however it ends),
+    naming ``holder`` (``mami serve at http://...``) for whoever comes second. A store
+    held by another process raises StoreUnavailable naming it: embedded Chroma is one
+    process only, and a second one writes what the first never sees."""
+    import fcntl
+    import json
+
+    key = str(Path(path).resolve())
+    lock = Path(key) / LOCK_FILE
+    held = _held.get(key)
+    if held is not None and lock.exists() and os.fstat(held.fileno()).st_ino == lock.stat().st_ino:
+        return
+    private_dir(Path(key))
+    handle = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 (kept open: it is the lock)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        try:
+            info = json.loads(handle.read() or "{}")
+        except ValueError:
+            info = {}
+        handle.close()
+        raise StoreUnavailable(_held_message(key, info)) from None
+    handle.seek(0)
+    handle.truncate()
+    url = holder.split(" at ", 1)[1] if " at " in holder else ""
+    handle.write(json.dumps({"pid": os.getpid(), "holder": holder or _command(), "url": url}))
+    handle.flush()
+    _held[key] = handle
+
+
+def _command() -> str:
+    import sys
+
+    return " ".join(["mami", *sys.argv[1:2]]) if sys.argv[0].endswith("mami") else \
+        Path(sys.argv[0]).name
+
+
+def _held_message(path: str, info: Mapping[str, Any]) -> str:
+    who = f"{info.get('holder') or 'another process'} (pid {info.get('pid', '?')})"
+    url = info.get("url")
+    instead = (f"send the documents through that server instead (POST {url}/api/documents, "
+               "or its web page), or stop it first" if url else
+               "wait for it to finish or stop it")
+    return (f"the embedded Chroma at {path} is in use by {who}, and embedded Chroma serves "
+            f"one process only: nothing was written. {instead[0].upper()}{instead[1:]}; for "
+            "several processes, run a Chroma server (`chroma run`) and set chroma_url.")
+
+
+def open_client(url: str = "", path: str | Path = "", token: str = "", holder: str = "") -> Any:
     """The process's Chroma client for this location, opened once and shared by every
     plugin that asks for it (memory and retrieval): ``HttpClient`` for ``url``
-    (``http[s]://host:port``), otherwise an embedded ``PersistentClient`` at ``path``
-    (one process per path). ``token`` is sent as ``X-Chroma-Token``. Telemetry is off."""
+    (``http[s]://host:port``), otherwise an embedded ``PersistentClient`` at ``path``,
+    held by this process (:func:`hold_store`, described as ``holder``). ``token`` is
+    sent as ``X-Chroma-Token``. Telemetry is off."""
     key = (url, "" if url else str(Path(path).resolve()), token)
     with _opening:
         client = _clients.get(key)
         if client is None:
+            if not url:
+                hold_store(path, holder)
             # Two threads creating the embedded system at once break it ("no attribute
             # 'bindings'"): memory and retrieval start together.
             client = _clients[key] = _new_client(url, path, token)
         return client
 
 
-def forget_clients() -> None:
-    """Drop the shared clients (tests that delete a store's directory call this)."""
+def close_client(url: str = "", path: str | Path = "", token: str = "") -> None:
+    """Close the process's client for this location (the next :func:`open_client` opens
+    a new one): after a storage fault, so a repaired directory is opened afresh."""
+    key = (url, "" if url else str(Path(path).resolve()), token)
     with _opening:
-        _clients.clear()
+        if _clients.pop(key, None) is not None and not url:
+            _drop_system(Path(key[1]))
+
+
+def _drop_system(path: Path) -> None:
+    """Forget Chroma's shared system for ``path`` (a failed start leaves a broken one
+    behind that every later client would get)."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    for identifier in list(SharedSystemClient._identifier_to_system):
+        if Path(identifier).resolve() == path:
+            system = SharedSystemClient._identifier_to_system.pop(identifier)
+            SharedSystemClient._identifier_to_refcount.pop(identifier, None)
+            with contextlib.suppress(Exception):  # a broken one may not stop cleanly
+                system.stop()
 
 
 def _new_client(url: str, path: str | Path, token: str) -> Any:
@@ -68,7 +151,11 @@ def _new_client(url: str, path: str | Path, token: str) -> Any:
     settings = ChromaSettings(anonymized_telemetry=False)
     if not url:
         private_dir(Path(path))
-        return chromadb.PersistentClient(path=str(path), settings=settings)
+        try:
+            return chromadb.PersistentClient(path=str(path), settings=settings)
+        except BaseException:
+            _drop_system(Path(path).resolve())
+            raise
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"chroma_url {url!r}: expected http://host:port or https://host:port")
@@ -103,6 +190,35 @@ class IsolationError(RuntimeError):
     """A collection returned a chunk of another owner or scope: a bug, never filtered."""
 
 
+class StoreUnavailable(PluginUnavailable):
+    """Chroma cannot be used right now (its directory is missing or not writable, or the
+    server does not answer): a 503 whose message names the place and the fix."""
+
+
+FAULT_SIGNS = ("readonly", "read-only", "permission denied", "disk i/o", "unable to open",
+               "no space left", "disk is full", "no such file", "nothing found on disk",
+               "code: 1032", "code: 8", "code: 10", "code: 14")
+
+
+def _guarded(method: Callable[..., T]) -> Callable[..., T]:
+    """Turn a storage fault inside ``method`` into :class:`StoreUnavailable` (and close
+    the client, so the next call reopens Chroma: a repaired store works again)."""
+
+    @functools.wraps(method)
+    def wrapper(self: VectorStore, *args: Any, **kwargs: Any) -> T:
+        self.ensure_present()
+        try:
+            result = method(self, *args, **kwargs)
+        except (IsolationError, StoreUnavailable, ValueError):
+            raise
+        except Exception as exc:
+            raise self.fault(exc) from exc
+        self.last_fault = None
+        return result
+
+    return wrapper
+
+
 @dataclass(frozen=True, slots=True)
 class Hit:
     """One vector-query result; ``score`` is the cosine similarity."""
@@ -132,21 +248,105 @@ class VectorStore:
     """
 
     def __init__(self, connect: Any, prefix: str = "mami-rag", ef_search: int = 200,
-                 shared_max: int = 256) -> None:
+                 shared_max: int = 256, *, url: str = "", path: str | Path = "",
+                 close: Callable[[], None] | None = None) -> None:
         self._connect = connect
         self.prefix = prefix
         self.ef_search = ef_search
         self.shared_max = shared_max
+        self.url = url
+        self.path = Path(path) if path and not url else None
+        self._close = close
         self._client: Any = None
         self._collections: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self.last_fault: str | None = None
+        self._stripes = [threading.Lock() for _ in range(64)]
+        self._settled: set[str] = set()  # own collections checked for the old layout
+        self._small_checked: set[str] = set()  # ... and for being small enough to share
+        self._opened = False  # an embedded store existed: its vanishing is a fault
 
     @property
     def client(self) -> Any:
+        try:
+            client = self._connect()
+        except (ConfigError, StoreUnavailable):
+            raise
+        except Exception as exc:
+            if self.url:
+                self.last_fault = (f"the Chroma server at {self.where} does not answer ({exc}): "
+                                   "start it (`chroma run`) or fix chroma_url")
+            else:
+                self.last_fault = (f"Chroma at {self.path} cannot be opened ("
+                                   f"{type(exc).__name__}: {exc}): make the directory and its "
+                                   "files writable by the user running mami (and check the "
+                                   "disk), then retry")
+            raise StoreUnavailable(self.last_fault) from exc
+        self._opened = True
         with self._lock:
-            if self._client is None:
-                self._client = self._connect()
-            return self._client
+            if client is not self._client:  # reopened after a fault: old handles are dead
+                self._client = client
+                self._collections.clear()
+            return client
+
+    @property
+    def where(self) -> str:
+        return self.url or str(self.path or "")
+
+    def ensure_present(self) -> None:
+        """503 when the embedded store's directory has vanished (Chroma would go on
+        reading a deleted file and silently lose every write)."""
+        if self.path is None or not self._opened or (self.path / "chroma.sqlite3").exists():
+            return  # (the first open creates it)
+        self._reset()
+        self.last_fault = (f"the Chroma directory {self.path} is missing: restore it from a "
+                           "backup (then retry), or restart mami to start an empty one "
+                           "and upload the documents again")
+        raise StoreUnavailable(self.last_fault)
+
+    def fault(self, exc: BaseException) -> BaseException:
+        """``exc`` as the 503 to answer with if it is a storage fault, else ``exc``."""
+        text = f"{type(exc).__name__}: {exc}".lower()
+        if self.url:
+            if not any(n in type(exc).__name__ for n in ("Connect", "Timeout", "Network")) \
+                    and "could not connect" not in text:
+                return exc
+            self.last_fault = (f"the Chroma server at {self.where} does not answer: start it "
+                               "(`chroma run`) or fix chroma_url")
+        elif any(sign in text for sign in FAULT_SIGNS) or isinstance(exc, OSError):
+            self._reset()
+            self.last_fault = (f"Chroma at {self.where} cannot be written or read ({exc}): "
+                               "make the directory and its files writable by the user "
+                               "running mami (and check the disk), then retry")
+        else:
+            return exc
+        return StoreUnavailable(self.last_fault)
+
+    def _reset(self) -> None:
+        with self._lock:
+            self._client = None
+            self._collections.clear()
+        if self._close is not None:
+            self._close()
+
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok"}``, or ``degraded`` with the reason: the directory is missing
+        or not writable, the server does not answer, or the last call hit a fault."""
+        reason = None
+        if self.path is not None and self._opened:
+            files = (self.path, self.path / "chroma.sqlite3")
+            if not files[1].exists():
+                reason = f"the Chroma directory {self.path} is missing"
+            elif not all(os.access(f, os.W_OK) for f in files):
+                reason = f"Chroma at {self.path} is not writable"
+        if reason is None and self.last_fault and self.url:
+            try:  # the server may be back: a heartbeat says so without waiting for a call
+                self.client.heartbeat()
+                self.last_fault = None
+            except Exception:
+                pass
+        reason = reason or self.last_fault
+        return {"status": "degraded", "reason": reason} if reason else {"status": "ok"}
 
     async def check(self, what: str, where: str) -> Check:
         """Whether Chroma opens and answers (for ``mami doctor``)."""
@@ -186,8 +386,33 @@ class VectorStore:
 
     def _collection(self, owner: str, scope: str, create: bool = False) -> Any | None:
         """The own collection of ``owner``'s ``scope``; None if it has none."""
-        return self._named(collection_name(self.prefix, owner, scope), create,
-                           {"owner": owner, "scope": scope})
+        found = self._named(collection_name(self.prefix, owner, scope), create,
+                            {"owner": owner, "scope": scope})
+        if found is not None and found.name not in self._settled:
+            self._settled.add(found.name)
+            self._persist_always(found)
+        return found
+
+    def _persist_always(self, collection: Any) -> None:
+        """Make a collection of the old layout write its index on every change (and once
+        now), so that Chroma can reload it after evicting it."""
+        hnsw = (getattr(collection, "configuration", None) or {}).get("hnsw") or {}
+        if hnsw.get("sync_threshold", SYNC_THRESHOLD) == SYNC_THRESHOLD:
+            return
+        try:
+            collection.modify(configuration={"hnsw": {"sync_threshold": SYNC_THRESHOLD,
+                                                      "batch_size": SYNC_THRESHOLD}})
+            one = collection.get(limit=1, include=["embeddings", "documents", "metadatas"])
+            if one["ids"]:
+                collection.upsert(ids=one["ids"], embeddings=one["embeddings"],
+                                  documents=one["documents"], metadatas=one["metadatas"])
+        except Exception as exc:  # still searchable; only eviction stays unsafe
+            log.warning("could not make %s persist its index: %s", collection.name, exc)
+
+    def _key_lock(self, owner: str, scope: str) -> threading.Lock:
+        """One of a few locks, by (owner, scope): moves between the shared and an own
+        collection never interleave with this process's writes of the same scope."""
+        return self._stripes[int(shared_key(owner, scope)[:8], 16) % len(self._stripes)]
 
     def _shared(self) -> Any:
         return self._named(self.shared_name, True, {"shared": True})
@@ -236,6 +461,7 @@ class VectorStore:
                 metadatas=[dict(m) for m in metadatas[i : i + batch]],
             )
 
+    @_guarded
     def upsert(
         self, owner: str, scope: str, ids: Sequence[str], vectors: Any,
         texts: Sequence[str], metadatas: Sequence[Mapping[str, Any]],
@@ -245,14 +471,37 @@ class VectorStore:
         in its own collection (moving the shared ones there first)."""
         key = shared_key(owner, scope)
         tagged = [{**m, "owner": owner, "scope": scope, "key": key} for m in metadatas]
-        if self._collection(owner, scope) is None:
-            held = self._shared_rows(owner, scope, ["metadatas"])["ids"]
-            if len(set(held) | set(ids)) <= self.shared_max:
-                self._in_shared(lambda c: self._write(c, ids, vectors, texts, tagged))
+        with self._key_lock(owner, scope):
+            if self._collection(owner, scope) is None:
+                held = self._shared_rows(owner, scope, ["metadatas"])["ids"]
+                if len(set(held) | set(ids)) <= self.shared_max:
+                    self._in_shared(lambda c: self._write(c, ids, vectors, texts, tagged))
+                    return
+                self._promote(owner, scope)
+            self._own(owner, scope, lambda c: self._write(c, ids, vectors, texts, tagged),
+                      create=True)
+
+    def _demote(self, owner: str, scope: str) -> None:
+        """Move a small scope's own collection (the old layout kept every scope in one)
+        into the shared collection, then drop it. Embedded only: this process is the only
+        writer (mami.lock) and holds the scope's lock; with a Chroma server another
+        process could write to the collection being dropped."""
+        name = collection_name(self.prefix, owner, scope)
+        with self._key_lock(owner, scope):
+            own = self._collection(owner, scope)
+            if own is None or own.count() > self.shared_max:
                 return
-            self._promote(owner, scope)
-        self._own(owner, scope, lambda c: self._write(c, ids, vectors, texts, tagged),
-                  create=True)
+            rows = own.get(include=["embeddings", "documents", "metadatas"])
+            for id_, meta in zip(rows["ids"], rows["metadatas"], strict=True):
+                if meta.get("owner") != owner or meta.get("scope") != scope:
+                    raise IsolationError(f"collection for {owner!r}/{scope!r} holds {id_!r}")
+            if rows["ids"]:
+                key = shared_key(owner, scope)
+                self._in_shared(lambda c: self._write(
+                    c, rows["ids"], rows["embeddings"], rows["documents"],
+                    [{**m, "key": key} for m in rows["metadatas"]]))
+            self._collections.pop(name, None)
+            self.client.delete_collection(name)
 
     def _promote(self, owner: str, scope: str) -> None:
         """Move ``owner``'s ``scope`` from the shared collection to its own. Copy, then
@@ -266,18 +515,25 @@ class VectorStore:
         else:
             self._collection(owner, scope, create=True)
 
+    @_guarded
     def delete_document(self, owner: str, scope: str, document_id: str, keep: int = 0) -> None:
         """Delete a document's chunks whose index is ``keep`` or more (all by default)."""
         where: dict[str, Any] = {"doc": document_id}
         if keep:
             where = {"$and": [where, {"chunk": {"$gte": keep}}]}
-        self._own(owner, scope, lambda c: c.delete(where=where))
         shared = [{"key": shared_key(owner, scope)},
                   *(where["$and"] if keep else [where])]
-        self._in_shared(lambda c: c.delete(where={"$and": shared}))
+        with self._key_lock(owner, scope):
+            self._own(owner, scope, lambda c: c.delete(where=where))
+            self._in_shared(lambda c: c.delete(where={"$and": shared}))
 
+    @_guarded
     def drop(self, owner: str, scope: str) -> bool:
         """Delete every record of ``owner``'s ``scope``; False if there was none."""
+        with self._key_lock(owner, scope):
+            return self._drop(owner, scope)
+
+    def _drop(self, owner: str, scope: str) -> bool:
         from chromadb.errors import NotFoundError
 
         held = self._shared_rows(owner, scope, ["metadatas"])["ids"]
@@ -291,6 +547,7 @@ class VectorStore:
             return bool(held)
         return True
 
+    @_guarded
     def ids(self, owner: str, scope: str) -> set[str]:
         """Ids of every record stored for ``owner``'s ``scope``."""
         found = set(self._shared_rows(owner, scope, ["metadatas"])["ids"])
@@ -300,6 +557,7 @@ class VectorStore:
         """Chunks stored for ``owner``'s ``scope``."""
         return len(self.ids(owner, scope))
 
+    @_guarded
     def query(self, owner: str, scopes: Mapping[str, int], vector: Any, k: int) -> list[Hit]:
         """The ``k`` chunks nearest to ``vector`` among ``owner``'s chunks in ``scopes``
         (scope -> number of chunks stored, from the documents table), best first.
@@ -338,6 +596,10 @@ class VectorStore:
         found = self._own(owner, scope, run)
         if found is None:
             return hits
+        if self.path is not None and stored <= self.shared_max \
+                and collection_name(self.prefix, owner, scope) not in self._small_checked:
+            self._small_checked.add(collection_name(self.prefix, owner, scope))
+            self._demote(owner, scope)
         for id_, text, meta, distance in zip(
             found["ids"][0], found["documents"][0], found["metadatas"][0],
             found["distances"][0], strict=True,
@@ -346,3 +608,14 @@ class VectorStore:
                 raise IsolationError(f"collection for {owner!r}/{scope!r} returned {id_!r}")
             hits.append(Hit(id_, text, meta, 1.0 - float(distance)))
         return hits
+
+
+async def store_health(embedder: object, store: VectorStore) -> dict[str, Any]:
+    """The ``health()`` of a provider that embeds with ``embedder`` into ``store``:
+    ``degraded`` with the fix when the model's files are missing, else the store's."""
+    from plugins.chroma_rag.embeddings import embedder_health
+
+    model = embedder_health(embedder)
+    if model["status"] != "ok":
+        return model
+    return {**model, **await asyncio.to_thread(store.health)}

@@ -33,8 +33,15 @@ from core.errors import AuthError, BadRequest
 from core.models import utcnow
 from core.protocols import Check, Memory, MemoryDecision
 from core.runtime import Runtime
-from plugins.chroma_rag.embeddings import Embedder, aembed, embedder_health, get_embedder
-from plugins.chroma_rag.store import Hit, VectorStore, open_client, shown_location
+from plugins.chroma_rag.embeddings import Embedder, aembed, get_embedder
+from plugins.chroma_rag.store import (
+    Hit,
+    VectorStore,
+    close_client,
+    open_client,
+    shown_location,
+    store_health,
+)
 from plugins.memory import Settings
 from plugins.memory.index import SCOPE, MemoryIndex
 from plugins.memory.models import MemoryDecisionRecord, MemoryRecord
@@ -81,8 +88,12 @@ class ChromaMemoryStore:
         self.settings = settings
         self.db = runtime.db
         url, path, token = chroma_location(settings, runtime)
-        vectors = VectorStore(lambda: open_client(url, path, token), settings.collection_prefix,
-                              shared_max=settings.shared_max_memories)
+        served = runtime.state.get("public_url", "")
+        holder = f"mami serve at {served}" if served else ""
+        vectors = VectorStore(lambda: open_client(url, path, token, holder),
+                              settings.collection_prefix,
+                              shared_max=settings.shared_max_memories, url=url, path=path,
+                              close=lambda: close_client(url, path, token))
         self.embedder = embedder or get_embedder(settings.embedder, settings.model_dir)
         self.index = MemoryIndex(vectors, self.embedder,
                                  settings.write_behind and not runtime.serverless)
@@ -123,9 +134,10 @@ class ChromaMemoryStore:
         return [*checks, await self.vectors.check("memory store", self.location)]
 
     async def health(self) -> dict[str, Any]:
-        """``degraded`` with the fix when the embedding model is missing: memories are
-        then neither recalled nor stored."""
-        return embedder_health(self.embedder)
+        """``degraded`` (with the reason and fix) when the embedding model is missing (no
+        memory is then recalled or stored) or while the vector store is missing, not
+        writable or unreachable."""
+        return await store_health(self.embedder, self.vectors)
 
     def candidate(self, text: str) -> tuple[str, str]:
         """``(wording, normalised)`` of a fact, or a 400 saying what is wrong with it."""

@@ -7,6 +7,8 @@ disk")."""
 from __future__ import annotations
 
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -49,7 +51,8 @@ def exact(ids: list[str], vectors: Any, query: Any, k: int) -> list[str]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> VectorStore:
-    return VectorStore(lambda: open_client(path=tmp_path / "chroma"), "t", shared_max=20)
+    path = tmp_path / "chroma"
+    return VectorStore(lambda: open_client(path=path), "t", shared_max=20, path=path)
 
 
 def test_small_owners_share_one_collection_and_are_ranked_exactly(store: VectorStore) -> None:
@@ -92,19 +95,40 @@ def test_a_scope_that_outgrows_the_shared_collection_moves_to_its_own(
     assert store.count("bob", "default") == 3
 
 
-def test_a_collection_of_the_old_layout_is_still_searched(store: VectorStore) -> None:
+def legacy(store: VectorStore, owner: str, vectors: Any) -> Any:
+    """A collection as the old layout made it: one per owner and scope, Chroma's default
+    index persistence (every 1,000 records)."""
+    collection = store.client.create_collection(
+        collection_name("t", owner, "default"), configuration={"hnsw": {"space": "cosine"}},
+        embedding_function=None)
+    n = len(vectors)
+    collection.add(ids=[f"old:{i}" for i in range(n)], embeddings=vectors, documents=["x"] * n,
+                   metadatas=[{"owner": owner, "scope": "default", "doc": "old", "chunk": i,
+                               "source": "old"} for i in range(n)])
+    return collection
+
+
+def test_a_small_collection_of_the_old_layout_moves_into_the_shared_one(
+        store: VectorStore) -> None:
     rng = np.random.default_rng(3)
     vectors = unit(rng, 4)
-    legacy = store.client.create_collection(
-        collection_name("t", "alice", "default"), configuration={"hnsw": {"space": "cosine"}},
-        embedding_function=None)
-    legacy.add(ids=["old:0", "old:1", "old:2", "old:3"], embeddings=vectors,
-               documents=["x"] * 4,
-               metadatas=[{"owner": "alice", "scope": "default", "doc": "old", "chunk": i,
-                           "source": "old"} for i in range(4)])
+    legacy(store, "alice", vectors)
     assert store.query("alice", {"default": 4}, vectors[2], 1)[0].id == "old:2"
-    put(store, "alice", "default", "new", unit(rng, 1))  # goes where the scope lives
-    assert legacy.count() == 5 and store.count("alice", "default") == 5
+    assert {c.name for c in store.client.list_collections()} == {"t-shared"}
+    assert store.query("alice", {"default": 4}, vectors[2], 4)[0].id == "old:2"
+    put(store, "alice", "default", "new", unit(rng, 1))
+    assert store.count("alice", "default") == 5
+    assert store.client.get_collection("t-shared").count() == 5
+
+
+def test_a_big_collection_of_the_old_layout_stays_and_persists_its_index(
+        store: VectorStore) -> None:
+    rng = np.random.default_rng(5)
+    vectors = unit(rng, 30)
+    collection = legacy(store, "alice", vectors)
+    assert store.query("alice", {"default": 30}, vectors[7], 1)[0].id == "old:7"
+    again = store.client.get_collection(collection.name)
+    assert again.configuration["hnsw"]["sync_threshold"] == 1 and again.count() == 30
 
 
 def test_a_shared_record_tagged_for_one_owner_but_naming_another_is_refused(
@@ -119,11 +143,13 @@ def test_a_shared_record_tagged_for_one_owner_but_naming_another_is_refused(
         store.query("alice", {"default": 3}, unit(rng, 1)[0], 5)
 
 
-def nofile_server(data: Path, nofile: int) -> tuple[subprocess.Popen[bytes], str]:
+def nofile_server(data: Path, nofile: int, chroma_url: str = ""
+                  ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(HERE.parents[2])}
     process = subprocess.Popen(
-        [sys.executable, str(HERE / "fd_limited_server.py"), str(port), str(data), str(nofile)],
+        [sys.executable, str(HERE / "fd_limited_server.py"), str(port), str(data), str(nofile),
+         *([chroma_url] if chroma_url else [])],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -139,9 +165,28 @@ def nofile_server(data: Path, nofile: int) -> tuple[subprocess.Popen[bytes], str
     raise RuntimeError("server did not start")
 
 
+def limited(nofile: int) -> Any:
+    def set_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    return set_limit
+
+
 @pytest.mark.slow
-def test_a_thousand_owners_searched_twice_under_256_descriptors(tmp_path: Path) -> None:
-    process, url = nofile_server(tmp_path / "data", 256)
+@pytest.mark.parametrize("chroma", ["embedded", "server"])
+def test_a_thousand_owners_searched_twice_under_256_descriptors(tmp_path: Path,
+                                                                chroma: str) -> None:
+    chroma_server = None
+    if chroma == "server":  # `chroma run` under the same limit (it failed uploads at 1024)
+        port = free_port()
+        chroma_server = subprocess.Popen(
+            [shutil.which("chroma") or "chroma", "run", "--path", str(tmp_path / "chroma"),
+             "--host", "127.0.0.1", "--port", str(port)], preexec_fn=limited(256),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(f"http://127.0.0.1:{port}/api/v2/heartbeat", chroma_server)
+    process, url = nofile_server(tmp_path / "data", 256,
+                                 f"http://127.0.0.1:{port}" if chroma_server else "")
     owners = [f"owner{i:04d}" for i in range(1000)]
     try:
         with httpx.Client(base_url=url, timeout=120) as http:
@@ -164,8 +209,23 @@ def test_a_thousand_owners_searched_twice_under_256_descriptors(tmp_path: Path) 
                     failed = [(o, r) for o, r in zip(owners, results, strict=True)
                               if r != (200, [f"{o}.md"])]
                     assert failed == []
-            fds = len(os.listdir(f"/proc/{process.pid}/fd"))
-            assert fds < 200
+            for holder in (process, chroma_server):
+                if holder is not None:
+                    assert len(os.listdir(f"/proc/{holder.pid}/fd")) < 200
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        for running in (process, chroma_server):
+            if running is not None:
+                running.terminate()
+                running.wait(timeout=30)
+
+
+def wait_for(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline, "did not start"
+        time.sleep(0.2)
