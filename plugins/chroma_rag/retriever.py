@@ -457,16 +457,20 @@ class ChromaRetriever:
                 continue
             meta = collection.metadata or {}
             owner, scope = meta.get("owner"), meta.get("scope")
-            if owner is None or scope is None:
+            shared = collection.name == self.store.shared_name
+            if not shared and (owner is None or scope is None):
                 continue
             read += 1
-            documents = keep.get((str(owner), str(scope)), {})
             bad: list[str] = []
             offset = 0
             while True:
                 page = collection.get(include=["metadatas"], limit=SCAN_PAGE, offset=offset)
                 for chunk_id, chunk in zip(page["ids"], page["metadatas"], strict=True):
                     chunk = chunk or {}
+                    # the shared collection holds many owners' scopes: each record says whose
+                    whose = ((chunk.get("owner"), chunk.get("scope")) if shared
+                             else (owner, scope))
+                    documents = keep.get((str(whose[0]), str(whose[1])), {})
                     if int(chunk.get("chunk", 0)) >= documents.get(str(chunk.get("doc")), 0):
                         bad.append(chunk_id)
                 if len(page["ids"]) < SCAN_PAGE:
