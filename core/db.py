@@ -7,13 +7,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core.errors import ConfigError
+from core.errors import ConfigError, DatabaseMissing, DatabaseUnavailable
+
+# SQLite's words for a file it cannot use (SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_IOERR).
+STORAGE_FAULTS = ("readonly", "unable to open database file", "disk i/o error")
 
 
 def sync_url(url: str) -> str:
@@ -27,11 +32,43 @@ def sync_url(url: str) -> str:
 
 
 def async_url(url: str) -> str:
-    """The URL for the app's async engine."""
+    """The URL for the app's async engine. A SQLite file is opened with ``mode=rw``: a
+    connection made after the file vanished fails instead of making an empty one."""
     parsed = make_url(sync_url(url))
     if parsed.drivername == "sqlite":
+        path = sqlite_path(url)
+        if path is not None and not parsed.query:
+            return f"sqlite+aiosqlite:///file:{quote(str(path))}?mode=rw&uri=true"
         return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
     return parsed.render_as_string(hide_password=False)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (absolute), or ``None`` (in memory, or not SQLite)."""
+    parsed = make_url(sync_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    database = str(parsed.database)
+    if database.startswith("file:"):
+        return None
+    return Path(database).expanduser().absolute()
+
+
+def refuse_vanished(database: Path, data_dir: Path) -> None:
+    """Raise :class:`DatabaseMissing` when ``database`` does not exist but a folder in
+    ``data_dir`` holds files (keys, vector stores, images: data kept beside the database,
+    by core and plugins, each in its own folder). Creating an empty database then would
+    silently lose every account and conversation."""
+    if database.exists() or not data_dir.is_dir():
+        return
+    holders = sorted(entry.name for entry in data_dir.iterdir()
+                     if entry.is_dir() and any(p.is_file() for p in entry.rglob("*")))
+    if holders:
+        raise DatabaseMissing(
+            f"the database {database} is missing, but {data_dir} still holds data that goes "
+            f"with it ({', '.join(holders)}): it was deleted or moved. Restore it from a "
+            "backup (or point MAMI_DATABASE_URL at where it is now); to start again with an "
+            "empty database on purpose, run `mami db upgrade`, which creates one")
 
 
 def is_sqlite(url: str) -> bool:
@@ -70,15 +107,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 class Database:
     """The app's engine. ``session()`` yields an :class:`AsyncSession` that does not
-    expire objects on commit."""
+    expire objects on commit.
 
-    def __init__(self, url: str) -> None:
+    With a SQLite file, a missing or read-only file gives :class:`DatabaseUnavailable`
+    (503, naming the path and the fix) instead of a 500; the pool is then emptied, so
+    once the file is back (or writable) the next session works again. ``data_dir``:
+    refuse to create a missing file while data beside it remains (:func:`refuse_vanished`).
+    """
+
+    def __init__(self, url: str, data_dir: Path | None = None) -> None:
         try:
             self.url = sync_url(url)
-            ensure_sqlite_dir(self.url)
+            self.path = sqlite_path(self.url)
             engine_url = async_url(url)
         except Exception as exc:
             raise ConfigError(f"MAMI_DATABASE_URL: invalid database URL: {exc}") from exc
+        if self.path is not None and data_dir is not None:
+            refuse_vanished(self.path, Path(data_dir).expanduser().absolute())
+        ensure_sqlite_dir(self.url)
         self.is_sqlite = is_sqlite(self.url)
         kwargs: dict[str, Any] = {} if self.is_sqlite else {"pool_pre_ping": True}
         self.engine: AsyncEngine = create_async_engine(engine_url, **kwargs)
@@ -87,11 +133,68 @@ class Database:
         self._sessions = async_sessionmaker(
             self.engine, class_=AsyncSession, expire_on_commit=False
         )
+        self._identity = self._file_identity()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return found.st_dev, found.st_ino
+
+    def _missing(self) -> str:
+        return (f"the database file {self.path} is missing (deleted or moved while mami "
+                "runs): put it back, from a backup if need be; mami uses it again by itself")
+
+    def _read_only(self, reason: str) -> str:
+        return (f"the database {self.path} cannot be written ({reason}): make the file, its "
+                "-wal and -shm files and its folder writable for the user running mami; "
+                "mami recovers by itself")
+
+    def problem(self) -> str | None:
+        """What keeps a SQLite file from being used (missing, not writable), or ``None``."""
+        if self.path is None:
+            return None
+        if not self.path.exists():
+            return self._missing()
+        for path in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            try:
+                os.close(os.open(path, os.O_RDWR))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                return self._read_only(exc.strerror or str(exc))
+        return None
+
+    async def _check_file(self) -> None:
+        """Before a session: a vanished file is a 503 (open connections would write to
+        the deleted file); a file replaced under the same path (restored) gets new
+        connections."""
+        if self.path is None:
+            return
+        identity = self._file_identity()
+        if identity == self._identity:
+            return
+        await self.engine.dispose()
+        if identity is None:
+            raise DatabaseUnavailable(self._missing())
+        self._identity = identity
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        async with self._sessions() as session:
-            yield session
+        await self._check_file()
+        try:
+            async with self._sessions() as session:
+                yield session
+        except OperationalError as exc:
+            reason = str(exc.orig).lower() if exc.orig is not None else ""
+            if self.path is None or not any(fault in reason for fault in STORAGE_FAULTS):
+                raise
+            await self.engine.dispose()  # connections SQLite opened read-only stay so
+            problem = self.problem() or self._read_only(str(exc.orig))
+            raise DatabaseUnavailable(problem) from exc
 
     async def close(self) -> None:
         await self.engine.dispose()

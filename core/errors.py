@@ -185,3 +185,14 @@ class PluginUnavailable(MamiError):
 
     status_code = 503
 
+
+
+class DatabaseUnavailable(MamiError):
+    """The database cannot be read or written (its file is missing or read-only); the
+    message names the path and the fix. Clears by itself once the fault is repaired."""
+
+    status_code = 503
+
+
+class DatabaseMissing(ConfigError):
+    """At start: the SQLite file is gone while data that needs it is still there."""

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import MetaData, create_engine, inspect, pool, text
 
-from core.db import ensure_sqlite_dir, is_sqlite, sync_url
+from core.db import ensure_sqlite_dir, is_sqlite, sqlite_path, sync_url
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -159,8 +159,10 @@ def _literal_assignments(path: Path, names: tuple[str, ...]) -> dict[str, Any]:
 
 def current_revision(url: str, version_table: str = VERSION_TABLE) -> str | None:
     """The revision the database is at (core's, or the chain of ``version_table``), or
-    ``None`` for an empty database."""
-    ensure_sqlite_dir(sync_url(url))
+    ``None`` for an empty database (a missing SQLite file is not created)."""
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        return None
     engine = create_engine(sync_url(url))
     try:
         with engine.connect() as conn:

@@ -66,7 +66,7 @@ class Runtime:
         """Whether starting heals what a killed process left (answers left streaming,
         plugins' own repairs); ``mami doctor`` turns it off, as it changes nothing."""
         self.plugins = PluginHost(config, candidates)
-        self.db = Database(config.database_url)
+        self.db = Database(config.database_url, config.data_dir)
         self.providers: dict[str, dict[str, Any]] = {kind: {} for kind in PROVIDER_HOOKS}
         self.provider_plugin: dict[int, str] = {}
         self.chat_commands: dict[str, ChatCommand] = {}
@@ -320,7 +320,10 @@ class Runtime:
 
     def health(self) -> dict[str, Any]:
         """Overall status plus one entry per plugin (with any health the provider reports)."""
+        problem = self.db.problem()
         return {
-            "status": self.plugins.status(),
+            "status": "degraded" if problem else self.plugins.status(),
+            "database": {"status": "unavailable", "error": problem} if problem
+            else {"status": "ok"},
             "plugins": {name: rec.as_dict() for name, rec in self.plugins.records.items()},
         }

@@ -15,7 +15,8 @@ from core.errors import MamiError
 
 @get("/health", summary="Health of the app and of every plugin", exclude_from_auth=True)
 async def health(request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
-    """Always 200 while the process serves; ``status`` is ``degraded`` when a plugin failed.
+    """Always 200 while the process serves; ``status`` is ``degraded`` when a plugin failed
+    or the database cannot be used (``database`` says why, with the path and the fix).
     Providers (and toolsets) that implement ``health()`` add their own details (a
     breaker's state, say); one that reports ``{"status": "degraded", "reason": ...}``
     marks its plugin, and the app, ``degraded``. Without a valid credential (when
@@ -42,6 +43,7 @@ async def health(request: Request[Any, Any, Any], state: State) -> dict[str, Any
     if not await _may_see_details(request, runtime):
         report["plugins"] = {name: {"status": entry["status"]}
                              for name, entry in report["plugins"].items()}
+        report["database"] = {"status": report["database"]["status"]}
     return hide_url_secrets(report)  # type: ignore[no-any-return]
 
 
