@@ -85,8 +85,8 @@ def render(result: CallToolResult) -> Any:
 
 
 class Connection:
-    """One MCP server: its state (``connecting``, ``up``, ``down``), its tools and the
-    task that keeps it connected."""
+    """One MCP server: its state (``connecting``, ``up``, ``down``, ``closed``), its
+    tools and the task that keeps it connected."""
 
     def __init__(self, name: str, server: ServerSettings, settings: Settings) -> None:
         self.name = name
@@ -160,6 +160,7 @@ class Connection:
                 break
             await self._sleep(delay)
             delay = min(delay * 2, self.settings.reconnect_max)
+        self._mark("closed", None)
 
     async def _connected_session(self) -> None:
         async with AsyncExitStack() as stack:
@@ -250,7 +251,7 @@ class Connection:
 
     async def call(self, tool_name: str, arguments: dict[str, Any]) -> Any:
         """Call a tool of this server; every failure is a :class:`ToolError` the model
-        reads. A transport failure also asks the background task to probe at once."""
+        reads, and asks the background task to probe the server at once."""
         client = self._client
         if client is None or self.state != "up":
             raise ToolError(f"MCP server {self.name} is unavailable "
@@ -259,6 +260,7 @@ class Connection:
             result = await client.call_tool(tool_name, arguments,
                                             read_timeout_seconds=self.call_timeout)
         except MCPError as exc:
+            self._wake.set()  # is the server still there? probe now
             if exc.code == REQUEST_TIMEOUT:
                 raise ToolError(f"MCP server {self.name}: {tool_name} timed out after "
                                 f"{self.call_timeout:g}s") from exc

@@ -220,6 +220,36 @@ async def test_a_command_that_does_not_exist_is_a_server_that_is_down(
     assert runtime.tools.specs("alice") == []
 
 
+def running(marker: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker in cmdline.read_bytes().decode(errors="replace"):
+                found.append(cmdline.parent.name)
+        except OSError:
+            continue
+    return found
+
+
+async def test_a_server_that_never_answers_is_down_after_connect_timeout(
+        make_config: Any) -> None:
+    marker = f"mami-silent-{os.getpid()}"
+    silent = {"command": sys.executable,
+              "args": ["-c", f"import time; time.sleep(300)  # {marker}"]}
+    runtime = Runtime(make_config(plugins={"mcp": mcp_table({"silent": silent},
+                                                            connect_timeout=2.0)}),
+                      candidates())
+    started = time.monotonic()
+    await runtime.ensure_started()
+    try:
+        assert time.monotonic() - started < 30
+        connection = runtime.tools.toolsets[0][1].connections[0]  # type: ignore[attr-defined]
+        assert (connection.state, connection.error) == ("down", "timed out")
+    finally:
+        await runtime.stop()
+    await until(lambda: running(marker) == [], timeout=20)  # no server process is left
+
+
 @pytest.mark.parametrize(("servers", "message"), [
     ({"x": {"command": "a", "url": "http://b"}},
      "[plugins.mcp] servers.x: give either command (stdio) or url (streamable HTTP)"),
