@@ -366,3 +366,22 @@ def test_tool_steps_are_stored_and_replayed_on_postgres(
     replayed = model.requests[-1]["messages"]
     assert [m["role"] for m in replayed] == ["system", "user", "assistant", "tool", "tool",
                                              "assistant", "user"]
+
+
+def test_history_cut_inside_a_step_keeps_no_call_without_its_results() -> None:
+    from core.chat import paired, without_tools
+    from core.context import Turn
+    from core.protocols import ToolCall
+
+    a, b = ToolCall("call_a", "f", "{}"), ToolCall("call_b", "f", "{}")
+    cut = (ChatMessage("tool", "orphan result", tool_call_id="call_0"),
+           ChatMessage("assistant", "thinking", tool_calls=(a, b)),
+           ChatMessage("tool", "ra", tool_call_id="call_a"),
+           ChatMessage("assistant", "", tool_calls=(ToolCall("call_c", "f", "{}"),)),
+           ChatMessage("assistant", "answer"))
+    assert paired(cut) == (ChatMessage("assistant", "thinking"),
+                           ChatMessage("assistant", "answer"))
+    whole = (ChatMessage("user", "q"), ChatMessage("assistant", "", tool_calls=(a,)),
+             ChatMessage("tool", "ra", tool_call_id="call_a"), ChatMessage("assistant", "done"))
+    assert paired(whole) == whole
+    assert without_tools([Turn(whole, 4)]) == [Turn((whole[0], whole[3]), 4)]
