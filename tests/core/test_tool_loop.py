@@ -344,3 +344,44 @@ def test_calls_without_ids_or_with_the_same_id_get_ids_of_their_own() -> None:
     assert calls[2].arguments == "{}"
     # What a client is streamed agrees with the assembled calls.
     assert [p.id for p in passed] == [calls[0].id, None, calls[1].id, calls[2].id]
+
+
+def test_tool_steps_are_stored_and_replayed_on_postgres(
+        make_config: Any, live_server: Any, model: ScriptedModel, tools: ToolPlugin,
+        postgres_url: str) -> None:
+    from core import migrations
+
+    migrations.upgrade(postgres_url)
+    config = make_config(core={"database_url": postgres_url},
+                         plugins={"openai-llm": {"base_url": model.url, "model": "scripted",
+                                                 "attempts": 1}})
+    server = live_server(create_app(config, candidates=[OPENAI,
+                                                        plugin_object("test-tools", tools)]))
+    _, conversation = ask(server, "meet")
+    ask(server, "hello again", conversation)
+    rows = stored(server, conversation)
+    assert [r["role"] for r in rows] == ["user", "assistant", "tool", "tool", "assistant",
+                                         "user", "assistant"]
+    assert rows[0]["tool_calls"] is None and len(rows[1]["tool_calls"]) == 2
+    replayed = model.requests[-1]["messages"]
+    assert [m["role"] for m in replayed] == ["system", "user", "assistant", "tool", "tool",
+                                             "assistant", "user"]
+
+
+def test_history_cut_inside_a_step_keeps_no_call_without_its_results() -> None:
+    from core.chat import paired, without_tools
+    from core.context import Turn
+    from core.protocols import ToolCall
+
+    a, b = ToolCall("call_a", "f", "{}"), ToolCall("call_b", "f", "{}")
+    cut = (ChatMessage("tool", "orphan result", tool_call_id="call_0"),
+           ChatMessage("assistant", "thinking", tool_calls=(a, b)),
+           ChatMessage("tool", "ra", tool_call_id="call_a"),
+           ChatMessage("assistant", "", tool_calls=(ToolCall("call_c", "f", "{}"),)),
+           ChatMessage("assistant", "answer"))
+    assert paired(cut) == (ChatMessage("assistant", "thinking"),
+                           ChatMessage("assistant", "answer"))
+    whole = (ChatMessage("user", "q"), ChatMessage("assistant", "", tool_calls=(a,)),
+             ChatMessage("tool", "ra", tool_call_id="call_a"), ChatMessage("assistant", "done"))
+    assert paired(whole) == whole
+    assert without_tools([Turn(whole, 4)]) == [Turn((whole[0], whole[3]), 4)]
