@@ -261,6 +261,7 @@ def build_context(
                 f"{budget.reply_tokens} tokens reserved for the reply",
                 param="messages", code="context_length_exceeded")
         user_cost += tail_cost
+    original = history  # the dropped turns are handed on whole (for a summary)
     if cap and any(m.role == "tool" for t in history for m in t.messages):
         history = [replace(t, messages=tuple(_cap(m, cap, count) for m in t.messages))
                    if any(m.role == "tool" for m in t.messages) else t for t in history]
@@ -291,7 +292,7 @@ def build_context(
         kept.append(turn)
         room -= cost
     kept.reverse()
-    dropped = list(history[: len(history) - len(kept)])
+    dropped = list(original[: len(history) - len(kept)])
     messages = [system] + [m for turn in kept for m in turn.messages] + [user_msg] + steps
     used = prompt_tokens(messages, count)
     return Context(

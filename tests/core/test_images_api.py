@@ -314,7 +314,8 @@ async def test_image_command_without_prompt_explains(make_config: Any, live_serv
     from tests.chat_support import LOCAL
 
     forge_only = [c for c in builtin_candidates() if c.name == "forge-image"]
-    live = live_server(create_app(make_config(), candidates=[LOCAL, *forge_only]))
+    config = make_config(plugins={"forge-image": {"url": "http://127.0.0.1:9"}})
+    live = live_server(create_app(config, candidates=[LOCAL, *forge_only]))
     async with connect(live.ws_url + "/ws/chat") as ws:
         await ws.send(json.dumps({"type": "message", "content": "/image   "}))
         text = ""

@@ -465,7 +465,7 @@ async def test_a_toolsets_health_shows_only_to_authenticated_callers(make_config
         assert (await client.get("/health")).json()["status"] == "ok"
         changing.down = True
         anonymous = (await client.get("/health")).json()
-        assert anonymous == {"status": "degraded", "plugins": {
+        assert anonymous == {"status": "degraded", "database": {"status": "ok"}, "plugins": {
             "dynamic": {"status": "degraded"}, "header-auth": {"status": "ok"}}}
         detailed = await client.get("/health", headers={"Authorization": "Bearer alice"})
         entry = detailed.json()["plugins"]["dynamic"]
