@@ -34,6 +34,7 @@ do. Target: at most one frame at 60 Hz (16.7 ms).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import statistics
@@ -62,7 +63,9 @@ FIRST_TEXT = """async (text) => {
   const started = performance.now();
   const elapsed = await new Promise((resolve) => {
     const observer = new MutationObserver(() => {
-      const busy = document.querySelector('#messages li[aria-busy="true"] .text');
+      // the page's first text, whether the reply has ended by then or not (a short
+      // reply may end before the animation frame that would render its first delta)
+      const busy = document.querySelector('#messages li[data-role="assistant"] .text');
       if (busy && busy.textContent) { observer.disconnect(); resolve(performance.now() - started); }
     });
     observer.observe(document.getElementById('messages'),
@@ -140,8 +143,9 @@ def markdown_reply(tokens: int = MARKDOWN_TOKENS) -> str:
 
 
 def split(text: str, count: int) -> list[str]:
-    size = -(-len(text) // count)
-    return [text[i:i + size] for i in range(0, len(text), size)]
+    """``text`` in ``count`` pieces of (nearly) equal length."""
+    cuts = [len(text) * i // count for i in range(count + 1)]
+    return [text[a:b] for a, b in itertools.pairwise(cuts)]
 
 
 def install_echo_plugin(target: Path) -> None:
@@ -213,6 +217,7 @@ def main() -> int:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM,
                                                      args=CHROMIUM_ARGS)
                 page = browser.new_page()
+                page.set_default_timeout(60_000)
                 page.goto(server.token_url)
                 page.wait_for_selector("#status:text('Connected')")
                 loads = []
