@@ -19,6 +19,10 @@ Slash commands (``/name argument``), registered per runtime by plugins'
 ``register_chat_commands`` hooks (:class:`ChatCommand`), are answered by their handler
 instead of the LLM (:func:`find_command` is the seam).
 
+Sources: the document passages a reply was given are its sources (:func:`source_of`,
+numbered as in the prompt); :attr:`TurnRun.sources` has them before the first token,
+and they are stored with the answer (``messages.sources``).
+
 A provider may define ``async load()``; it is awaited before the provider's tokenizer
 or window is used, so a lazily loaded model never blocks the event loop. Token counting
 (``count_tokens``, which may be slow or block on a tokenizer) runs in worker threads,
@@ -54,7 +58,7 @@ from core.context import (
 from core.errors import BadRequest, MamiError, NotFound, ProviderError, StreamInterrupted
 from core.events import MessageCompleted
 from core.models import Conversation, Message, Owner, utcnow
-from core.protocols import ChatMessage, Delta, GenerationParams, LLMProvider, Principal
+from core.protocols import ChatMessage, Delta, GenerationParams, LLMProvider, Passage, Principal
 
 if TYPE_CHECKING:
     from core.runtime import Runtime
@@ -138,6 +142,13 @@ class Finished:
     error_code: int | None = None
 
 
+def source_of(n: int, passage: Passage) -> dict[str, Any]:
+    """A ``Source``: passage ``n`` (1-based, as numbered in the prompt) of a reply."""
+    return {"n": n, "document_id": passage.document_id, "source": passage.source,
+            "chunk_index": passage.chunk_index, "page": passage.page,
+            "score": round(float(passage.score), 4), "text": passage.text}
+
+
 def resolve_llm(runtime: Runtime, model: str | None) -> LLMProvider:
     """The provider named ``model`` (404 if unknown), else the active one (503 if none)."""
     if model:
@@ -191,6 +202,14 @@ class TurnRun:
         self.finished: Finished | None = None
         self.summary_from: tuple[str, int] | None = None  # (summary so far, its upto)
         self.store: asyncio.Future[None] | None = None
+        self.replay_sources: list[dict[str, Any]] | None = None
+
+    @property
+    def sources(self) -> list[dict[str, Any]]:
+        """The reply's sources: the passages in its prompt ([] when none was used)."""
+        if self.replay_sources is not None:
+            return self.replay_sources
+        return [dict(s) for s in self.context.sources] if self.context is not None else []
 
     async def saved(self) -> None:
         """Wait until the user message and the placeholder are committed; raises the
@@ -299,7 +318,8 @@ class TurnRun:
                     update(Message)
                     .where(col(Message.id) == self.message_id)
                     .values(content=text, status=status, error=error,
-                            token_count=usage.completion_tokens)
+                            token_count=usage.completion_tokens,
+                            sources=self.sources or None)
                     .execution_options(synchronize_session=False)
                 )
                 await session.commit()
@@ -472,6 +492,7 @@ async def _stored_turn(
         turn.user_message_id, turn.message_id = retry_of.id, reply.id
         turn.replay = Finished("complete", reply.id, reply.content,
                                Usage(0, reply.token_count or 0), "stop")
+        turn.replay_sources = list(reply.sources or [])
         return turn
     if reply is not None and reply.status == "streaming" and (
         utcnow() - _aware(reply.created_at) < STALE_STREAM
@@ -673,7 +694,7 @@ async def _context(
         _recall(runtime, principal.owner, request.content),
         _search(runtime, principal.owner, request.content),
     )
-    return await asyncio.to_thread(
+    context = await asyncio.to_thread(
         build_context,
         system_prompt=_system_prompt(runtime, request),
         user=request.content,
@@ -682,9 +703,17 @@ async def _context(
         window=llm.context_window,
         budget=runtime.config.budget,
         memories=memories,
-        passages=passages,
+        passages=[_passage_text(p) for p in passages],
         summary=summary,
     )
+    used = passages[: context.used_passages]
+    return dataclasses.replace(
+        context, sources=tuple(source_of(n, p) for n, p in enumerate(used, 1)))
+
+
+def _passage_text(passage: Passage) -> str:
+    page = f", page {passage.page}" if passage.page is not None else ""
+    return f"{passage.text}\n(source: {passage.source}{page})"
 
 
 def _system_prompt(runtime: Runtime, request: ChatRequest) -> str:
@@ -704,7 +733,7 @@ async def _recall(runtime: Runtime, owner: str, text: str) -> list[str]:
         return []
 
 
-async def _search(runtime: Runtime, owner: str, text: str) -> list[str]:
+async def _search(runtime: Runtime, owner: str, text: str) -> list[Passage]:
     retriever = runtime.retriever
     if retriever is None or runtime.config.budget.rag_k <= 0:
         return []
@@ -714,4 +743,4 @@ async def _search(runtime: Runtime, owner: str, text: str) -> list[str]:
         log.warning("retriever %s failed, answering without passages: %s",
                     getattr(retriever, "name", "?"), exc)
         return []
-    return [f"{p.text}\n(source: {p.source})" for p in found]
+    return list(found)

@@ -51,9 +51,12 @@ class CoreSettings:
     event_timeout: float = 30.0
     image_deadline: float = 600.0
     log_level: str = "INFO"
+    document_max_bytes: int = 10_000_000  # a document file's size (uploads and mami ingest)
+    document_max_pages: int = 500  # a PDF's pages
 
     def __post_init__(self) -> None:
-        for name in ("event_timeout", "image_deadline"):
+        for name in ("event_timeout", "image_deadline", "document_max_bytes",
+                     "document_max_pages"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"[core] {name}: must be greater than 0")
 

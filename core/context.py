@@ -22,8 +22,9 @@ which may be slow or block: callers on an event loop run these functions in a th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.config import BudgetSettings
 from core.errors import PayloadTooLarge
@@ -61,6 +62,8 @@ class Context:
     used_memories: int = 0
     used_passages: int = 0
     used_summary: bool = False
+    sources: tuple[Mapping[str, Any], ...] = ()
+    """The sources of the passages used (set by :mod:`core.chat`), numbered as in the prompt."""
 
 
 def message_tokens(message: ChatMessage, count: Counter) -> int:

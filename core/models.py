@@ -81,6 +81,9 @@ class Message(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     token_count: int | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    sources: list[dict[str, Any]] | None = Field(default=None,
+                                                 sa_column=Column(JSON, nullable=True))
+    """An answer's sources: the document passages it was given (see ``core.chat``)."""
 
 
 class Document(SQLModel, table=True):

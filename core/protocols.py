@@ -89,7 +89,8 @@ class LLMProvider(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Passage:
-    """A chunk of a document found by a retriever."""
+    """A chunk of a document found by a retriever; ``page`` is the 1-based page of a
+    paged document (PDF) the chunk starts on, else ``None``."""
 
     text: str
     document_id: str
@@ -97,6 +98,7 @@ class Passage:
     chunk_index: int
     scope: str
     score: float
+    page: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +119,10 @@ class Retriever(Protocol):
 
     ``search`` returns at most ``k`` passages that belong to ``owner`` (or to the
     shared ``global`` scope) and to one of ``scopes`` when given, best first.
-    ``ingest`` replaces a document with the same owner, scope and source.
+    ``ingest`` replaces a document with the same owner, scope and source. It may take an
+    optional keyword ``pages: Sequence[int]``, the offsets in ``text`` where each page
+    of a paged document (PDF) starts; mami passes it only to an ``ingest`` that
+    declares it, and such a retriever reports each passage's ``page``.
 
     Optional: ``validate(owner, source, text, scope) -> int`` raises what ``ingest``
     would raise (a :class:`core.errors.MamiError`) before anything is written and
@@ -303,6 +308,8 @@ requires). Their contracts:
 - ``async aclose() -> None`` (all): awaited when the app stops.
 - ``validate(owner, source, text, scope) -> int`` (retriever): raises what ``ingest``
   would raise, before anything is written; returns the size in bytes.
+- keyword ``pages: Sequence[int]`` of ``ingest`` (retriever): where each page of a
+  paged document starts in ``text``; passed only when ``ingest`` declares it.
 - ``async page(owner, limit, offset) -> tuple[list[Memory], int]`` (memory): one page of
   the owner's memories, most recently seen first, and their total.
 - ``async health() -> Mapping[str, Any]`` (all): details for ``/health``.

@@ -4,7 +4,7 @@ Each is NULL when the conversation uses the server's default (the active LLM pro
 ``[core] system_prompt``, the provider's sampling default, ``[budget] reply_tokens``).
 
 Revision ID: 0003_i18_conversation_settings
-Revises: 0002
+Revises: 0003_i18_message_sources
 Create Date: 2026-12-02 03:45:00
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = '0003_i18_conversation_settings'
-down_revision: str | None = '0002'
+down_revision: str | None = '0003_i18_message_sources'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

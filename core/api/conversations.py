@@ -14,7 +14,7 @@ A conversation's settings (``model``, ``system_prompt``, ``temperature``,
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -148,6 +148,9 @@ class MessageOut:
     client_message_id: str | None = None
     reply_to: str | None = None
     error: str | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    """An answer's sources (``n``, ``document_id``, ``source``, ``chunk_index``, ``page``,
+    ``score``, ``text``): the document passages it was given; [] when none."""
 
 
 def _out(conversation: Conversation) -> ConversationOut:
@@ -256,7 +259,8 @@ class ConversationController(Controller):
                 .order_by(col(Message.seq))
             )).all()
         return [MessageOut(m.id, m.seq, m.role, m.content, m.status, m.created_at,
-                           m.client_message_id, m.reply_to, m.error) for m in rows]
+                           m.client_message_id, m.reply_to, m.error, list(m.sources or []))
+                for m in rows]
 
     @delete("/{conversation_id:str}", status_code=204)
     async def remove(self, runtime: Runtime, principal: Principal, conversation_id: str) -> None:

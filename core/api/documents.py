@@ -1,7 +1,8 @@
 """Documents for retrieval (RAG), always the caller's own.
 
 ``POST /api/documents``: JSON ``{"source", "text", "scope"}`` or a multipart form with
-one or more ``file`` parts (and an optional ``scope`` field); every file is checked
+one or more ``file`` parts (and an optional ``scope`` field); every file is read
+(text, Markdown, PDF, DOCX, HTML, CSV, JSON: see :mod:`core.formats`) and checked
 before the first is stored. ``GET /api/documents``, ``DELETE /api/documents/{id}``,
 ``DELETE /api/documents`` (erase all of the caller's), and ``POST /api/search`` to see
 what retrieval finds. The owner is the authenticated principal, never the body.
@@ -9,6 +10,9 @@ what retrieval finds. The owner is the authenticated principal, never the body.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +21,7 @@ from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import UploadFile
 
 from core.errors import BadRequest, NotFound
+from core.formats import Limits, parse_document
 from core.protocols import DocumentInfo, Principal, Retriever
 from core.runtime import Runtime
 from core.security import ACCEPTS_UPLOADS
@@ -46,6 +51,7 @@ class PassageOut:
     chunk_index: int
     scope: str
     score: float
+    page: int | None = None
 
 
 @dataclass
@@ -57,6 +63,42 @@ class Erased:
 class Upload:
     source: str
     text: str
+    pages: tuple[int, ...] = ()
+    """Offsets in ``text`` where each page starts (PDF); empty otherwise."""
+
+
+def limits_of(runtime: Runtime) -> Limits:
+    core = runtime.config.core
+    return Limits(core.document_max_bytes, core.document_max_pages)
+
+
+async def read_upload(name: str, data: bytes, limits: Limits) -> Upload:
+    """An uploaded or ingested file as text (parsed in a worker thread); 400, 413 or 415
+    naming the file when it cannot be read."""
+    parsed = await asyncio.to_thread(parse_document, name, data, limits)
+    return Upload(name, parsed.text, parsed.pages)
+
+
+async def store_upload(retriever: Retriever, owner: str, upload: Upload,
+                       scope: str) -> DocumentInfo:
+    """``retriever.ingest`` with the pages when there are some and the retriever takes
+    them (``pages`` is an optional keyword of :meth:`Retriever.ingest`)."""
+    if upload.pages and _takes_pages(retriever):
+        return await retriever.ingest(owner, upload.source, upload.text, scope,
+                                      pages=upload.pages)  # type: ignore[call-arg]
+    return await retriever.ingest(owner, upload.source, upload.text, scope)
+
+
+def _takes_pages(retriever: Retriever) -> bool:
+    try:
+        return "pages" in inspect.signature(retriever.ingest).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def uploads_problem(uploads: Sequence[Upload]) -> str | None:
+    sources = [u.source for u in uploads]
+    return "two files have the same name" if len(set(sources)) != len(sources) else None
 
 
 def decode_text(name: str, data: bytes) -> str:
@@ -77,7 +119,8 @@ def _out(info: DocumentInfo) -> DocumentOut:
     return DocumentOut(info.id, info.scope, info.source, info.chunks, info.created_at)
 
 
-async def _uploads(request: Request[Any, Any, Any]) -> tuple[list[Upload], str]:
+async def _uploads(request: Request[Any, Any, Any],
+                   limits: Limits) -> tuple[list[Upload], str]:
     """The documents of a JSON or multipart request and the scope they go to."""
     if request.content_type[0] == "multipart/form-data":
         form = await request.form()
@@ -90,7 +133,7 @@ async def _uploads(request: Request[Any, Any, Any]) -> tuple[list[Upload], str]:
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 name = value.filename or key
-                uploads.append(Upload(name, decode_text(name, await value.read())))
+                uploads.append(await read_upload(name, await value.read(), limits))
         if isinstance(form.get("text"), str):
             source = str(form.get("source") or "")
             uploads.append(Upload(source, decode_text(source or "text", form["text"].encode())))
@@ -120,20 +163,20 @@ class DocumentController(Controller):
     async def upload(self, request: Request[Any, Any, Any], runtime: Runtime,
                      principal: Principal) -> list[DocumentOut]:
         """Store documents for retrieval. The same source and scope again replaces the
-        document. 400 for an empty, binary or non-UTF-8 file or an unknown scope."""
+        document. Files: .txt, .md, .pdf, .docx, .html, .csv, .json and the like (415 for
+        other types, naming the supported ones); 400 for an empty, damaged or non-UTF-8
+        file or an unknown scope; 413 over ``[core] document_max_bytes`` or
+        ``document_max_pages``."""
         retriever: Retriever = runtime.require("retriever")
-        uploads, scope = await _uploads(request)
-        sources = [u.source for u in uploads]
-        if len(set(sources)) != len(sources):
-            raise BadRequest("two files have the same name")
+        uploads, scope = await _uploads(request, limits_of(runtime))
+        problem = uploads_problem(uploads)
+        if problem:
+            raise BadRequest(problem)
         validate = getattr(retriever, "validate", None)  # optional: check all, then write
         if validate is not None:
             for u in uploads:
                 validate(principal.owner, u.source, u.text, scope)
-        return [
-            _out(await retriever.ingest(principal.owner, u.source, u.text, scope))
-            for u in uploads
-        ]
+        return [_out(await store_upload(retriever, principal.owner, u, scope)) for u in uploads]
 
     @get("/")
     async def list_documents(self, runtime: Runtime, principal: Principal) -> list[DocumentOut]:
@@ -162,8 +205,8 @@ async def search(runtime: Runtime, principal: Principal, data: SearchRequest) ->
     the shared ones), best first. 400 for an empty query or an unknown scope."""
     retriever: Retriever = runtime.require("retriever")
     found = await retriever.search(principal.owner, data.query, data.k, data.scopes)
-    return [PassageOut(p.text, p.document_id, p.source, p.chunk_index, p.scope, p.score)
-            for p in found]
+    return [PassageOut(p.text, p.document_id, p.source, p.chunk_index, p.scope, p.score,
+                       p.page) for p in found]
 
 
 routes: list[Any] = [DocumentController, search]

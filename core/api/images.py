@@ -223,6 +223,10 @@ async def read_image(ref: str, principal: Principal, runtime: Runtime) -> Respon
     return Response(content, media_type="image/png", headers=headers)
 
 
+NO_IMAGE_SERVER = ("No image server is configured, so I can't make images "
+                   "(see \"Image generation\" in mami's README to set one up).")
+
+
 def image_event(job: ImageJob) -> dict[str, Any]:
     """The WebSocket event announcing a finished job."""
     view = job_view(job)
@@ -234,9 +238,10 @@ async def image_command(runtime: Runtime, principal: Principal, argument: str,
                         conversation_id: str | None) -> str:
     """``/image <prompt>`` in chat: queue a job (for the chat's conversation, if stored)
     and say so at once."""
+    if runtime.images is None:
+        return NO_IMAGE_SERVER
     try:
         request = image_request(ImageJobCreate(prompt=argument))
-        runtime.require("images")
     except MamiError as exc:
         return f"I can't make that image: {exc.message}. Usage: /image <prompt>"
     job = await jobs.enqueue(runtime, principal.owner, request, conversation_id=conversation_id)

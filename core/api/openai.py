@@ -15,6 +15,11 @@ The whole body is validated before the model is called or anything is stored (se
 :func:`check_fields`); errors are OpenAI's ``{"error": {"message", "type", "param",
 "code"}}``. ``GET /v1/models/{id}`` returns one model.
 
+When document passages were used, the answer names them in the extension field
+``mami_sources`` (a list of ``Source``, :func:`core.chat.source_of`) at the top level
+of the ``chat.completion`` and of the first streamed chunk; OpenAI's SDKs keep unknown
+fields (``completion.model_extra["mami_sources"]``).
+
 ``stream: true`` answers with server-sent events: ``data: <chunk JSON>`` lines ending
 with ``data: [DONE]``; a stream that breaks after it started ends with a
 ``data: {"error": ...}`` event. Errors before the first token are ordinary JSON errors
@@ -329,7 +334,7 @@ async def chat_completions(
             raise _fail(first)
         if stream:
             return Stream(_sse(items, first, meta, include_usage,
-                               _credential_check(runtime, principal)),
+                               _credential_check(runtime, principal), _sources(turn)),
                           media_type="text/event-stream",
                           headers={**_conversation(turn), "Cache-Control": "no-cache"})
         finished = first if isinstance(first, Finished) else None
@@ -357,6 +362,7 @@ async def chat_completions(
                 "logprobs": None,
             }],
             "usage": finished.usage.as_dict(),
+            **_sources(turn),
         },
         headers=_conversation(turn),
         background=background,
@@ -370,9 +376,16 @@ def _conversation(turn: TurnRun) -> dict[str, str]:
     return {CONVERSATION_HEADER: turn.conversation_id}
 
 
-def _chunk(meta: dict[str, Any], delta: dict[str, Any], finish: str | None = None) -> bytes:
+def _sources(turn: TurnRun) -> dict[str, Any]:
+    """The ``mami_sources`` extension field, when the reply used document passages."""
+    return {"mami_sources": turn.sources} if turn.sources else {}
+
+
+def _chunk(meta: dict[str, Any], delta: dict[str, Any], finish: str | None = None,
+           extra: dict[str, Any] | None = None) -> bytes:
     payload = {**meta, "object": "chat.completion.chunk",
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+               **(extra or {})}
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
@@ -390,6 +403,7 @@ async def _sse(
     items: AsyncIterator[str | Finished], first: str | Finished,
     meta: dict[str, Any], include_usage: bool,
     still_valid: Callable[[], Awaitable[bool]] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> AsyncIterator[bytes]:
     """The chunks of a streamed turn. With ``still_valid``, a credential revoked or
     expired while the reply streams ends it (checked at most every
@@ -397,7 +411,7 @@ async def _sse(
     turn closed, which stores it as ``interrupted``."""
     checked = time.monotonic()
     async with contextlib.aclosing(items):  # type: ignore[type-var]
-        yield _chunk(meta, {"role": "assistant", "content": ""})
+        yield _chunk(meta, {"role": "assistant", "content": ""}, extra=extra)
         pending: list[str | Finished] = [first]
         while True:
             item = pending.pop() if pending else await anext(items, None)

@@ -19,11 +19,15 @@ Client -> server (JSON text frames)::
 Server -> client::
 
     {"type": "start", "conversation_id": str, "message_id": str, "user_message_id": str}
+    {"type": "sources", "sources": [Source, ...]}   only when passages were used
     {"type": "delta", "text": str}
     {"type": "end", "message_id": str, "status": "complete"|"interrupted"|"error",
      "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}
     {"type": "error", "message": str, "code": int}
     {"type": "pong"}
+
+A ``Source`` (:func:`core.chat.source_of`) is ``{"n", "document_id", "source",
+"chunk_index", "page", "score", "text"}``; ``n`` is the number the prompt gave it.
 
 Bad JSON, an unknown type or a bad field gives an ``error`` event (code 400) and the
 socket stays open; a message while a reply runs gives an ``error`` with code 409.
@@ -181,6 +185,8 @@ class ChatSocket:
                 return
             self.send({"type": "start", "conversation_id": turn.conversation_id,
                        "message_id": turn.message_id, "user_message_id": turn.user_message_id})
+            if turn.sources:
+                self.send({"type": "sources", "sources": turn.sources})
             try:
                 async for item in turn.run():
                     if isinstance(item, str):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,4 +39,22 @@ def chunk_text(
         chunks.append(Chunk(len(chunks), text[start:end], start, end))
         if first + size >= len(spans):
             break
+    return chunks
+
+
+def chunk_pages(
+    text: str,
+    pages: Sequence[int],
+    token_spans: Callable[[str], list[tuple[int, int]]],
+    size: int,
+    overlap: int,
+) -> list[Chunk]:
+    """:func:`chunk_text` page by page (``pages``: where each page starts in ``text``),
+    so no chunk spans two pages and each can cite the one it is on. Indexes and offsets
+    are the whole document's."""
+    bounds = [*pages, len(text)]
+    chunks: list[Chunk] = []
+    for start, end in pairwise(bounds):
+        for piece in chunk_text(text[start:end], token_spans, size, overlap):
+            chunks.append(Chunk(len(chunks), piece.text, start + piece.start, start + piece.end))
     return chunks

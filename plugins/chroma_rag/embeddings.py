@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from core.errors import ConfigError
+from core.errors import ConfigError, PluginUnavailable
 from core.protocols import Check
 
 if TYPE_CHECKING:
@@ -29,7 +31,36 @@ if TYPE_CHECKING:
 else:
     Vectors = Any
 
-__all__ = ["DEFAULT_MODEL_DIR", "Embedder", "MiniLMEmbedder", "aembed", "get_embedder"]
+__all__ = ["DEFAULT_MODEL_DIR", "Embedder", "EmbeddingModelMissing", "MiniLMEmbedder",
+           "aembed", "embedder_health", "get_embedder"]
+
+log = logging.getLogger("mami.embeddings")
+RETRY_DOWNLOAD = 60.0  # seconds between download attempts of a missing model
+
+
+class EmbeddingModelMissing(PluginUnavailable):
+    """503: the embedding model's files are missing (and could not be downloaded). The
+    message is for users and names no server path; where the files go and why the
+    download failed are logged, and shown by ``/health`` and ``mami doctor``."""
+
+    code = "embedding_model_missing"
+
+    def __init__(self) -> None:
+        super().__init__("the embedding model is not installed on the server, so documents "
+                         "and memories cannot be searched; an administrator can see the fix "
+                         "in /health or with `mami doctor`")
+
+
+def embedder_health(embedder: object) -> dict[str, Any]:
+    """The ``health()`` report of a provider that embeds with ``embedder``: ``degraded``,
+    with the reason and the exact fix, when its model files are missing."""
+    check = getattr(embedder, "check", None)
+    if check is None:
+        return {"status": "ok"}
+    result: Check = check()
+    if result.status == "ok":
+        return {"status": "ok", "embedding_model": result.detail}
+    return {"status": "degraded", "reason": f"embedding model: {result.detail}; fix: {result.fix}"}
 
 DEFAULT_MODEL_DIR = Path.home() / ".cache" / "chroma" / "onnx_models" / "all-MiniLM-L6-v2" / "onnx"
 
@@ -73,6 +104,7 @@ class MiniLMEmbedder:
         self._session: Any = None
         self._tokenizer: Any = None  # truncates to max_tokens, pads to the batch's longest
         self._splitter: Any = None  # plain: offsets for chunking
+        self._failed_at: float | None = None  # last failed download (monotonic)
 
     def _load(self) -> None:
         with self._lock:
@@ -103,17 +135,24 @@ class MiniLMEmbedder:
             )
 
     def _fetch_default_model(self) -> None:
-        """Let Chroma download its model (needs internet) when the files are missing."""
+        """Let Chroma download its model (needs internet) when the files are missing; at
+        most one attempt per :data:`RETRY_DOWNLOAD` seconds. Raises
+        :class:`EmbeddingModelMissing` (details in the log, not in the message)."""
         if self.model_dir != DEFAULT_MODEL_DIR:
-            raise ConfigError(f"embedding model not found: {self.model_dir / 'model.onnx'}")
+            log.error("embedding model not found: %s; %s", self.model_dir / "model.onnx",
+                      self.check().fix)
+            raise EmbeddingModelMissing()
+        if self._failed_at is not None and time.monotonic() - self._failed_at < RETRY_DOWNLOAD:
+            raise EmbeddingModelMissing()
         from chromadb.utils.embedding_functions import ONNXMiniLM_L6_V2
 
         try:
             ONNXMiniLM_L6_V2()._download_model_if_not_exists()
         except Exception as exc:
-            raise ConfigError(
-                f"embedding model missing in {self.model_dir} and the download failed: {exc}"
-            ) from exc
+            self._failed_at = time.monotonic()
+            log.error("embedding model missing in %s and the download failed (%s: %s); %s",
+                      self.model_dir, type(exc).__name__, exc, self.check().fix)
+            raise EmbeddingModelMissing() from exc
 
     def check(self) -> Check:
         """Whether the model's files are where they are loaded from (for ``mami doctor``)."""

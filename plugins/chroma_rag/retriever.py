@@ -19,12 +19,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 
 from core.errors import AuthError, BadRequest, PayloadTooLarge
+from core.formats import page_of
 from core.models import Document, utcnow
 from core.protocols import Check, DocumentInfo, Passage
 from core.runtime import Runtime
 from plugins.chroma_rag import GLOBAL_OWNER, GLOBAL_SCOPE, Settings
-from plugins.chroma_rag.chunking import chunk_text
-from plugins.chroma_rag.embeddings import Embedder, aembed, get_embedder
+from plugins.chroma_rag.chunking import chunk_pages, chunk_text
+from plugins.chroma_rag.embeddings import Embedder, aembed, embedder_health, get_embedder
 from plugins.chroma_rag.store import VectorStore, open_client, shown_location
 
 
@@ -58,6 +59,10 @@ class ChromaRetriever:
         checks = [self.embedder.check()] if hasattr(self.embedder, "check") else []
         return [*checks, await self.store.check("retrieval store", self.location)]
 
+    async def health(self) -> dict[str, Any]:
+        """``degraded`` with the fix when the embedding model is missing."""
+        return embedder_health(self.embedder)
+
     def check_scope(self, scope: str) -> str:
         """``scope`` if it is ``global`` or configured; else a 400 naming the choices."""
         if scope == GLOBAL_SCOPE or scope in self.settings.scopes:
@@ -89,11 +94,13 @@ class ChromaRetriever:
         return size
 
     async def ingest(
-        self, owner: str, source: str, text: str, scope: str = "default"
+        self, owner: str, source: str, text: str, scope: str = "default",
+        pages: Sequence[int] = (),
     ) -> DocumentInfo:
         """Chunk, embed and store ``text``, replacing the owner's document with the same
         scope and source. Scope ``global`` (for ``global_writers`` only) stores it under
-        the shared sentinel owner.
+        the shared sentinel owner. ``pages``: where each page starts in ``text`` (PDF);
+        chunks then stay within a page and keep its number.
         Everything is checked and embedded before the first write; if a write fails,
         the document is removed entirely rather than left half-replaced."""
         size = self.validate(owner, source, text, scope)
@@ -101,17 +108,23 @@ class ChromaRetriever:
         doc_id = document_id(owner, scope, source)
         tokens = min(self.settings.chunk_tokens, self.embedder.max_tokens - 2)
         overlap = min(self.settings.chunk_overlap, tokens - 1)
-        chunks = await asyncio.to_thread(
-            chunk_text, text, self.embedder.token_spans, tokens, overlap
-        )
+        if pages:
+            chunks = await asyncio.to_thread(
+                chunk_pages, text, pages, self.embedder.token_spans, tokens, overlap)
+        else:
+            chunks = await asyncio.to_thread(
+                chunk_text, text, self.embedder.token_spans, tokens, overlap)
         if not chunks:
             raise BadRequest(f"{source}: no text to index")
         vectors = await aembed(self.embedder, [c.text for c in chunks])
         ids = [f"{doc_id}:{c.index}" for c in chunks]
-        metas = [
+        metas: list[dict[str, Any]] = [
             {"owner": owner, "scope": scope, "doc": doc_id, "source": source, "chunk": c.index}
             for c in chunks
         ]
+        if pages:  # Chroma rejects None values: unpaged chunks have no "page" key
+            for meta, c in zip(metas, chunks, strict=True):
+                meta["page"] = page_of(pages, c.start)
         try:
             await asyncio.to_thread(
                 self.store.upsert, owner, scope, ids, vectors, [c.text for c in chunks], metas
@@ -183,7 +196,8 @@ class ChromaRetriever:
         hits.sort(key=lambda h: h.score, reverse=True)
         return [
             Passage(h.text, str(h.metadata["doc"]), str(h.metadata["source"]),
-                    int(h.metadata["chunk"]), str(h.metadata["scope"]), h.score)
+                    int(h.metadata["chunk"]), str(h.metadata["scope"]), h.score,
+                    int(h.metadata["page"]) if h.metadata.get("page") is not None else None)
             for h in hits[:k]
         ]
 

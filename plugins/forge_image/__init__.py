@@ -7,6 +7,7 @@ Pillow is imported only when an image is checked or a placeholder drawn.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -19,14 +20,17 @@ if TYPE_CHECKING:
     from core.runtime import Runtime
 
 PLUGIN_NAME = "forge-image"
+log = logging.getLogger("mami.forge_image")
 
 
 @dataclass
 class Settings:
     """``[plugins.forge-image]``."""
 
-    url: str = "http://127.0.0.1:7860"
-    """Base URL of the Forge / AUTOMATIC1111 server (started with ``--api``)."""
+    url: str = ""
+    """Base URL of the Forge / AUTOMATIC1111 server (started with ``--api``); empty:
+    image generation is off (no generator registered: ``/image`` answers that no image
+    server is configured, ``POST /api/images`` is a 503)."""
     username: str = ""
     """HTTP Basic user for a server started with ``--api-auth``; empty: no auth."""
     password: str = ""
@@ -88,7 +92,7 @@ class Settings:
             if value is not None and not low <= value <= high:
                 raise ConfigError(
                     f"[plugins.{PLUGIN_NAME}] {name}: must be from {low:g} to {high:g}")
-        if not self.url.startswith(("http://", "https://")):
+        if self.url and not self.url.startswith(("http://", "https://")):
             raise ConfigError(f"[plugins.{PLUGIN_NAME}] url: must start with http:// or https://")
 
 
@@ -96,7 +100,13 @@ class Settings:
 def register_image_generators(
     register: Callable[[ImageGenerator], None], runtime: Runtime
 ) -> None:
-    """Register the Forge generator (nothing heavy is imported here)."""
+    """Register the Forge generator (nothing heavy is imported here), once a server URL
+    is configured."""
+    settings = runtime.settings(PLUGIN_NAME) or Settings()
+    if not settings.url:
+        log.info("%s: image generation is off until [plugins.%s] url is set",
+                  PLUGIN_NAME, PLUGIN_NAME)
+        return
     from plugins.forge_image.client import ForgeImageGenerator
 
-    register(ForgeImageGenerator(runtime.settings(PLUGIN_NAME) or Settings(), PLUGIN_NAME))
+    register(ForgeImageGenerator(settings, PLUGIN_NAME))

@@ -23,7 +23,7 @@ from core.errors import AuthError, BadRequest
 from core.models import MemoryDecisionRecord, MemoryRecord, utcnow
 from core.protocols import Check, Memory, MemoryDecision
 from core.runtime import Runtime
-from plugins.chroma_rag.embeddings import Embedder, aembed, get_embedder
+from plugins.chroma_rag.embeddings import Embedder, aembed, embedder_health, get_embedder
 from plugins.chroma_rag.store import Hit, VectorStore, open_client, shown_location
 from plugins.memory import Settings
 from plugins.memory.index import SCOPE, MemoryIndex
@@ -77,6 +77,11 @@ class ChromaMemoryStore:
         """The embedding model's files and Chroma (see ``mami doctor``)."""
         checks = [self.embedder.check()] if hasattr(self.embedder, "check") else []
         return [*checks, await self.vectors.check("memory store", self.location)]
+
+    async def health(self) -> dict[str, Any]:
+        """``degraded`` with the fix when the embedding model is missing: memories are
+        then neither recalled nor stored."""
+        return embedder_health(self.embedder)
 
     def candidate(self, text: str) -> tuple[str, str]:
         """``(wording, normalised)`` of a fact, or a 400 saying what is wrong with it."""

@@ -20,16 +20,20 @@ def lines(output: str) -> dict[str, str]:
     return found
 
 
-def setup(tmp_path: Path, forge: str = "", core: str = "") -> None:
-    """The shipped plugins.toml, Forge off unless ``forge`` is its URL, ``core`` added to
-    ``[core]``; the database upgraded."""
+def setup(tmp_path: Path, forge: str | None = None, core: str = "") -> None:
+    """The shipped plugins.toml as it is (``forge``: a Forge URL set, ``""``: Forge
+    disabled), ``core`` added to ``[core]``; the database upgraded."""
     shipped = (ROOT / "plugins.toml").read_text().replace("[core]", f"[core]\n{core}", 1)
-    images = f'enabled = true\nurl = "{forge}"' if forge else "enabled = false"
-    (tmp_path / "plugins.toml").write_text(f"{shipped}\n[plugins.forge-image]\n{images}\n")
+    if forge is not None:
+        images = f'enabled = true\nurl = "{forge}"' if forge else "enabled = false"
+        shipped += f"\n[plugins.forge-image]\n{images}\n"
+    (tmp_path / "plugins.toml").write_text(shipped)
     assert mami(["db", "upgrade"], tmp_path).returncode == 0
 
 
 def test_a_healthy_setup_passes_every_check(tmp_path: Path) -> None:
+    """The shipped configuration, untouched: no image server is configured, so image
+    generation is off rather than failing."""
     setup(tmp_path)
     (tmp_path / "data").chmod(0o700)
     result = mami(["doctor"], tmp_path)

@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from core.errors import ConfigError
 from plugins.chroma_rag.chunking import chunk_text
-from plugins.chroma_rag.embeddings import Embedder, MiniLMEmbedder, aembed, get_embedder
+from plugins.chroma_rag.embeddings import (
+    Embedder,
+    EmbeddingModelMissing,
+    MiniLMEmbedder,
+    aembed,
+    get_embedder,
+)
 
 TEXTS = [
     "hello",
@@ -52,9 +58,12 @@ def test_get_embedder_is_shared_and_pluggable() -> None:
         get_embedder("builtins:dict")
 
 
-def test_missing_model_dir_is_a_config_error(tmp_path: object) -> None:
-    with pytest.raises(ConfigError, match=r"model\.onnx"):
+def test_missing_model_dir_is_a_503_without_the_path(tmp_path: object,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(EmbeddingModelMissing) as caught:
         MiniLMEmbedder(str(tmp_path)).embed(["x"])
+    assert caught.value.status_code == 503 and str(tmp_path) not in caught.value.message
+    assert f"{tmp_path}/model.onnx" in caplog.text  # the details are logged
 
 
 @settings(max_examples=40, deadline=None)

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEAVY = ["chromadb", "numpy", "onnxruntime", "tokenizers", "PIL", "llama_cpp"]
+HEAVY = ["chromadb", "numpy", "onnxruntime", "tokenizers", "PIL", "llama_cpp",
+         "pypdf", "docx", "trafilatura", "lxml"]
 
 SCRIPT = """
 import json, sys
@@ -18,6 +19,7 @@ config = config_from_dict({"core": {"data_dir": sys.argv[1]}})
 heavy = json.loads(sys.argv[2])
 runtime = Runtime(config, [c for c in builtin_candidates() if c.name == "chroma-rag"])
 runtime.register_providers()
+import core.app, core.api.documents, core.commands.ingest  # the upload paths, unused yet
 assert runtime.retriever is not None and runtime.retriever.name == "chroma-rag"
 print(json.dumps([m for m in heavy if m in sys.modules]))
 """
