@@ -297,3 +297,38 @@ def test_screenshots(page: Any, echo_mami: MamiServer, scheme: str, width: int) 
     if width < 700:
         page.click("#menu-button")
         screenshot(page, f"menu-{width}-{scheme}")
+
+
+def test_a_reply_from_a_pdf_cites_its_file_and_page(
+        page: Any, echo_mami: MamiServer, tmp_path: Any) -> None:
+    """The live path: a PDF uploaded through the page (with its progress bar), the
+    server's ``sources`` event, and the citation that opens the passage."""
+    from tests.document_files import make_pdf
+
+    pdf = tmp_path / "handbook.pdf"
+    pdf.write_bytes(make_pdf(["Welcome to the company. Lunch is at noon.",
+                              "Holidays are booked through the ORCHID-7 portal by Friday."]))
+    with echo_mami.api() as client:
+        client.delete("/api/documents").raise_for_status()
+    sign_in(page, echo_mami)
+    page.click("#new-chat")
+    page.click("#documents-panel summary")
+    page.set_input_files("#upload-file", str(pdf))
+    page.click("#upload-form button[type=submit]")
+    expect(page.locator("#documents li.item")).to_contain_text("handbook.pdf", timeout=60_000)
+    expect(page.locator("#upload-progress")).to_be_hidden()
+
+    reply = send(page, "How are holidays booked on the ORCHID-7 portal?")
+    finished(reply)
+    citation = reply.locator(".sources .citation", has_text="[1]")
+    expect(citation).to_be_visible()
+    titles = [str(c.get_attribute("title")) for c in reply.locator(".citation").all()]
+    assert "handbook.pdf, page 2" in titles, titles
+    reply.locator(".citation[title='handbook.pdf, page 2']").first.click()
+    passage = reply.locator(".passage")
+    expect(passage.locator(".passage-source")).to_contain_text("handbook.pdf, page 2")
+    expect(passage.locator("blockquote")).to_contain_text("ORCHID-7 portal")
+
+    page.reload()  # the stored reply keeps its sources
+    expect(page.locator("#status")).to_have_text("Connected", timeout=30_000)
+    expect(replies(page).last.locator(".citation[title='handbook.pdf, page 2']")).to_have_count(1)
