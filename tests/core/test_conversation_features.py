@@ -14,7 +14,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from core import hookimpl
+from core import hookimpl, migrations
 from core.app import create_app
 from core.chat import title_from
 from core.protocols import ChatMessage, Delta, GenerationParams
@@ -64,9 +64,12 @@ BOB = {"Authorization": "Bearer bob"}
 
 
 @pytest.fixture
-def server(make_config: Any, live_server: Any) -> Any:
+def server(make_config: Any, live_server: Any, database_url: str) -> Any:
+    """On SQLite and on PostgreSQL (search uses ILIKE with an escape character)."""
+    migrations.upgrade(database_url)
     app = create_app(
-        make_config(core={"auth": True, "llm": "first", "system_prompt": "Be brief."},
+        make_config(core={"auth": True, "llm": "first", "system_prompt": "Be brief.",
+                          "database_url": database_url},
                     budget={"reply_tokens": 100}),
         candidates=[plugin_object("models", Models()),
                     plugin_object("header-auth", AuthPlugin(HeaderAuthenticator()))])
