@@ -72,7 +72,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import col, select
 
@@ -167,6 +167,10 @@ class ChatRequest:
     tail: Sequence[ChatMessage] = ()
     """Stateless only: the tool steps after ``content`` (an assistant's tool calls and
     their results, as an OpenAI client sends them back), kept whole in the prompt."""
+    replace_from: str | None = None
+    """The id of a user message of this conversation: it and every later message are
+    deleted, and ``content`` is stored in its place and answered (edit and resend; the
+    same text regenerates the last reply). The conversation is truncated, not branched."""
 
 
 @dataclass(slots=True)
@@ -710,6 +714,11 @@ async def start_turn(runtime: Runtime, principal: Principal, request: ChatReques
     cid = request.client_message_id
     if cid is not None and not 0 < len(cid) <= 128:
         raise BadRequest("client_message_id must be 1 to 128 characters")
+    if request.replace_from is not None and (request.history is not None
+                                             or request.conversation_id is None):
+        raise BadRequest("replace_from needs a stored conversation (conversation_id)")
+    if request.history is None and request.conversation_id is not None:
+        request = await _with_settings(runtime, principal.owner, request)
     llm = resolve_llm(runtime, request.model)
     await ready(llm)
     command = find_command(runtime, request.content)
@@ -729,6 +738,46 @@ async def start_turn(runtime: Runtime, principal: Principal, request: ChatReques
     return await _stored_turn(runtime, principal, request, llm, command)
 
 
+async def _with_settings(runtime: Runtime, owner: str, request: ChatRequest) -> ChatRequest:
+    """``request`` with the conversation's own model, system prompt and sampling settings
+    where the request leaves them open. A stored model that is no longer registered
+    falls back to the active provider."""
+    async with runtime.db.session() as session:
+        conversation = await session.get(Conversation, request.conversation_id)
+    if conversation is None or conversation.owner_id != owner:
+        return request  # _stored_turn answers 404
+    model = request.model
+    if model is None and conversation.model in runtime.providers["llm"]:
+        model = conversation.model
+    system_prompt = request.system_prompt
+    if system_prompt is None and conversation.system_prompt is not None:
+        system_prompt = conversation.system_prompt
+    params = request.params
+    if params is None and (conversation.temperature is not None
+                           or conversation.max_tokens is not None):
+        default = GenerationParams()
+        params = GenerationParams(
+            max_tokens=conversation.max_tokens or runtime.config.budget.reply_tokens,
+            temperature=(conversation.temperature if conversation.temperature is not None
+                         else default.temperature))
+    return dataclasses.replace(request, model=model, system_prompt=system_prompt,
+                               params=params)
+
+
+def title_from(text: str, limit: int = 80) -> str:
+    """A conversation title from its first message: whitespace folded, at most ``limit``
+    characters, cut at a word boundary with an ellipsis (mid-word only for one long
+    word)."""
+    words = " ".join(text.split())
+    if len(words) <= limit:
+        return words
+    cut = words[:limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:.-") + "…"
+
+
 async def _stored_turn(
     runtime: Runtime, principal: Principal, request: ChatRequest, llm: LLMProvider,
     command: tuple[CommandHandler, str] | None,
@@ -740,6 +789,8 @@ async def _stored_turn(
     turn = TurnRun(runtime, principal, request, llm, None, command)
     retry_of: Message | None = None
     reply: Message | None = None
+    replaced: Message | None = None
+    summary_state: tuple[str, int] | None = None  # (summary, upto) when not the stored one
     rows: list[Message] = []
     async with runtime.db.session() as session:
         conversation_id = request.conversation_id
@@ -761,10 +812,16 @@ async def _stored_turn(
                 raise Conflict(f"client_message_id {cid!r} was already used for another message")
             reply = (await session.exec(select(Message).where(Message.reply_to == retry_of.id))
                      ).first()
+        if retry_of is None and request.replace_from is not None:
+            replaced = await _replaceable(session, conversation, request.replace_from)
         if conversation is not None and not (reply is not None and reply.status == "complete"):
             upto = conversation.summary_upto if runtime.config.budget.summarize else 0
-            rows = await _recent(session, conversation.id, upto,
-                                 retry_of.seq if retry_of is not None else None)
+            before = retry_of.seq if retry_of is not None else None
+            if replaced is not None:
+                before = replaced.seq
+                if conversation.summary_upto >= replaced.seq:  # the summary covers cut turns
+                    summary_state, upto = ("", 0), 0
+            rows = await _recent(session, conversation.id, upto, before)
     if retry_of is not None and reply is not None and reply.status == "complete":
         turn.conversation_id = retry_of.conversation_id
         turn.user_message_id, turn.message_id = retry_of.id, reply.id
@@ -779,19 +836,23 @@ async def _stored_turn(
         reply.status = "interrupted"
 
     summarize = runtime.config.budget.summarize and conversation is not None
+    if conversation is not None and summary_state is None:
+        summary_state = (conversation.summary, conversation.summary_upto)
     if command is None:
-        summary = conversation.summary if summarize and conversation is not None else ""
+        summary = summary_state[0] if summarize and summary_state is not None else ""
         turn.context = await _context(turn, _turns(rows), summary)
-        if summarize and conversation is not None:
-            turn.summary_from = (conversation.summary, conversation.summary_upto)
+        if summarize and summary_state is not None:
+            turn.summary_from = summary_state
 
     last_seq = rows[-1].seq if rows else (conversation.summary_upto if conversation else 0)
+    if replaced is not None:
+        last_seq = replaced.seq - 1
     plan = StorePlan(
         owner=owner,
         conversation_id=(conversation.id if conversation else conversation_id
                          or uuid.uuid4().hex),
         new_conversation=conversation is None,
-        title=request.content.strip()[:80],
+        title=title_from(request.content),
         user_id=retry_of.id if retry_of is not None else uuid.uuid4().hex,
         new_user=retry_of is None,
         content=request.content,
@@ -801,6 +862,7 @@ async def _stored_turn(
         reclaim_status=reply.status if reply is not None else None,
         reply_seq=reply.seq if reply is not None else None,
         lease=turn.lease,
+        truncate_from=replaced.seq if replaced is not None else None,
     )
     # Without a client message id the rows are written while the model reads the prompt;
     # the turn waits for them before its first token leaves (see TurnRun.run).
@@ -830,6 +892,25 @@ class StorePlan:
     reclaim_status: str | None
     reply_seq: int | None = None  # the reclaimed answer's; else user_seq + 1
     lease: str = ""
+    truncate_from: int | None = None  # replace_from: messages from this seq on go first
+
+
+async def _replaceable(session: Any, conversation: Conversation | None, message_id: str
+                       ) -> Message:
+    """The user message a ``replace_from`` names; 404 unless it is a user message of this
+    conversation, 409 while a reply after it is still being written."""
+    message = await session.get(Message, message_id)
+    if (conversation is None or message is None or message.conversation_id != conversation.id
+            or message.role != "user"):
+        raise NotFound(f"user message {message_id} not found in this conversation",
+                       param="replace_from")
+    streaming = (await session.exec(
+        select(Message).where(Message.conversation_id == conversation.id,
+                              Message.seq >= message.seq, Message.status == "streaming")
+    )).all()
+    if any(not abandoned(m) for m in streaming):
+        raise Conflict("a reply in this conversation is still being written; stop it first")
+    return message  # type: ignore[no-any-return]
 
 
 async def store(runtime: Runtime, plan: StorePlan) -> None:
@@ -842,7 +923,7 @@ async def store(runtime: Runtime, plan: StorePlan) -> None:
             runtime.state.setdefault("chat.known_owners", set()).add(plan.owner)
             return
         except IntegrityError:
-            if attempt == 2 or not plan.new_user:
+            if attempt == 2 or not plan.new_user or plan.truncate_from is not None:
                 raise Conflict("the conversation changed concurrently; retry") from None
         except SQLAlchemyError as exc:
             log.error("storing a chat turn failed: %s", exc)
@@ -869,9 +950,21 @@ async def _write(runtime: Runtime, plan: StorePlan) -> None:
             session.add(Conversation(id=plan.conversation_id, owner_id=plan.owner,
                                      title=plan.title))
         else:
+            values: dict[str, Any] = {"updated_at": now}
+            if plan.truncate_from is not None:
+                await session.execute(
+                    delete(Message).where(col(Message.conversation_id) == plan.conversation_id,
+                                          col(Message.seq) >= plan.truncate_from)
+                    .execution_options(synchronize_session=False))
+                await session.execute(
+                    update(Conversation).where(col(Conversation.id) == plan.conversation_id,
+                                               col(Conversation.summary_upto)
+                                               >= plan.truncate_from)
+                    .values(summary="", summary_upto=0)
+                    .execution_options(synchronize_session=False))
             await session.execute(update(Conversation)
                                   .where(col(Conversation.id) == plan.conversation_id)
-                                  .values(updated_at=now)
+                                  .values(**values)
                                   .execution_options(synchronize_session=False))
         if plan.new_user:
             session.add(Message(id=plan.user_id, conversation_id=plan.conversation_id,

@@ -37,8 +37,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(config)
     runtime = runtime_of(app)
     _schema_preflight(runtime)
-    runtime.state["public_url"] = config.server.public_url or f"http://{host}:{port}"
-    print(f"mami: serving on http://{host}:{port} (config: {config.source})", flush=True)
+    urls = [f"http://{_url_host(host)}:{port}"]
+    if host in WILDCARD_BINDS:
+        addresses = reachable_addresses()
+        urls = [f"http://{_url_host(a)}:{port}" for a in addresses]
+        runtime.state["server_addresses"] = addresses
+    runtime.state["public_url"] = config.server.public_url or urls[0]
+    listening = f", listening on {host or '0.0.0.0'}" if host in WILDCARD_BINDS else ""
+    print(f"mami: serving on {', '.join(urls)} (config: {config.source}{listening})",
+          flush=True)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level=config.core.log_level.lower(),
                        ws_max_size=1 << 20, lifespan="on")
@@ -61,6 +68,32 @@ def _schema_preflight(runtime: Any) -> None:
     auto = runtime.db.is_sqlite and runtime.config.core.auto_migrate
     if migrations.is_ahead(current) or (current != head and not auto):
         raise MamiError(str(migrations.schema_problem(current, head)))
+
+
+WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::"})
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def reachable_addresses() -> list[str]:
+    """This machine's addresses that other machines may reach, the primary one first,
+    then loopback: what to print instead of a wildcard bind. No packet is sent (a UDP
+    socket's ``connect`` only picks the route)."""
+    import socket
+
+    found: list[str] = []
+    for family, probe in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as udp:
+            udp.connect((probe, 9))
+            found.append(udp.getsockname()[0])
+    with contextlib.suppress(OSError):
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            found.append(str(info[4][0]))
+    usable = [a for a in dict.fromkeys(found)
+              if not a.startswith(("127.", "fe80:")) and a not in ("::1", "0.0.0.0")]
+    return [*usable, "127.0.0.1"]
 
 
 def cmd_db(args: argparse.Namespace) -> int:

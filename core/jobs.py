@@ -30,7 +30,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlmodel import col
 
 from core.config import Config
@@ -207,6 +207,25 @@ async def complete(
     async with db.engine.begin() as conn:
         row = (await conn.execute(statement)).mappings().first()
     return ImageJob(**row) if row is not None else None
+
+
+async def delete_conversation_jobs(runtime: Runtime, owner: str, conversation_id: str) -> int:
+    """Delete the image jobs of one conversation and their stored images; how many jobs.
+    Placeholder images are shared (stored once per content) and stay. A worker running
+    one of these jobs finds its lease gone when it completes and drops its image."""
+    where = and_(_jobs.c.owner_id == owner, _jobs.c.conversation_id == conversation_id)
+    async with runtime.db.engine.begin() as conn:
+        found = (await conn.execute(
+            select(_jobs.c.state, _jobs.c.result_path).where(where))).all()
+        await conn.execute(delete(_jobs).where(where))
+    store = image_store(runtime)
+    for state, result_path in found:
+        if state == "succeeded" and result_path:
+            try:
+                await store.delete(result_path)
+            except Exception as exc:  # the rows are gone; a stray file is only disk space
+                log.warning("image %s of a deleted conversation stays: %s", result_path, exc)
+    return len(found)
 
 
 async def record_callback_errors(db: Database, job_id: str, errors: list[dict[str, str]]) -> None:

@@ -35,7 +35,9 @@ class Owner(SQLModel, table=True):
 
 class Conversation(SQLModel, table=True):
     """A chat thread of one owner. ``summary`` folds in turns dropped from the context;
-    ``summary_upto`` is the ``seq`` of the last message it covers."""
+    ``summary_upto`` is the ``seq`` of the last message it covers. ``model``,
+    ``system_prompt``, ``temperature`` and ``max_tokens`` are the conversation's own
+    settings; ``None`` means the server's default."""
 
     __tablename__ = "conversations"
 
@@ -46,6 +48,10 @@ class Conversation(SQLModel, table=True):
     summary_upto: int = Field(default=0)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    model: str | None = Field(default=None, max_length=200)
+    system_prompt: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    temperature: float | None = None
+    max_tokens: int | None = None
 
 
 class Message(SQLModel, table=True):

@@ -165,6 +165,8 @@ class BrowserGuard(ASGIMiddleware):
         names = set(LOOPBACK_HOSTS) | {host_name(h) for h in server.allowed_hosts}
         if server.host not in WILDCARD_BINDS:
             names.add(host_name(server.host))
+        # a wildcard bind serves the addresses mami serve printed (core.cli)
+        names.update(a.lower() for a in self.runtime.state.get("server_addresses", ()))
         for url in (server.public_url, str(self.runtime.state.get("public_url") or "")):
             hostname = urlsplit(url).hostname
             if hostname and hostname not in WILDCARD_BINDS:

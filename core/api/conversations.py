@@ -1,7 +1,14 @@
 """Native conversation API, scoped to the caller: another owner's conversation is a 404.
 
-``POST /api/conversations`` (optional ``{"title": ...}``), ``GET /api/conversations``,
-``GET /api/conversations/{id}/messages``, ``DELETE /api/conversations/{id}``.
+``POST /api/conversations`` (optional title and settings), ``GET /api/conversations``
+(``?q=`` searches titles and message text), ``GET /api/conversations/{id}``,
+``PATCH /api/conversations/{id}`` (rename, settings), ``GET
+/api/conversations/{id}/messages``, ``DELETE /api/conversations/{id}`` (with its image
+jobs and their images).
+
+A conversation's settings (``model``, ``system_prompt``, ``temperature``,
+``max_tokens``) are used by every turn in it (see :func:`core.chat.start_turn`);
+``null`` means the server's default.
 """
 
 from __future__ import annotations
@@ -11,21 +18,45 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from litestar import Controller, delete, get, post
+from litestar import Controller, Request, delete, get, patch, post
 from litestar.params import Parameter
 from sqlalchemy import delete as sql_delete
+from sqlalchemy import or_
 from sqlmodel import col, select
 
+from core import jobs
 from core.api.deps import MAX_OFFSET
 from core.errors import BadRequest, NotFound
 from core.models import Conversation, Message, Owner
 from core.protocols import Principal
 from core.runtime import Runtime
 
+MAX_TITLE = 200
+MAX_SYSTEM_PROMPT = 8000
+MAX_REPLY_TOKENS = 32768
+MAX_QUERY = 200
+
 
 @dataclass
 class NewConversation:
+    """A new conversation: an optional title and settings (``null``: server default)."""
+
     title: str = ""
+    model: str | None = None
+    system_prompt: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+@dataclass
+class ConversationChange:
+    """What ``PATCH`` changes: only the fields given (``null`` resets a setting)."""
+
+    title: str | None = None
+    model: str | None = None
+    system_prompt: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
 
 
 @dataclass
@@ -35,6 +66,75 @@ class ConversationOut:
     created_at: datetime
     updated_at: datetime
     summary: str = ""
+    model: str | None = None
+    system_prompt: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+def checked_changes(runtime: Runtime, raw: Any) -> dict[str, Any]:
+    """The fields of a create or change body, checked; :class:`BadRequest` names the
+    first bad one (unknown field, wrong JSON type, out of range, unknown model)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise BadRequest("the body must be a JSON object")
+    known = ("title", "model", "system_prompt", "temperature", "max_tokens")
+    unknown = sorted(str(key) for key in raw if key not in known)
+    if unknown:
+        raise BadRequest(f"unknown field{'s' if len(unknown) > 1 else ''}: "
+                         f"{', '.join(unknown)} (known: {', '.join(known)})")
+    changes: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name == "title":
+            if not isinstance(value, str):
+                raise BadRequest("title: expected a string")
+            value = " ".join(value.split())
+            if len(value) > MAX_TITLE:
+                raise BadRequest(f"title: at most {MAX_TITLE} characters")
+        elif value is None:
+            pass
+        elif name == "model":
+            if not isinstance(value, str):
+                raise BadRequest("model: expected a string or null")
+            if value not in runtime.providers["llm"]:
+                available = ", ".join(runtime.providers["llm"]) or "none"
+                raise BadRequest(f"model: {value!r} is not available (available: {available})")
+        elif name == "system_prompt":
+            if not isinstance(value, str):
+                raise BadRequest("system_prompt: expected a string or null")
+            if len(value) > MAX_SYSTEM_PROMPT:
+                raise BadRequest(f"system_prompt: at most {MAX_SYSTEM_PROMPT} characters")
+        elif name == "temperature":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise BadRequest("temperature: expected a number or null")
+            if not 0 <= value <= 2:
+                raise BadRequest(f"temperature: must be from 0 to 2, got {value}")
+            value = float(value)
+        elif name == "max_tokens":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise BadRequest("max_tokens: expected an integer or null")
+            if not 1 <= value <= MAX_REPLY_TOKENS:
+                raise BadRequest(f"max_tokens: must be from 1 to {MAX_REPLY_TOKENS}, "
+                                 f"got {value}")
+        changes[name] = value
+    return changes
+
+
+async def _body(request: Request[Any, Any, Any]) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        return None
+    try:
+        return await request.json()
+    except Exception as exc:
+        raise BadRequest("the body is not valid JSON") from exc
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, its wildcards taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 @dataclass
@@ -61,7 +161,9 @@ class MessageOut:
 
 def _out(conversation: Conversation) -> ConversationOut:
     return ConversationOut(conversation.id, conversation.title, conversation.created_at,
-                           conversation.updated_at, conversation.summary)
+                           conversation.updated_at, conversation.summary, conversation.model,
+                           conversation.system_prompt, conversation.temperature,
+                           conversation.max_tokens)
 
 
 async def owned(runtime: Runtime, owner: str, conversation_id: str) -> Conversation:
@@ -80,17 +182,17 @@ class ConversationController(Controller):
 
     @post("/", status_code=201)
     async def create(self, runtime: Runtime, principal: Principal,
+                     request: Request[Any, Any, Any],
                      data: NewConversation | None = None) -> ConversationOut:
-        """Start an empty conversation."""
-        title = (data.title if data else "").strip()
-        if len(title) > 200:
-            raise BadRequest("title must be at most 200 characters")
+        """Start an empty conversation, with its settings if given. 400 naming the field
+        for an unknown field, a wrong type, a value out of range or an unknown model."""
+        changes = checked_changes(runtime, await _body(request))
         async with runtime.db.session() as session:
             if await session.get(Owner, principal.owner) is None:
                 session.add(Owner(id=principal.owner))
                 await session.flush()
             conversation = Conversation(id=uuid.uuid4().hex, owner_id=principal.owner,
-                                        title=title)
+                                        **changes)
             session.add(conversation)
             await session.commit()
         return _out(conversation)
@@ -100,15 +202,56 @@ class ConversationController(Controller):
         self, runtime: Runtime, principal: Principal,
         limit: int = Parameter(default=50, ge=1, le=500),
         offset: int = Parameter(default=0, ge=0, le=MAX_OFFSET),
+        q: str | None = Parameter(default=None, max_length=MAX_QUERY,
+                                  description="only conversations whose title or messages "
+                                              "contain this text (case-insensitive)"),
     ) -> list[ConversationOut]:
-        """The caller's conversations, most recently active first. 400 for a bad
-        limit/offset."""
+        """The caller's conversations, most recently active first; with ``q``, only those
+        whose title or any message contains it. 400 for a bad limit, offset or q."""
+        query = select(Conversation).where(Conversation.owner_id == principal.owner)
+        if q is not None:
+            if not q.strip():
+                raise BadRequest("q: must not be empty")
+            pattern = _like(q.strip())
+            in_messages = (
+                select(Message.conversation_id)
+                .join(Conversation, col(Conversation.id) == col(Message.conversation_id))
+                .where(Conversation.owner_id == principal.owner,
+                       col(Message.content).ilike(pattern, escape="\\"))
+            )
+            query = query.where(or_(col(Conversation.title).ilike(pattern, escape="\\"),
+                                    col(Conversation.id).in_(in_messages)))
         async with runtime.db.session() as session:
             rows = (await session.exec(
-                select(Conversation).where(Conversation.owner_id == principal.owner)
-                .order_by(col(Conversation.updated_at).desc()).offset(offset).limit(limit)
+                query.order_by(col(Conversation.updated_at).desc()).offset(offset).limit(limit)
             )).all()
         return [_out(c) for c in rows]
+
+    @get("/{conversation_id:str}")
+    async def read(self, runtime: Runtime, principal: Principal,
+                   conversation_id: str) -> ConversationOut:
+        """One conversation with its settings."""
+        return _out(await owned(runtime, principal.owner, conversation_id))
+
+    @patch("/{conversation_id:str}")
+    async def change(self, runtime: Runtime, principal: Principal, conversation_id: str,
+                     request: Request[Any, Any, Any],
+                     data: ConversationChange | None = None) -> ConversationOut:
+        """Rename, or change settings: only the fields given change (``null`` resets a
+        setting to the server's default; an empty title shows the date instead). 400
+        naming the field for a bad value; 404 for another owner's id."""
+        changes = checked_changes(runtime, await _body(request))
+        await owned(runtime, principal.owner, conversation_id)
+        async with runtime.db.session() as session:
+            conversation = await session.get(Conversation, conversation_id)
+            if conversation is None:
+                raise NotFound(f"conversation {conversation_id} not found")
+            for name, value in changes.items():
+                setattr(conversation, name, value)
+            session.add(conversation)
+            await session.commit()
+            await session.refresh(conversation)
+        return _out(conversation)
 
     @get("/{conversation_id:str}/messages")
     async def messages(self, runtime: Runtime, principal: Principal,
@@ -130,8 +273,9 @@ class ConversationController(Controller):
 
     @delete("/{conversation_id:str}", status_code=204)
     async def remove(self, runtime: Runtime, principal: Principal, conversation_id: str) -> None:
-        """Delete the conversation and its messages."""
+        """Delete the conversation, its messages, its image jobs and their images."""
         await owned(runtime, principal.owner, conversation_id)
+        await jobs.delete_conversation_jobs(runtime, principal.owner, conversation_id)
         async with runtime.db.session() as session:
             await session.execute(
                 sql_delete(Message).where(col(Message.conversation_id) == conversation_id))

@@ -11,13 +11,14 @@ the middle of a reply (which is stored as interrupted).
 Client -> server (JSON text frames)::
 
     {"type": "message", "content": str, "conversation_id": str|null,
-     "client_message_id": str|null}
+     "client_message_id": str|null, "replace_from": str|null}
+                                replace_from: edit and resend (see ChatRequest)
     {"type": "cancel"}          stop the running reply (stored as interrupted)
     {"type": "ping"}
 
 Server -> client::
 
-    {"type": "start", "conversation_id": str, "message_id": str}
+    {"type": "start", "conversation_id": str, "message_id": str, "user_message_id": str}
     {"type": "sources", "sources": [Source, ...]}   only when passages were used
     {"type": "delta", "text": str}
     {"type": "tool_call", "id": str, "name": str, "arguments": str}
@@ -161,15 +162,18 @@ class ChatSocket:
         content = message.get("content")
         conversation_id = message.get("conversation_id")
         client_id = message.get("client_message_id")
+        replace_from = message.get("replace_from")
         if not isinstance(content, str) or not content.strip():
             self.error("content must be a non-empty string", 400)
-        elif not all(v is None or isinstance(v, str) for v in (conversation_id, client_id)):
-            self.error("conversation_id and client_message_id must be strings or null", 400)
+        elif not all(v is None or isinstance(v, str)
+                     for v in (conversation_id, client_id, replace_from)):
+            self.error("conversation_id, client_message_id and replace_from must be strings "
+                       "or null", 400)
         elif self.replying:
             self.error("a reply is already running; send cancel first", 409)
         else:
             request = ChatRequest(content, conversation_id=conversation_id,
-                                  client_message_id=client_id)
+                                  client_message_id=client_id, replace_from=replace_from)
             self.replying = True
             self.turn = asyncio.create_task(self._run(request))
 
@@ -185,7 +189,7 @@ class ChatSocket:
                 self.error(exc.message, exc.status_code)
                 return
             self.send({"type": "start", "conversation_id": turn.conversation_id,
-                       "message_id": turn.message_id})
+                       "message_id": turn.message_id, "user_message_id": turn.user_message_id})
             if turn.sources:
                 self.send({"type": "sources", "sources": turn.sources})
             try:

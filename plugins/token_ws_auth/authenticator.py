@@ -118,6 +118,10 @@ class TokenAuthenticator:
         public = urlsplit(str(self.runtime.state.get("public_url") or ""))
         if public.scheme and public.netloc:
             allowed.add(f"{public.scheme}://{public.netloc}")
+            # a wildcard bind: each address mami serve printed is the server's own too
+            for address in self.runtime.state.get("server_addresses", ()):
+                name = f"[{address}]" if ":" in address else address
+                allowed.add(f"{public.scheme}://{name}:{public.port or 80}")
         return allowed
 
     # -- HTTP -------------------------------------------------------------------------

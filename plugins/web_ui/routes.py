@@ -1,4 +1,5 @@
-"""The page's routes: ``GET /`` (the page) and ``GET /ui/<file>`` (its static files)."""
+"""The page's routes: ``GET /`` (the page), ``GET /ui/<file>`` (its static files) and
+``GET /ui/vendor/<path>`` (the vendored libraries listed in ``static/vendor/README.md``)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ if TYPE_CHECKING:
     from plugins.web_ui import Settings
 
 STATIC = Path(__file__).parent / "static"
+VENDOR = STATIC / "vendor"
 ASSETS = {
     "app.js": "text/javascript",
+    "markdown.js": "text/javascript",
     "app.css": "text/css",
     "icon.svg": "image/svg+xml",
 }
@@ -32,6 +35,12 @@ HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
+
+
+@cache
+def vendor_files() -> frozenset[str]:
+    """The vendored scripts by their path under ``vendor/`` (the only ones served)."""
+    return frozenset(p.relative_to(VENDOR).as_posix() for p in VENDOR.rglob("*.js"))
 
 
 @cache
@@ -63,10 +72,20 @@ def page_routes(settings: Settings) -> list[Any]:
             raise NotFound(f"no file {name!r}")
         return Response(read_static(name), media_type=media_type, headers=HEADERS)
 
+    @get("/ui/vendor/{name:path}", include_in_schema=False, sync_to_thread=False,
+         exclude_from_auth=True)
+    def vendor(name: str) -> Response[bytes]:
+        """A vendored library (Markdown, sanitiser, highlighter); anything else is a 404."""
+        name = name.lstrip("/")
+        if name not in vendor_files():
+            raise NotFound(f"no file {name!r}")
+        return Response(read_static(f"vendor/{name}"), media_type="text/javascript",
+                        headers=HEADERS)
+
     @get("/favicon.ico", include_in_schema=False, sync_to_thread=False,
          exclude_from_auth=True)
     def favicon() -> Response[bytes]:
         """Browsers ask for it whatever the page says."""
         return Response(read_static("icon.svg"), media_type=ASSETS["icon.svg"], headers=HEADERS)
 
-    return [index, asset, favicon]
+    return [index, asset, vendor, favicon]

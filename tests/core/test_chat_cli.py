@@ -8,6 +8,9 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from plugins import BUILTINS
 
@@ -55,3 +58,24 @@ def test_chat_errors_are_one_line(tmp_path: Path) -> None:
     missing = mami(["chat", "hi", "--conversation", "nope"], tmp_path)
     assert missing.returncode == 1
     assert "mami: error: conversation nope not found" in missing.stderr
+
+
+def test_with_auth_off_the_page_sees_the_chats_of_mami_chat(
+        tmp_path: Path, live_server: Any) -> None:
+    """Issue 18: without sign-in, ``mami chat`` and the page (the native API) are the same
+    owner, ``[core] local_owner``."""
+    from core.app import create_app
+    from core.config import load_config
+
+    only_the_local_model(tmp_path)
+    config_file = tmp_path / "plugins.toml"
+    config_file.write_text(f'[core]\nauth = false\ndata_dir = "{tmp_path / "data"}"\n'
+                           + config_file.read_text())
+    chat = mami(["chat", "Remember the tulips."], tmp_path)
+    assert chat.returncode == 0, chat.stderr
+    found = re.search(r"\(conversation (\w+)\)", chat.stderr)
+    assert found
+    server = live_server(create_app(load_config(str(config_file))))
+    listed = httpx.get(f"{server.url}/api/conversations", timeout=30).json()
+    assert [c["id"] for c in listed] == [found.group(1)]
+    assert listed[0]["title"] == "Remember the tulips."

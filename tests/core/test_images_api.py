@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from core import hookimpl
+from core import hookimpl, jobs
 from core.app import create_app, runtime_of
 from core.errors import AuthError
 from core.models import Conversation, ImageJob, Owner
@@ -326,3 +326,32 @@ async def test_image_command_without_prompt_explains(make_config: Any, live_serv
     async with httpx.AsyncClient(base_url=live.url) as client:
         health = (await client.get("/health")).json()
     assert health["plugins"]["forge-image"]["status"] == "ok"
+
+
+async def test_deleting_a_conversation_deletes_its_jobs_and_images(
+        http: httpx.AsyncClient, forge: ForgeStandIn, server: Any) -> None:
+    """Issue 18: a deleted conversation's image jobs and stored images go with it, except
+    placeholders, which are stored once per content and shared."""
+    _live, runtime = server
+    folder = jobs.image_store(runtime).folder
+    created = await http.post("/api/conversations", headers=ANN, json={"title": "pictures"})
+    cid, keep = created.json()["id"], (await http.post("/api/conversations", headers=ANN)).json()
+    made = []
+    for prompt, mode, conversation in (("a cat", "ok", cid), ("too big", "oom", cid),
+                                       ("a dog", "ok", keep["id"])):
+        forge.set_mode(mode)
+        job = (await http.post("/api/images", headers=ANN, json={
+            "prompt": prompt, "width": 64, "height": 64, "conversation_id": conversation})).json()
+        made.append(await wait_final(http, job["id"]))
+    cat, big, dog = made
+    assert (cat["state"], big["state"], dog["state"]) == ("succeeded", "placeholder", "succeeded")
+    assert list(folder.glob(f"{cat['id']}.*.png")) and list(folder.glob("placeholder-*.png"))
+    assert (await http.delete(f"/api/conversations/{cid}", headers=BOB)).status_code == 404
+    assert (await http.get(cat["url"], headers=ANN)).status_code == 200
+    assert (await http.delete(f"/api/conversations/{cid}", headers=ANN)).status_code == 204
+    for job in (cat, big):
+        assert (await http.get(job["url"], headers=ANN)).status_code == 404
+    assert list(folder.glob(f"{cat['id']}.*.png")) == []
+    assert list(folder.glob("placeholder-*.png"))  # shared with other conversations' jobs
+    assert (await http.get(dog["url"], headers=ANN)).json()["state"] == "succeeded"
+    assert list(folder.glob(f"{dog['id']}.*.png"))

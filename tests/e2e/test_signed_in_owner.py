@@ -35,7 +35,7 @@ def test_api_me_names_the_owner_and_token(echo_mami: MamiServer) -> None:
     me = httpx.get(f"{echo_mami.url}/api/me", headers={"Authorization": f"Bearer {mallory}"})
     assert me.status_code == 200, me.text
     assert me.json() == {"owner": "mallory", "token_name": "mallory-laptop",
-                         "expires_at": None, "auth": True}
+                         "expires_at": None, "auth": True, "default_model": "context-echo"}
     assert httpx.get(f"{echo_mami.url}/api/me").status_code == 401
 
 

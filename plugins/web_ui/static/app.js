@@ -1,5 +1,8 @@
 // mami chat page: plain JavaScript, no framework, no build step.
 // Talks to the native API (Bearer token) and to /ws/chat (single-use tickets).
+// Replies are Markdown, rendered by markdown.js with the vendored libraries.
+
+import { copyText, renderMarkdown } from "./markdown.js";
 
 const TOKEN_KEY = "mami.token";
 const DRAFT_KEY = "mami.draft";
@@ -24,7 +27,20 @@ const ui = {
   uploadForm: $("upload-form"), uploadFile: $("upload-file"),
   messages: $("messages"), composer: $("composer"), input: $("composer-input"),
   send: $("send"), stop: $("stop"),
+  search: $("search"), uploadProgress: $("upload-progress"), chatTitle: $("chat-title"),
+  modelSelect: $("model-select"), settingsButton: $("settings-button"),
+  settingsPanel: $("settings-panel"), settingSystem: $("setting-system"),
+  settingTemperature: $("setting-temperature"), settingMaxTokens: $("setting-max-tokens"),
+  settingsReset: $("settings-reset"), welcome: $("welcome"), welcomeModel: $("welcome-model"),
+  suggestions: $("suggestions"),
 };
+const SEARCH_DELAY_MS = 250;
+const SUGGESTIONS = [
+  "Explain what a Python generator is, with a short example.",
+  "Write a Markdown table comparing SQLite and PostgreSQL.",
+  "What do my uploaded documents say? Summarise them.",
+  "Give me three ideas for a weekend coding project.",
+];
 
 const state = {
   token: null,
@@ -36,6 +52,12 @@ const state = {
   // until the server's "start".
   reply: null,
   images: new Map(),
+  conversation: null,  // the open conversation as the API returns it (title, settings)
+  conversations: new Map(),  // id -> conversation, as last listed
+  models: [],
+  defaultModel: null,
+  search: "",
+  searchTimer: null,
 };
 
 class ApiError extends Error {
@@ -192,6 +214,7 @@ async function takeTokenFromAddress() {
 async function showWhoAmI() {
   try {
     const me = await api("GET", "/api/me");
+    state.defaultModel = me.default_model || null;
     ui.whoami.textContent = me.auth ? `Signed in as ${me.owner}` : `${me.owner} (no sign-in)`;
     ui.whoami.title = me.token_name ? `token "${me.token_name}"` +
       (me.expires_at ? `, expires ${new Date(me.expires_at).toLocaleString()}` : "") : "";
@@ -237,9 +260,12 @@ async function signIn(token) {
   ui.app.hidden = false;
   ui.signOut.hidden = !token;
   await showWhoAmI();
+  await loadModels();
   const remembered = localStorage.getItem(CONVERSATION_KEY);
   if (remembered && ui.conversations.querySelector(`[data-id="${CSS.escape(remembered)}"]`)) {
     await openConversation(remembered);
+  } else {
+    showConversation();
   }
   connect();
   ui.input.focus();
@@ -254,26 +280,86 @@ function conversationLabel(conversation) {
 }
 
 async function loadConversations() {
-  const list = listOf(await api("GET", "/api/conversations"));
+  const query = state.search ? `?q=${encodeURIComponent(state.search)}` : "";
+  const list = listOf(await api("GET", `/api/conversations${query}`));
   ui.conversations.replaceChildren();
+  state.conversations = new Map(list.map((conversation) => [conversation.id, conversation]));
   if (!list.length) {
-    ui.conversations.append(element("li", { class: "empty", text: "No conversations yet." }));
+    const text = state.search ? `No conversation contains "${state.search}".` : "No conversations yet.";
+    ui.conversations.append(element("li", { class: "empty", text }));
   }
   for (const conversation of list) {
-    const label = conversationLabel(conversation);
-    const open = element("button", {
-      type: "button", class: "link grow", "data-id": conversation.id, text: label,
-      onclick: () => openConversation(conversation.id),
-    });
-    const remove = element("button", {
-      type: "button", class: "secondary small", text: "Delete",
-      "aria-label": `Delete conversation: ${label}`,
-      onclick: () => deleteConversation(conversation.id, label),
-    });
-    const item = element("li", { "data-conversation": conversation.id }, open, remove);
-    if (conversation.id === state.conversationId) item.setAttribute("aria-current", "true");
-    ui.conversations.append(item);
+    ui.conversations.append(conversationItem(conversation));
+    if (conversation.id === state.conversationId) {
+      state.conversation = conversation;
+      showConversationTitle();
+    }
   }
+}
+
+function conversationItem(conversation) {
+  const label = conversationLabel(conversation);
+  const open = element("button", {
+    type: "button", class: "link grow", "data-id": conversation.id, text: label,
+    onclick: () => openConversation(conversation.id),
+  });
+  const rename = element("button", {
+    type: "button", class: "secondary small", text: "Rename",
+    "aria-label": `Rename conversation: ${label}`,
+    onclick: () => startRename(conversation, item),
+  });
+  const remove = element("button", {
+    type: "button", class: "secondary small", text: "Delete",
+    "aria-label": `Delete conversation: ${label}`,
+    onclick: () => deleteConversation(conversation.id, label),
+  });
+  const item = element("li", { "data-conversation": conversation.id }, open, rename, remove);
+  if (conversation.id === state.conversationId) item.setAttribute("aria-current", "true");
+  return item;
+}
+
+function startRename(conversation, item) {
+  const input = element("input", {
+    type: "text", class: "grow", maxlength: "200", value: conversation.title,
+    "aria-label": "New name of the conversation",
+  });
+  const cancel = () => item.replaceWith(conversationItem(conversation));
+  const form = element("form", { class: "rename grow" }, input,
+    element("button", { type: "submit", class: "small", text: "Save" }),
+    element("button", { type: "button", class: "secondary small", text: "Cancel", onclick: cancel }));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      const changed = await api("PATCH", `/api/conversations/${encodeURIComponent(conversation.id)}`,
+        { json: { title: input.value } });
+      announce(`Conversation renamed: ${conversationLabel(changed)}`);
+      if (changed.id === state.conversationId) {
+        state.conversation = changed;
+        showConversationTitle();
+      }
+    } catch (error) {
+      showAlert(describe(error));
+    }
+    await loadConversations().catch((error) => showAlert(describe(error)));
+    ui.conversations.querySelector(`[data-id="${CSS.escape(conversation.id)}"]`)?.focus();
+  });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.stopPropagation();
+      cancel();
+    }
+  });
+  item.replaceChildren(form);
+  input.focus();
+  input.select();
+}
+
+function searchConversations() {
+  clearTimeout(state.searchTimer);
+  state.searchTimer = setTimeout(() => {
+    state.search = ui.search.value.trim();
+    loadConversations().catch((error) => showAlert(describe(error)));
+  }, SEARCH_DELAY_MS);
 }
 
 function markCurrentConversation() {
@@ -294,12 +380,17 @@ function setConversation(id) {
 async function openConversation(id) {
   if (state.reply) return showAlert("Wait for the reply to finish, or stop it, first.");
   let messages;
+  let conversation;
   try {
-    messages = listOf(await api("GET", `/api/conversations/${encodeURIComponent(id)}/messages`));
+    const path = `/api/conversations/${encodeURIComponent(id)}`;
+    [messages, conversation] = await Promise.all([
+      api("GET", `${path}/messages`).then(listOf), api("GET", path),
+    ]);
   } catch (error) {
     return showAlert(describe(error));
   }
   setConversation(id);
+  state.conversation = conversation;
   ui.messages.replaceChildren();
   state.images.clear();
   let steps = [];
@@ -309,13 +400,17 @@ async function openConversation(id) {
       continue;
     }
     const bubble = addMessage(message.role, message.content);
+    bubble.dataset.messageId = message.id;
     if (message.role === "assistant") {
       for (const step of steps) storedToolStep(bubble, step);
       steps = [];
+      if (message.reply_to) bubble.dataset.replyTo = message.reply_to;
       noteStatus(bubble, message.status, message.error);
+      showSources(bubble, message.sources);
       followImages(bubble);
     }
   }
+  showConversation();
   closeMenu();
   scrollToEnd(true);
   ui.input.focus();
@@ -330,8 +425,10 @@ function newChat() {
 
 function clearChat() {
   setConversation(null);
+  state.conversation = null;
   ui.messages.replaceChildren();
   state.images.clear();
+  showConversation();
 }
 
 async function deleteConversation(id, label) {
@@ -366,17 +463,51 @@ function scrollToEnd(force = false) {
   if (force || nearEnd()) ui.messages.scrollTop = ui.messages.scrollHeight;
 }
 
+// The Markdown source of each assistant bubble (what Copy copies).
+const sources = new WeakMap();
+
 function addMessage(role, text) {
   const who = role === "user" ? "You" : "mami";
+  const assistant = role === "assistant";
   const bubble = element(
     "li", { class: `message ${role}`, "data-role": role },
     element("span", { class: "who", text: who }),
-    element("span", { class: "text", text }),
+    assistant ? element("div", { class: "text markdown" }) : element("span", { class: "text", text }),
   );
+  if (assistant) setReplyText(bubble, text);
+  addActions(bubble);
   const follow = nearEnd();
   ui.messages.append(bubble);
+  ui.welcome.hidden = true;
   scrollToEnd(follow);
+  refreshActions();
   return bubble;
+}
+
+function replyText(bubble) {
+  return sources.get(bubble) ?? bubble.querySelector(".text").textContent;
+}
+
+function setReplyText(bubble, text) {
+  sources.set(bubble, text);
+  renderMarkdown(bubble.querySelector(".text"), text);
+}
+
+// Streamed text is rendered at most once per animation frame (and once more at the end).
+const pendingRenders = new Set();
+let renderFrame = 0;
+
+function scheduleRender(bubble) {
+  pendingRenders.add(bubble);
+  if (!renderFrame) renderFrame = requestAnimationFrame(flushRenders);
+}
+
+function flushRenders() {
+  renderFrame = 0;
+  const follow = nearEnd();
+  for (const bubble of pendingRenders) renderMarkdown(bubble.querySelector(".text"), replyText(bubble));
+  pendingRenders.clear();
+  scrollToEnd(follow);
 }
 
 function noteStatus(bubble, status, error) {
@@ -491,6 +622,7 @@ function handleEvent(event) {
     case "image": return showImage(event);
     case "tool_call": return toolCalled(event);
     case "tool_result": return toolResulted(event);
+    case "sources": return replySources(event.sources);
     default: return undefined;
   }
 }
@@ -556,25 +688,42 @@ function storedToolStep(bubble, message) {
 
 // ---------------------------------------------------------------- a reply
 
-function submitMessage() {
-  const text = ui.input.value.trim();
-  if (!text || state.reply) return;
+// Without arguments: sends what is in the message box. With replaceFrom (the id of a
+// stored user message): edit and resend; that message and everything after it are
+// replaced (the server truncates the conversation there).
+function submitMessage({ text: given, replaceFrom } = {}) {
+  const text = (given ?? ui.input.value).trim();
+  if (!text || state.reply) return false;
   const message = {
     type: "message", content: text, conversation_id: state.conversationId,
     client_message_id: newId(),
   };
+  if (replaceFrom) message.replace_from = replaceFrom;
   if (!send(message)) {
     showAlert("Not connected: your message is kept and can be sent once the connection is back.",
       "connection");
-    return;
+    return false;
   }
-  addMessage("user", text);
-  state.reply = { sentText: text, message, retries: 0, bubble: null };
+  if (replaceFrom) {
+    const from = ui.messages.querySelector(`li[data-message-id="${CSS.escape(replaceFrom)}"]`);
+    while (from && from.nextElementSibling) from.nextElementSibling.remove();
+    from?.remove();
+  }
+  const userBubble = addMessage("user", text);
+  state.reply = { sentText: text, message, retries: 0, bubble: null, userBubble, replaceFrom };
+  refreshActions();
+  if (given !== undefined) {
+    scrollToEnd(true);
+    updateButtons();
+    setStatus("online", "Waiting for the reply…");
+    return true;
+  }
   ui.input.value = "";
   saveDraft();
   scrollToEnd(true);
   updateButtons();
   setStatus("online", "Waiting for the reply…");
+  return true;
 }
 
 function replyStarted(event) {
@@ -584,6 +733,10 @@ function replyStarted(event) {
   const bubble = addMessage("assistant", "");
   bubble.setAttribute("aria-busy", "true");
   bubble.dataset.messageId = event.message_id || "";
+  if (event.user_message_id) {
+    bubble.dataset.replyTo = event.user_message_id;
+    if (state.reply.userBubble) state.reply.userBubble.dataset.messageId = event.user_message_id;
+  }
   state.reply.bubble = bubble;
   setStatus("online", "Replying…");
   updateButtons();
@@ -592,15 +745,16 @@ function replyStarted(event) {
 function replyDelta(text) {
   const bubble = state.reply && state.reply.bubble;
   if (!bubble) return;
-  const follow = nearEnd();
-  bubble.querySelector(".text").textContent += text;
-  scrollToEnd(follow);
+  sources.set(bubble, replyText(bubble) + text);
+  scheduleRender(bubble);
 }
 
 function replyEnded(event) {
   const reply = state.reply;
   state.reply = null;
   if (reply && reply.bubble) {
+    pendingRenders.delete(reply.bubble);
+    setReplyText(reply.bubble, replyText(reply.bubble));
     reply.bubble.removeAttribute("aria-busy");
     noteStatus(reply.bubble, event.status, reply.error);
     followImages(reply.bubble);
@@ -608,6 +762,7 @@ function replyEnded(event) {
   }
   setStatus(socketOpen() ? "online" : "offline", socketOpen() ? "Connected" : "Disconnected");
   updateButtons();
+  refreshActions();
   loadConversations().catch(() => {});
   if (ui.memoriesPanel.open) setTimeout(() => loadMemories().catch(() => {}), 1500);
 }
@@ -637,7 +792,10 @@ function serverError(event) {
     ui.messages.lastElementChild?.remove();
     saveDraft();
     updateButtons();
+    refreshActions();
     setStatus("online", "Connected");
+    // An edit removed messages from the page that the server kept: show them again.
+    if (reply.replaceFrom && state.conversationId) reloadConversation();
   }
   showAlert(describe(error));
 }
@@ -647,6 +805,8 @@ function closedReply(note) {
   if (!reply) return;
   state.reply = null;
   if (reply.bubble) {
+    pendingRenders.delete(reply.bubble);
+    setReplyText(reply.bubble, replyText(reply.bubble));
     reply.bubble.removeAttribute("aria-busy");
     reply.bubble.dataset.status = "interrupted";
     reply.bubble.querySelector(".note")?.remove();
@@ -656,6 +816,7 @@ function closedReply(note) {
     ui.messages.lastElementChild?.remove();
     saveDraft();
   }
+  refreshActions();
 }
 
 function stopReply() {
@@ -669,6 +830,238 @@ function stopReply() {
 function updateButtons() {
   ui.send.disabled = !socketOpen() || state.reply !== null;
   ui.stop.disabled = state.reply === null || !socketOpen();
+}
+
+async function reloadConversation() {
+  const id = state.conversationId;
+  if (!id || state.reply) return;
+  await openConversation(id);
+}
+
+// ---------------------------------------------------------------- reply actions
+
+// Copy on every reply; Regenerate on the last one; Edit on the user's messages. The
+// buttons exist from the start and refreshActions shows or enables those that apply.
+function addActions(bubble) {
+  const actions = element("div", { class: "actions" });
+  if (bubble.dataset.role === "assistant") {
+    actions.append(
+      element("button", {
+        type: "button", class: "secondary small action-copy", text: "Copy",
+        "aria-label": "Copy this reply", onclick: (event) => copyReply(bubble, event.currentTarget),
+      }),
+      element("button", {
+        type: "button", class: "secondary small action-regenerate", text: "Regenerate",
+        "aria-label": "Write this reply again", hidden: "",
+        onclick: () => regenerate(bubble),
+      }),
+    );
+  } else if (bubble.dataset.role === "user") {
+    actions.append(element("button", {
+      type: "button", class: "secondary small action-edit", text: "Edit",
+      "aria-label": "Edit this message and send it again", onclick: () => startEdit(bubble),
+    }));
+  }
+  bubble.append(actions);
+}
+
+function refreshActions() {
+  const busy = state.reply !== null;
+  const replies = ui.messages.querySelectorAll("li[data-role=assistant]");
+  const last = replies[replies.length - 1];
+  for (const bubble of replies) {
+    const button = bubble.querySelector(".action-regenerate");
+    if (button) button.hidden = busy || bubble !== last || !bubble.dataset.replyTo;
+  }
+  for (const button of ui.messages.querySelectorAll("li[data-role=user] .action-edit")) {
+    button.disabled = busy || !button.closest("li").dataset.messageId;
+  }
+}
+
+async function copyReply(bubble, button) {
+  const ok = await copyText(replyText(bubble));
+  button.textContent = ok ? "Copied" : "Copy failed";
+  announce(ok ? "Reply copied." : "The reply could not be copied.");
+  setTimeout(() => { button.textContent = "Copy"; }, 1500);
+}
+
+function regenerate(bubble) {
+  const userId = bubble.dataset.replyTo;
+  const user = userId && ui.messages.querySelector(`li[data-message-id="${CSS.escape(userId)}"]`);
+  if (!user || state.reply) return;
+  submitMessage({ text: user.querySelector(".text").textContent, replaceFrom: userId });
+}
+
+function startEdit(bubble) {
+  if (state.reply || !bubble.dataset.messageId) return;
+  const textNode = bubble.querySelector(".text");
+  const original = textNode.textContent;
+  const area = element("textarea", { rows: "3", "aria-label": "Edit your message" });
+  area.value = original;
+  const restore = () => {
+    form.remove();
+    textNode.hidden = false;
+    bubble.querySelector(".actions").hidden = false;
+  };
+  const form = element("form", { class: "edit" }, area,
+    element("span", { class: "hint", text: "Sending replaces this message and the replies after it." }),
+    element("div", { class: "edit-buttons" },
+      element("button", { type: "submit", class: "small", text: "Send" }),
+      element("button", { type: "button", class: "secondary small", text: "Cancel", onclick: restore })));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = area.value.trim();
+    if (!text) return;
+    if (!submitMessage({ text, replaceFrom: bubble.dataset.messageId })) restore();
+  });
+  area.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.stopPropagation();
+      restore();
+    } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  textNode.hidden = true;
+  bubble.querySelector(".actions").hidden = true;
+  textNode.after(form);
+  area.focus();
+}
+
+// ---------------------------------------------------------------- citations
+
+function replySources(list) {
+  const reply = state.reply;
+  if (!reply) return;
+  reply.sources = list;
+  if (reply.bubble) showSources(reply.bubble, list);
+}
+
+function sourceLabel(source) {
+  const page = source.page ? `, page ${source.page}` : "";
+  return `${source.source}${page}`;
+}
+
+// Numbered citations under a reply; each opens its passage, file and page.
+function showSources(bubble, list) {
+  bubble.querySelector(".sources")?.remove();
+  if (!Array.isArray(list) || !list.length) return;
+  const passage = element("div", { class: "passage", hidden: "", role: "region",
+    "aria-live": "polite" });
+  const buttons = list.map((source, index) => {
+    const n = source.n ?? index + 1;
+    return element("button", {
+      type: "button", class: "citation secondary small", text: `[${n}]`,
+      "aria-expanded": "false", "aria-label": `Source ${n}: ${sourceLabel(source)}`,
+      title: sourceLabel(source),
+      onclick: (event) => togglePassage(passage, event.currentTarget, source, n),
+    });
+  });
+  const box = element("div", { class: "sources" },
+    element("span", { class: "hint", text: "Sources:" }), ...buttons, passage);
+  bubble.querySelector(".actions").before(box);
+}
+
+function togglePassage(passage, button, source, n) {
+  const open = button.getAttribute("aria-expanded") === "true";
+  for (const other of passage.parentElement.querySelectorAll(".citation")) {
+    other.setAttribute("aria-expanded", "false");
+  }
+  if (open) {
+    passage.hidden = true;
+    return;
+  }
+  button.setAttribute("aria-expanded", "true");
+  const score = typeof source.score === "number" ? ` · relevance ${source.score.toFixed(2)}` : "";
+  passage.replaceChildren(
+    element("p", { class: "passage-source", text: `[${n}] ${sourceLabel(source)}${score}` }),
+    element("blockquote", { text: source.text || "" }),
+  );
+  passage.hidden = false;
+}
+
+// ---------------------------------------------------------------- conversation header,
+// model picker, settings and welcome
+
+async function loadModels() {
+  try {
+    state.models = listOf(await api("GET", "/v1/models")).map((model) => model.id);
+  } catch {
+    state.models = [];
+  }
+  showConversation();
+}
+
+function showConversationTitle() {
+  ui.chatTitle.textContent = state.conversation ? conversationLabel(state.conversation) : "New chat";
+}
+
+function showConversation() {
+  const conversation = state.conversation || {};
+  showConversationTitle();
+  const chosen = conversation.model || "";
+  const names = new Set(state.models);
+  if (chosen) names.add(chosen);
+  ui.modelSelect.replaceChildren(
+    element("option", { value: "", text: `Default model${state.defaultModel ? ` (${state.defaultModel})` : ""}` }),
+    ...[...names].map((name) => element("option", { value: name, text: name })),
+  );
+  ui.modelSelect.value = chosen;
+  ui.settingSystem.value = conversation.system_prompt ?? "";
+  ui.settingTemperature.value = conversation.temperature ?? "";
+  ui.settingMaxTokens.value = conversation.max_tokens ?? "";
+  const model = conversation.model || state.defaultModel || "the server's model";
+  ui.welcomeModel.textContent = `Model: ${model}.`;
+  ui.welcome.hidden = ui.messages.children.length > 0 || state.reply !== null;
+  refreshActions();
+}
+
+function showSuggestions() {
+  ui.suggestions.replaceChildren(...SUGGESTIONS.map((text) => element("li", {},
+    element("button", {
+      type: "button", class: "secondary suggestion", text,
+      onclick: () => {
+        ui.input.value = text;
+        submitMessage();
+      },
+    }))));
+}
+
+// Saves settings of the open conversation; with none open yet, creates it with them.
+async function saveSettings(changes) {
+  try {
+    let conversation;
+    if (state.conversationId) {
+      conversation = await api("PATCH", `/api/conversations/${encodeURIComponent(state.conversationId)}`,
+        { json: changes });
+    } else {
+      conversation = await api("POST", "/api/conversations", { json: changes });
+      setConversation(conversation.id);
+    }
+    state.conversation = conversation;
+    announce("Settings saved.");
+    await loadConversations().catch(() => {});
+  } catch (error) {
+    showAlert(describe(error));
+  }
+  showConversation();
+}
+
+function settingsFromForm() {
+  const number = (input, parse) => (input.value.trim() === "" ? null : parse(input.value));
+  return {
+    system_prompt: ui.settingSystem.value.trim() ? ui.settingSystem.value : null,
+    temperature: number(ui.settingTemperature, Number),
+    max_tokens: number(ui.settingMaxTokens, (value) => Number.parseInt(value, 10)),
+  };
+}
+
+function toggleSettings() {
+  const open = ui.settingsPanel.hidden;
+  ui.settingsPanel.hidden = !open;
+  ui.settingsButton.setAttribute("aria-expanded", String(open));
+  if (open) ui.settingSystem.focus();
 }
 
 // ---------------------------------------------------------------- images
@@ -692,7 +1085,7 @@ function reasonText(code) {
 }
 
 function followImages(bubble) {
-  const text = bubble.querySelector(".text").textContent;
+  const text = replyText(bubble);
   let after = bubble;
   for (const [, jobId] of text.matchAll(IMAGE_LINK)) {
     const card = imageCard(jobId, after);
@@ -847,6 +1240,44 @@ async function removeItem(path, reload, done) {
   ui.input.focus();
 }
 
+// A POST with the upload's progress shown (fetch cannot report it). Errors as api().
+function upload(path, form, name) {
+  const bar = ui.uploadProgress;
+  bar.hidden = false;
+  bar.removeAttribute("value");
+  return new Promise((resolve, reject) => {
+    const request = new XMLHttpRequest();
+    request.open("POST", path);
+    for (const [key, value] of Object.entries(authHeaders())) request.setRequestHeader(key, value);
+    request.upload.addEventListener("progress", (event) => {
+      if (!event.lengthComputable) return;
+      const percent = Math.round((100 * event.loaded) / event.total);
+      bar.value = percent;
+      setStatus(ui.status.dataset.state, percent < 100
+        ? `Uploading ${name}… ${percent}%` : `Reading ${name}…`);
+    });
+    request.addEventListener("load", () => {
+      let data = null;
+      try {
+        data = request.responseText ? JSON.parse(request.responseText) : null;
+      } catch {
+        data = null;
+      }
+      if (request.status >= 200 && request.status < 300) return resolve(data);
+      const message = (data && data.error && data.error.message) || request.statusText || "error";
+      const error = new ApiError(request.status, message);
+      if (request.status === 401) {
+        signOut(state.token ? `${describe(error)}. Sign in again with a valid token.` : "");
+      }
+      reject(error);
+    });
+    request.addEventListener("error", () => reject(new ApiError(0, "the server cannot be reached")));
+    request.send(form);
+  }).finally(() => {
+    bar.hidden = true;
+  });
+}
+
 async function uploadDocument() {
   const file = ui.uploadFile.files[0];
   if (!file) return showAlert("Choose a file to upload first.");
@@ -854,7 +1285,7 @@ async function uploadDocument() {
   form.append("file", file, file.name);
   setStatus(ui.status.dataset.state, `Uploading ${file.name}…`);
   try {
-    const [doc] = listOf(await api("POST", "/api/documents", { form }));
+    const [doc] = listOf(await upload("/api/documents", form, file.name));
     const done = `Uploaded ${file.name}${doc ? ` (${parts(doc.chunks)})` : ""}.`;
     announce(done);
     hideAlert();
@@ -911,6 +1342,10 @@ function wire() {
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Escape") return;
     if (state.reply) stopReply();
+    else if (!ui.settingsPanel.hidden) {
+      toggleSettings();
+      ui.settingsButton.focus();
+    }
     else if (ui.sidebar.classList.contains("open")) {
       closeMenu();
       ui.menu.focus();
@@ -926,6 +1361,16 @@ function wire() {
     event.preventDefault();
     uploadDocument();
   });
+  ui.search.addEventListener("input", searchConversations);
+  ui.modelSelect.addEventListener("change", () => saveSettings({ model: ui.modelSelect.value || null }));
+  ui.settingsButton.addEventListener("click", toggleSettings);
+  ui.settingsPanel.addEventListener("submit", (event) => {
+    event.preventDefault();
+    saveSettings(settingsFromForm());
+  });
+  ui.settingsReset.addEventListener("click", () => {
+    saveSettings({ system_prompt: null, temperature: null, max_tokens: null });
+  });
   setInterval(() => send({ type: "ping" }), PING_EVERY_MS);
   window.addEventListener("online", () => {
     if (!state.socket) connect();
@@ -934,6 +1379,7 @@ function wire() {
 
 async function main() {
   wire();
+  showSuggestions();
   await takeTokenFromAddress();
   ui.input.value = localStorage.getItem(DRAFT_KEY) || "";
   updateButtons();

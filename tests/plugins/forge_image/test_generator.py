@@ -256,7 +256,8 @@ def test_bad_setting_names_the_key(make_config: Any, table: dict[str, Any], mess
 def test_registration_does_not_import_pillow() -> None:
     code = ("import sys; from core.config import config_from_dict; from core.runtime import "
             "Runtime; from core.plugins import builtin_candidates as b; "
-            "r = Runtime(config_from_dict({'plugins': {'forge-image': {'url': 'http://127.0.0.1:9'}}}), [c for c in b() if c.name == 'forge-image']); "
+            "cfg = config_from_dict({'plugins': {'forge-image': {'url': 'http://127.0.0.1:9'}}}); "
+            "r = Runtime(cfg, [c for c in b() if c.name == 'forge-image']); "
             "r.register_providers(); "
             "assert r.images is not None; print(sorted(m for m in ('PIL', 'numpy') "
             "if m in sys.modules))")

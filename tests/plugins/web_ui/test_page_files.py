@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from core.app import create_app
-from plugins.web_ui.routes import ASSETS, STATIC
+from plugins.web_ui.routes import ASSETS, STATIC, VENDOR
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -80,6 +80,8 @@ def test_switched_off_there_is_no_page(serve: Any) -> None:
 
 def test_the_files_reference_no_other_host() -> None:
     for path in STATIC.iterdir():
+        if path.is_dir():
+            continue
         text = path.read_text(encoding="utf-8")
         external = [u for u in re.findall(r"(?:https?:)?//[\w.-]+\.\w+[^\s\"'`)]*", text)
                     if "www.w3.org/2000/svg" not in u]
@@ -102,5 +104,38 @@ def test_the_files_ship_in_the_wheel(tmp_path: Path) -> None:
     )
     (wheel,) = (tmp_path / "dist").glob("mami-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for path in STATIC.iterdir():
-        assert f"plugins/web_ui/static/{path.name}" in names
+    files = [p for p in STATIC.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert any(p.name.endswith(".LICENSE.txt") for p in files)
+    for path in files:
+        assert f"plugins/web_ui/static/{path.relative_to(STATIC).as_posix()}" in names
+
+
+def test_vendored_libraries_are_the_pinned_files_and_import_nothing_remote() -> None:
+    """Every vendored script is listed in vendor/README.md with its SHA-256 and matches
+    it; none imports from another host."""
+    import hashlib
+
+    readme = (VENDOR / "README.md").read_text(encoding="utf-8")
+    pinned = dict((name, digest) for digest, name in
+                  re.findall(r"^\s+([0-9a-f]{64})  (\S+)$", readme, flags=re.MULTILINE))
+    scripts = sorted(p.relative_to(VENDOR).as_posix() for p in VENDOR.rglob("*.js"))
+    assert sorted(pinned) == scripts
+    for name in scripts:
+        data = (VENDOR / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == pinned[name], name
+        remote = re.findall(rb"""(?:import|from)\s*\(?\s*["'](?:https?:)?//[^"']*""", data)
+        assert remote == [], (name, remote)
+    for licence in ("marked", "dompurify", "highlight"):
+        assert (VENDOR / f"{licence}.LICENSE.txt").stat().st_size > 500
+
+
+def test_vendored_scripts_are_served_and_nothing_else(serve: Any) -> None:
+    server = serve()
+    ok = httpx.get(f"{server.url}/ui/vendor/hljs/python.min.js")
+    assert ok.status_code == 200
+    assert ok.headers["content-type"].startswith("text/javascript")
+    assert ok.content == (VENDOR / "hljs" / "python.min.js").read_bytes()
+    for path in ("/ui/vendor/README.md", "/ui/vendor/marked.LICENSE.txt",
+                 "/ui/vendor/%2e%2e/routes.py", "/ui/vendor/nope.js"):
+        response = httpx.get(f"{server.url}{path}")
+        assert response.status_code == 404, path

@@ -1,7 +1,10 @@
-"""context-echo: a deterministic chat model for the browser tests.
+"""Deterministic chat models for the browser tests.
 
-It answers with the document passages mami put into its system prompt, so a test can
-see that an uploaded document reached the model, whatever a real model would say.
+context-echo answers with the document passages mami put into its system prompt, so a
+test can see that an uploaded document reached the model, whatever a real model would
+say. mirror answers with the user's last message, streamed in small pieces (so a test
+can send Markdown and see it rendered), and ``settings?`` with the system prompt and
+sampling settings it was given (so a test can see that they reach the model).
 
 With ``MAMI_E2E_SLOW_DELAY`` set (seconds) it also registers ``slow-count``, which
 answers ``w1 w2 ... w<MAMI_E2E_SLOW_WORDS>`` one word per delay: a reply long enough
@@ -42,6 +45,33 @@ class ContextEcho:
         return None
 
 
+class Mirror:
+    name = "mirror"
+    context_window = 8192
+    piece = 7
+
+    def count_tokens(self, text: str) -> int:
+        return len(text) // 2 + 1
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> AsyncIterator[Delta]:
+        last = next((m.content for m in reversed(messages) if m.role == "user"), "")
+        if last.strip() == "settings?":
+            system = messages[0].content if messages and messages[0].role == "system" else ""
+            first_line = system.splitlines()[0] if system else ""
+            answer = (f"system: {first_line}\n\ntemperature: {params.temperature}\n\n"
+                      f"max_tokens: {params.max_tokens}")
+        else:
+            answer = last
+        for start in range(0, len(answer), self.piece):
+            yield Delta(answer[start:start + self.piece])
+        yield Delta("", finish_reason="stop")
+
+    async def aclose(self) -> None:
+        return None
+
+
 class SlowCount:
     name = "slow-count"
     context_window = 4096
@@ -67,6 +97,7 @@ class SlowCount:
 @hookimpl
 def register_llm_providers(register: Callable[[Any], None], runtime: Any) -> None:
     register(ContextEcho())
+    register(Mirror())
     delay = os.environ.get("MAMI_E2E_SLOW_DELAY")
     if delay:
         register(SlowCount(float(delay), int(os.environ.get("MAMI_E2E_SLOW_WORDS", "200"))))
