@@ -197,9 +197,6 @@ class ChromaRetriever:
         if pages:  # Chroma rejects None values: unpaged chunks have no "page" key
             for meta, c in zip(metas, chunks, strict=True):
                 meta["page"] = page_of(pages, c.start)
-        # Open the store first: one that another process holds (or a fault) refuses
-        # before any row is written.
-        await asyncio.to_thread(lambda: self.store.client)
         try:
             # Pending (unlisted, never found) until every vector is written.
             await self._record(doc_id, owner, scope, source, text, 0, size)

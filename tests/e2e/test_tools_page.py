@@ -68,7 +68,7 @@ def test_each_tool_call_is_shown_collapsed_under_the_reply(page: Any,
                                                            tool_mami: MamiServer) -> None:
     sign_in(page, tool_mami)
     reply = send(page, "What is 2 + 3?")
-    assert finished(reply) == "The sum is 5."
+    assert finished(reply).strip() == "The sum is 5."  # Markdown ends a paragraph with a newline
     calls = reply.locator("details.tool")
     expect(calls).to_have_count(2)
     add, explode = calls.nth(0), calls.nth(1)
