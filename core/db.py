@@ -159,13 +159,12 @@ class Database:
             return None
         if not self.path.exists():
             return self._missing()
+        # access(), never open()+close(): closing any descriptor of the database file
+        # drops every POSIX lock SQLite holds on it in this process, and other processes
+        # then write under our readers (stale reads, lost writes).
         for path in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
-            try:
-                os.close(os.open(path, os.O_RDWR))
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                return self._read_only(exc.strerror or str(exc))
+            if path.exists() and not os.access(path, os.W_OK):
+                return self._read_only(f"{path.name} is not writable")
         return None
 
     async def _check_file(self) -> None:

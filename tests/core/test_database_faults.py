@@ -160,3 +160,37 @@ def test_a_database_that_vanished_beside_other_data_is_not_recreated(tmp_path: P
                              env=env, text=True, capture_output=True, timeout=120)
     assert upgrade.returncode == 0, upgrade.stderr
     assert migrations.current_revision(f"sqlite:///{database}") == migrations.head_revision()
+
+
+async def test_checking_the_files_keeps_sqlites_locks(tmp_path: Path) -> None:
+    """``Database.problem()`` (run by every ``/health``) must not open and close the
+    database files: closing any descriptor of them drops every POSIX lock SQLite holds in
+    this process, and another process could then reset the WAL under our open read (the
+    cause of tokens made by `mami token create` not being found by a running server)."""
+    from sqlalchemy import text
+
+    from core.db import Database
+
+    path = tmp_path / "mami.db"
+    writer = sqlite3.connect(path)  # stays open, so its frames stay in the WAL
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    with writer:
+        writer.execute("CREATE TABLE t (x INTEGER)")
+        writer.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(100)])
+    db = Database(f"sqlite:///{path}")
+    checkpoint = [sys.executable, "-c",
+                  "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=0); "
+                  "print(c.execute('PRAGMA wal_checkpoint(TRUNCATE)').fetchone()[0])", str(path)]
+    try:
+        async with db.engine.connect() as conn:
+            await conn.execute(text("BEGIN"))
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 100
+            assert db.problem() is None
+            # our read is still open: another process must not be able to reset the WAL
+            busy = subprocess.run(checkpoint, capture_output=True, text=True, check=True)
+            assert busy.stdout.strip() == "1", "the WAL was reset under an open read"
+            await conn.execute(text("ROLLBACK"))
+    finally:
+        await db.close()
+        writer.close()

@@ -39,10 +39,6 @@ def test_api_me_names_the_owner_and_token(echo_mami: MamiServer) -> None:
     assert httpx.get(f"{echo_mami.url}/api/me").status_code == 401
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "integration of 2026-12-02: in the merged tree the page's GET /api/me with a token that "
-    "`mami token create` made a moment before is sometimes a 401 in this harness (not "
-    "reproduced with curl); the page then keeps the old account without asking. Open in #18."))
 def test_a_link_to_another_account_asks_first(page: Any, echo_mami: MamiServer) -> None:
     mallory = token_for(echo_mami, "mallory")
     sign_in(page, echo_mami)

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.conftest import free_port
 
@@ -51,10 +50,6 @@ def documents(data: Path) -> int:
         return int(db.execute("select count(*) from documents").fetchone()[0])
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "integration of 2026-12-02: in the merged tree this two-process test sometimes sees "
-    "the server's and the CLI's SQLite writes not reach each other (the same symptom as "
-    "tests/e2e/test_signed_in_owner.py's xfail); open in #20"))
 def test_ingest_refuses_a_store_a_running_server_holds(tmp_path: Path) -> None:
     data = tmp_path / "data"
     (tmp_path / "plugins.toml").write_text(config(data), encoding="utf-8")
