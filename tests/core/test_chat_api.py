@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -150,13 +149,6 @@ def test_a_client_that_goes_away_leaves_an_interrupted_message(server: Any) -> N
             break
         time.sleep(0.1)
     assert stored[1]["status"] == "interrupted" and stored[1]["content"]
-
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    server = StandIn().start()
-    yield server
-    server.stop()
 
 
 def test_a_provider_stream_cut_midway_is_an_error_event_not_a_silent_success(

@@ -12,52 +12,20 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import update
 from sqlmodel import col
 
-from core import leases, migrations
+from core import leases
 from core.app import create_app
 from core.chat import ChatRequest, finish_abandoned, keep_finishing_abandoned, start_turn
-from core.db import is_sqlite
 from core.errors import ERROR_TYPES
 from core.models import Conversation, Message, Owner, utcnow
-from core.plugins import Candidate
-from core.runtime import Runtime
 from tests.chat_support import OPENAI, StandIn
 from tests.core.test_chat_pipeline import ALICE, drain, openai_table, rows
-
-
-@pytest.fixture
-async def make_runtime(make_config: Any) -> AsyncIterator[Any]:
-    runtimes: list[Runtime] = []
-
-    async def build(*candidates: Candidate, database_url: str | None = None,
-                    **tables: Any) -> Runtime:
-        if database_url:
-            tables.setdefault("core", {})["database_url"] = database_url
-            if not is_sqlite(database_url):
-                await asyncio.to_thread(migrations.upgrade, database_url)
-        runtime = Runtime(make_config(**tables), list(candidates))
-        await runtime.ensure_started()
-        runtimes.append(runtime)
-        return runtime
-
-    yield build
-    for runtime in runtimes:
-        await runtime.stop()
-
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    server = StandIn().start()
-    yield server
-    server.stop()
 
 
 def dead_holder() -> str:

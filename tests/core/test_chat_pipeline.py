@@ -4,18 +4,15 @@ for faults, and SQLite plus PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from sqlmodel import col, select
 
-from core import hookimpl, migrations
+from core import hookimpl
 from core.chat import ChatRequest, Conflict, Finished, TurnRun, start_turn
-from core.db import is_sqlite
 from core.errors import BadRequest, NotFound, PayloadTooLarge
 from core.models import Conversation, Message, Owner
-from core.plugins import Candidate
 from core.protocols import ChatMessage, GenerationParams, Memory, Passage, Principal
 from core.runtime import Runtime
 from tests.chat_support import (
@@ -31,33 +28,6 @@ from tests.chat_support import (
 
 FAST = GenerationParams(max_tokens=8, temperature=0.0)
 ALICE = Principal("alice")
-
-
-@pytest.fixture
-async def make_runtime(make_config: Any) -> AsyncIterator[Any]:
-    runtimes: list[Runtime] = []
-
-    async def build(*candidates: Candidate, database_url: str | None = None,
-                    **tables: Any) -> Runtime:
-        if database_url:
-            tables.setdefault("core", {})["database_url"] = database_url
-            if not is_sqlite(database_url):
-                await asyncio.to_thread(migrations.upgrade_all, database_url)
-        runtime = Runtime(make_config(**tables), list(candidates))
-        await runtime.ensure_started()
-        runtimes.append(runtime)
-        return runtime
-
-    yield build
-    for runtime in runtimes:
-        await runtime.stop()
-
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    server = StandIn().start()
-    yield server
-    server.stop()
 
 
 def openai_table(standin: StandIn, **extra: Any) -> dict[str, Any]:

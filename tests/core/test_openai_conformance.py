@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
@@ -62,13 +62,6 @@ class GatedModel:
     @hookimpl
     def register_llm_providers(self, register: Any, runtime: Any) -> None:
         register(self)
-
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    server = StandIn().start()
-    yield server
-    server.stop()
 
 
 def upstream_server(make_config: Any, live_server: Any, standin: StandIn, **settings: Any

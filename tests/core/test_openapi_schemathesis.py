@@ -8,7 +8,6 @@ quick. The model is openai-llm against the stand-in server (instant answers)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,13 +24,6 @@ from tests.chat_support import OPENAI, StandIn  # noqa: E402
 
 EXAMPLES = 25
 CORE_PATHS = r"^/(v1/|api/conversations|health)"
-
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    server = StandIn().start()
-    yield server
-    server.stop()
 
 
 def failures_of(operation: Any, mode: Any, base_url: str, calls: list[str]) -> list[str]:
