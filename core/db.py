@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.errors import ConfigError, DatabaseMissing, DatabaseUnavailable
+
+T = TypeVar("T")
 
 # SQLite's words for a file it cannot use (SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_IOERR).
 STORAGE_FAULTS = ("readonly", "unable to open database file", "disk i/o error")
@@ -31,15 +35,16 @@ def sync_url(url: str) -> str:
     return url
 
 
-def async_url(url: str) -> str:
-    """The URL for the app's async engine. A SQLite file is opened with ``mode=rw``: a
+def async_url(url: str, sqlite_driver: str = "sqlite+aiosqlite") -> str:
+    """The URL for the app's async engine (``sqlite_driver``: another SQLite driver, for
+    the same file opened synchronously). A SQLite file is opened with ``mode=rw``: a
     connection made after the file vanished fails instead of making an empty one."""
     parsed = make_url(sync_url(url))
     if parsed.drivername == "sqlite":
         path = sqlite_path(url)
         if path is not None and not parsed.query:
-            return f"sqlite+aiosqlite:///file:{quote(str(path))}?mode=rw&uri=true"
-        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+            return f"{sqlite_driver}:///file:{quote(str(path))}?mode=rw&uri=true"
+        return parsed.set(drivername=sqlite_driver).render_as_string(hide_password=False)
     return parsed.render_as_string(hide_password=False)
 
 
@@ -128,8 +133,15 @@ class Database:
         self.is_sqlite = is_sqlite(self.url)
         kwargs: dict[str, Any] = {} if self.is_sqlite else {"pool_pre_ping": True}
         self.engine: AsyncEngine = create_async_engine(engine_url, **kwargs)
+        # A SQLite file also gets a synchronous engine for run(); both use the same
+        # sqlite3 library, which shares its file locks between the process's connections.
+        self._sync_engine: Engine | None = None
+        self._threads: ThreadPoolExecutor | None = None
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            if self.path is not None:
+                self._sync_engine = create_engine(async_url(url, "sqlite"))
+                event.listen(self._sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(
             self.engine, class_=AsyncSession, expire_on_commit=False
         )
@@ -176,24 +188,62 @@ class Database:
         identity = self._file_identity()
         if identity == self._identity:
             return
-        await self.engine.dispose()
+        await self._dispose()
         if identity is None:
             raise DatabaseUnavailable(self._missing())
         self._identity = identity
 
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
+    async def _storage_faults(self) -> AsyncIterator[None]:
+        """A SQLite file that cannot be used becomes :class:`DatabaseUnavailable`."""
         await self._check_file()
         try:
-            async with self._sessions() as session:
-                yield session
+            yield
         except OperationalError as exc:
             reason = str(exc.orig).lower() if exc.orig is not None else ""
             if self.path is None or not any(fault in reason for fault in STORAGE_FAULTS):
                 raise
-            await self.engine.dispose()  # connections SQLite opened read-only stay so
+            await self._dispose()  # connections SQLite opened read-only stay so
             problem = self.problem() or self._read_only(str(exc.orig))
             raise DatabaseUnavailable(problem) from exc
 
-    async def close(self) -> None:
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        async with self._storage_faults(), self._sessions() as session:
+            yield session
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        """``work(connection)`` in one transaction, committed when it returns; its result.
+
+        ``work`` is synchronous SQLAlchemy Core and must not block on anything but the
+        database. With a SQLite file it runs in a worker thread on a synchronous
+        connection: one thread hop for the whole transaction, where aiosqlite makes one
+        per DBAPI call (about six for one statement). Elsewhere it runs on the async
+        engine. Storage faults are :class:`DatabaseUnavailable`, as in :meth:`session`.
+        The threads are the database's own: plugin code stuck in the default executor
+        cannot hold them up.
+        """
+        async with self._storage_faults():
+            if self._sync_engine is not None:
+                if self._threads is None:
+                    self._threads = ThreadPoolExecutor(4, thread_name_prefix="mami-db")
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._threads, self._run_in_thread, work)
+            async with self.engine.begin() as connection:
+                return await connection.run_sync(work)
+
+    def _run_in_thread(self, work: Callable[[Connection], T]) -> T:
+        assert self._sync_engine is not None
+        with self._sync_engine.begin() as connection:
+            return work(connection)
+
+    async def _dispose(self) -> None:
         await self.engine.dispose()
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+
+    async def close(self) -> None:
+        await self._dispose()
+        if self._threads is not None:
+            self._threads.shutdown(wait=False)
+            self._threads = None

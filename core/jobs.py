@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import inspect
 import logging
@@ -30,7 +31,17 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlmodel import col
 
 from core.config import Config
@@ -83,16 +94,15 @@ async def enqueue(
     max_attempts: int = 3,
 ) -> ImageJob:
     """Store a new queued job and wake an in-process worker."""
-    job = ImageJob(
-        id=uuid.uuid4().hex,
-        owner_id=owner,
-        conversation_id=conversation_id,
-        request=dataclasses.asdict(request),
-        max_attempts=max_attempts,
+    now = utcnow()
+    # model_construct: the values are ours, and validating them costs more than the INSERT.
+    job = ImageJob.model_construct(
+        id=uuid.uuid4().hex, owner_id=owner, conversation_id=conversation_id,
+        request=dataclasses.asdict(request), max_attempts=max_attempts,
+        created_at=now, updated_at=now,
     )
-    # A plain INSERT, not the ORM's unit of work: failing fast stays a few milliseconds.
-    async with runtime.db.engine.begin() as conn:
-        await conn.execute(insert(_jobs).values(job.model_dump()))
+    values = job.model_dump()
+    await runtime.db.run(lambda conn: conn.execute(_INSERT, values))
     wakeup = runtime.state.get(WAKEUP_KEY)
     if wakeup is not None:
         wakeup.set()
@@ -119,6 +129,58 @@ async def list_jobs(db: Database, owner: str, limit: int, offset: int = 0) -> li
         return list(result.scalars().all())
 
 
+# The queue's statements are built once: building and hashing them cost more than running
+# them on SQLite. Values come as bound parameters.
+_INSERT = insert(_jobs)
+_NOW = bindparam("now", type_=_jobs.c.updated_at.type)
+_CLAIMABLE = or_(
+    _jobs.c.state == "queued",
+    and_(_jobs.c.state == "running", _jobs.c.lease_until < _NOW),
+)
+_ANY_CLAIMABLE = select(_jobs.c.id).where(_CLAIMABLE).limit(1)
+_HELD = and_(_jobs.c.id == bindparam("job_id"), _jobs.c.state == "running",
+             _jobs.c.lease_owner == bindparam("worker"))
+_RENEW = update(_jobs).where(_HELD).values(
+    lease_until=bindparam("lease_until"), progress=bindparam("new_progress"), updated_at=_NOW)
+_COMPLETE = update(_jobs).where(_HELD).values(
+    state=bindparam("new_state"), result_path=bindparam("new_result_path"),
+    placeholder_reason=bindparam("new_reason"), error=bindparam("new_error"),
+    progress=func.coalesce(bindparam("new_progress", type_=_jobs.c.progress.type),
+                           _jobs.c.progress),
+    lease_until=None, finished_at=_NOW, updated_at=_NOW,
+).returning(*_jobs.c)
+
+
+@functools.cache
+def _claim_statement(skip_locked: bool) -> Any:
+    """``UPDATE ... WHERE id = (the oldest claimable job)``; on PostgreSQL that row is
+    locked ``FOR UPDATE SKIP LOCKED`` so concurrent claimers take different jobs."""
+    oldest = select(_jobs.c.id).where(_CLAIMABLE).order_by(_jobs.c.created_at).limit(1)
+    if skip_locked:
+        oldest = oldest.with_for_update(skip_locked=True)
+    return (
+        update(_jobs)
+        .where(_jobs.c.id == oldest.scalar_subquery(), _CLAIMABLE)
+        .values(
+            state="running",
+            lease_owner=bindparam("worker"),
+            lease_until=bindparam("lease_until"),
+            attempts=_jobs.c.attempts + 1,
+            progress=0.0,
+            started_at=func.coalesce(_jobs.c.started_at, _NOW),
+            updated_at=_NOW,
+        )
+        .returning(*_jobs.c)
+    )
+
+
+def _row_job(result: Any) -> ImageJob | None:
+    """The job in a ``RETURNING`` row (trusted: not validated again, which costs more
+    than the statement on SQLite)."""
+    row = result.mappings().first()
+    return ImageJob.model_construct(**row) if row is not None else None
+
+
 async def claim(
     db: Database, worker_id: str, lease_seconds: float, *, look_first: bool = True
 ) -> ImageJob | None:
@@ -130,34 +192,16 @@ async def claim(
     lock from an enqueuer; skip it when a job is known to be waiting.
     """
     now = utcnow()
-    claimable = or_(
-        _jobs.c.state == "queued",
-        and_(_jobs.c.state == "running", _jobs.c.lease_until < now),
-    )
-    oldest = select(_jobs.c.id).where(claimable).order_by(_jobs.c.created_at).limit(1)
-    if not db.is_sqlite:
-        oldest = oldest.with_for_update(skip_locked=True)
-    statement = (
-        update(_jobs)
-        .where(_jobs.c.id == oldest.scalar_subquery(), claimable)
-        .values(
-            state="running",
-            lease_owner=worker_id,
-            lease_until=now + timedelta(seconds=lease_seconds),
-            attempts=_jobs.c.attempts + 1,
-            progress=0.0,
-            started_at=func.coalesce(_jobs.c.started_at, now),
-            updated_at=now,
-        )
-        .returning(*_jobs.c)
-    )
-    if look_first:
-        async with db.engine.connect() as conn:
-            if (await conn.execute(select(_jobs.c.id).where(claimable).limit(1))).first() is None:
-                return None
-    async with db.engine.begin() as conn:
-        row = (await conn.execute(statement)).mappings().first()
-    return ImageJob(**row) if row is not None else None
+    params = {"now": now, "worker": worker_id,
+              "lease_until": now + timedelta(seconds=lease_seconds)}
+    statement = _claim_statement(skip_locked=not db.is_sqlite)
+
+    def work(conn: Connection) -> ImageJob | None:
+        if look_first and conn.execute(_ANY_CLAIMABLE, params).first() is None:
+            return None
+        return _row_job(conn.execute(statement, params))
+
+    return await db.run(work)
 
 
 async def renew(
@@ -165,14 +209,9 @@ async def renew(
 ) -> bool:
     """Extend our lease and store progress; False when the lease is no longer ours."""
     now = utcnow()
-    statement = (
-        update(_jobs)
-        .where(_jobs.c.id == job_id, _jobs.c.state == "running", _jobs.c.lease_owner == worker_id)
-        .values(lease_until=now + timedelta(seconds=lease_seconds), progress=progress,
-                updated_at=now)
-    )
-    async with db.engine.begin() as conn:
-        result = await conn.execute(statement)
+    params = {"job_id": job_id, "worker": worker_id, "now": now, "new_progress": progress,
+              "lease_until": now + timedelta(seconds=lease_seconds)}
+    result = await db.run(lambda conn: conn.execute(_RENEW, params))
     return result.rowcount == 1
 
 
@@ -188,25 +227,10 @@ async def complete(
 ) -> ImageJob | None:
     """Move a job we hold to a final state; ``None`` if the lease is no longer ours."""
     assert state in FINAL_STATES, state
-    now = utcnow()
-    statement = (
-        update(_jobs)
-        .where(_jobs.c.id == job_id, _jobs.c.state == "running", _jobs.c.lease_owner == worker_id)
-        .values(
-            state=state,
-            result_path=result_path,
-            placeholder_reason=placeholder_reason,
-            error=error,
-            progress=1.0 if state != "failed" else _jobs.c.progress,
-            lease_until=None,
-            finished_at=now,
-            updated_at=now,
-        )
-        .returning(*_jobs.c)
-    )
-    async with db.engine.begin() as conn:
-        row = (await conn.execute(statement)).mappings().first()
-    return ImageJob(**row) if row is not None else None
+    params = {"job_id": job_id, "worker": worker_id, "now": utcnow(), "new_state": state,
+              "new_result_path": result_path, "new_reason": placeholder_reason,
+              "new_error": error, "new_progress": None if state == "failed" else 1.0}
+    return await db.run(lambda conn: _row_job(conn.execute(_COMPLETE, params)))
 
 
 async def delete_conversation_jobs(runtime: Runtime, owner: str, conversation_id: str) -> int:
