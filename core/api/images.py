@@ -42,26 +42,15 @@ SIGNALS = "images.finished_signals"
 WATCHERS = "images.watchers"
 
 
-@dataclass
-class ImageJobCreate:
+@dataclass(frozen=True, slots=True)
+class ImageJobCreate(ImageRequest):
     """A text-to-image request. Sizes are multiples of 8 from 64 to 2048 pixels; ``seed``
     is -1 (random) or 0 to 2**32-1. ``sampler``, ``scheduler`` and ``checkpoint`` left
     out take the generator's configured default; an empty string asks for the server's
     own default. ``cfg_scale`` (1-30) and ``distilled_cfg_scale`` (0-30, Forge's Flux
     guidance) left out take the configured default, else the server's. Unknown fields
-    are refused."""
+    are refused. ``conversation_id``: the conversation the finished image is posted to."""
 
-    prompt: str
-    negative_prompt: str = ""
-    width: int = 512
-    height: int = 512
-    steps: int = 20
-    seed: int = -1
-    sampler: str | None = None
-    scheduler: str | None = None
-    checkpoint: str | None = None
-    cfg_scale: float | None = None
-    distilled_cfg_scale: float | None = None
     conversation_id: str | None = None
 
 
@@ -156,11 +145,8 @@ def image_request(data: ImageJobCreate) -> ImageRequest:
         value = getattr(data, name)
         if value is not None and not low <= value <= high:
             raise BadRequest(f"{name}: must be from {low:g} to {high:g}, got {value:g}")
-    return ImageRequest(
-        prompt=prompt, negative_prompt=data.negative_prompt, width=data.width,
-        height=data.height, steps=data.steps, seed=data.seed, cfg_scale=data.cfg_scale,
-        distilled_cfg_scale=data.distilled_cfg_scale, **names,
-    )
+    given = {f.name: getattr(data, f.name) for f in dataclasses.fields(ImageRequest)}
+    return ImageRequest(**{**given, "prompt": prompt, **names})
 
 
 @post("/api/images", summary="Queue an image job", status_code=202)
