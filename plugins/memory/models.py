@@ -38,7 +38,8 @@ class MemoryDecisionRecord(MemoryTables, table=True):
     """Why a candidate memory was added, updated or skipped."""
 
     __tablename__ = "memory_decisions"
-    __table_args__ = (Index("ix_memory_decisions_owner_memory", "owner_id", "memory_id"),)
+    __table_args__ = (Index("ix_memory_decisions_owner_memory", "owner_id", "memory_id"),
+                      Index("ix_memory_decisions_source", "source_message_id"))
 
     id: int | None = Field(default=None, primary_key=True)
     owner_id: str = Field(max_length=128)

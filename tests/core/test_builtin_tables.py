@@ -34,7 +34,7 @@ TOKEN_HEAD = migrations.source_head(TOKEN_CHAIN)
 CORE_TABLES = {"owners", "conversations", "messages", "image_jobs", "event_receipts"}
 PLUGIN_TABLES = {"api_tokens", "documents", "memories", "memory_decisions"}
 CHAINS = {"token_ws_auth": TOKEN_HEAD, "chroma_rag": "chroma_rag_0001",
-          "memory": "memory_0001"}
+          "memory": "memory_0002"}
 ALL_ON = {"token_ws_auth": True, "chroma_rag": True, "memory": True}
 ALL_OFF = {"token_ws_auth": False, "chroma_rag": False, "memory": False}
 

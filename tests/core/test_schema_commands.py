@@ -133,8 +133,8 @@ def test_a_schema_ahead_of_the_code_names_the_revision(tmp_path: Path, postgres_
     check = mami(["db", "check"], tmp_path, postgres_url)
     assert check.returncode == 1
     assert "branch memory is at memory_0042, a revision this version of mami does not have " \
-           "(its newest is memory_0001)" in check.stderr
-    assert "`mami db downgrade memory@memory_0001`" in check.stderr
+           "(its newest is memory_0002)" in check.stderr
+    assert "`mami db downgrade memory@memory_0002`" in check.stderr
 
 
 def test_serve_on_a_schema_behind_is_one_line(tmp_path: Path, postgres_url: str) -> None:

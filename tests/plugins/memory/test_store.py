@@ -217,3 +217,33 @@ async def test_chroma_down_at_shutdown_loses_nothing(
     finally:
         await second.stop()
         server.stop()
+
+
+async def test_looking_up_a_messages_decisions_uses_an_index(make_runtime: Any,
+                                                             tmp_path: Path) -> None:
+    """Each delivery of a finished turn asks for the decisions recorded for its message;
+    that must not read all of the owner's decisions, which grow with every turn."""
+    from sqlalchemy import event
+
+    runtime = await make_runtime(database_url=f"sqlite:///{tmp_path / 'plan.db'}")
+    store = store_of(runtime)
+    await store.remember("alice", "My wife's name is Sarah.", "m1")
+    seen: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "memory_decisions" in statement:
+            seen.append((statement, parameters))
+
+    engine = runtime.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        assert await store.decided("alice", "m1") == {"My wife's name is Sarah."}
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    [(statement, parameters)] = seen
+    async with runtime.db.engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        cursor = await raw.driver_connection.execute(  # type: ignore[union-attr]
+            f"EXPLAIN QUERY PLAN {statement}", parameters)
+        plan = " / ".join(str(row[-1]) for row in await cursor.fetchall())
+    assert "ix_memory_decisions_source" in plan, plan
