@@ -170,8 +170,8 @@ async def test_one_server_process_answers_every_call(make_runtime: Any, tmp_path
     """A stdio server is started once, when the plugin starts, and that one session
     answers every call: concurrent ones, and the ones after a call that raised (no
     process, session or reconnection per call). The test server logs a raising tool's
-    traceback plainly, not through Rich (see mcp_server.py: that took seconds per call
-    under load, and held up the calls beside it)."""
+    traceback plainly, not through Rich (see mcp_server.py: that took 0.3-0.8 s per
+    call under load, and held up the calls beside it)."""
     log = tmp_path / "server.log"
     runtime = await make_runtime({"local": stdio(env={"MAMI_TEST_LOG": str(log)})})
     server_pid = int((await call(runtime, "local_pid")).content)
