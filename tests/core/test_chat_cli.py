@@ -1,4 +1,7 @@
-"""``mami chat``: a turn streamed to the terminal, in-process, with the local model."""
+"""``mami chat``: a turn streamed to the terminal, in-process, with the local model; and
+with a scripted model (a real OpenAI-compatible server over loopback, through
+openai-llm) that calls the builtin-tools plugin's tools, the tool calls and the sources
+printed around the answer."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import Any
 import httpx
 
 from plugins import BUILTINS
+from tests.scripted_model import Call, Reply, ScriptedModel, last_tool_results
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,3 +83,90 @@ def test_with_auth_off_the_page_sees_the_chats_of_mami_chat(
     listed = httpx.get(f"{server.url}/api/conversations", timeout=30).json()
     assert [c["id"] for c in listed] == [found.group(1)]
     assert listed[0]["title"] == "Remember the tulips."
+
+
+GENERATOR = ("The emergency generator in the basement is tested every second Tuesday at "
+             "seven in the morning by the facilities team.")
+
+
+def looks_up_then_answers(body: dict[str, Any]) -> Reply:
+    if last_tool_results(body):
+        return Reply("It is tested every second Tuesday [1].")
+    return Reply("Let me look.", [Call("search_documents", {"query": "generator tests", "k": 1}),
+                                  Call("recall_memories", {"query": "generator"})])
+
+
+def scripted_model_with_tools(tmp_path: Path, model: ScriptedModel) -> None:
+    """plugins.toml: openai-llm on ``model``, builtin-tools, chroma-rag; memory off (so
+    one tool fails)."""
+    kept = {"openai-llm", "builtin-tools", "chroma-rag"}
+    others = "".join(f"[plugins.{name}]\nenabled = false\n"
+                     for name in BUILTINS if name not in kept)
+    (tmp_path / "plugins.toml").write_text(
+        "[budget]\nreply_tokens = 64\n"
+        f'[plugins.openai-llm]\nenabled = true\nbase_url = "{model.url}"\n'
+        'model = "scripted"\nattempts = 1\n'
+        "[plugins.builtin-tools]\nenabled = true\n" + others)
+
+
+def test_chat_prints_each_tool_call_and_the_sources(tmp_path: Path) -> None:
+    """Tool calls go to stderr as they start and end (between the question and the
+    answer); the answer's sources follow it on stdout, numbered as it cites them."""
+    model = ScriptedModel(looks_up_then_answers).start()
+    try:
+        scripted_model_with_tools(tmp_path, model)
+        (tmp_path / "generator.md").write_text(GENERATOR)
+        ingest = mami(["ingest", "generator.md", "--owner", "ada"], tmp_path)
+        assert ingest.returncode == 0, ingest.stderr
+        chat = mami(["chat", "When is the generator tested?", "--owner", "ada"], tmp_path)
+    finally:
+        model.stop()
+    assert chat.returncode == 0, chat.stderr
+    assert [m.get("tools") is not None for m in model.requests] == [True, True]
+
+    tools = [line for line in chat.stderr.splitlines() if line.startswith("[tool]")]
+    assert tools[:2] == ['[tool] search_documents(query="generator tests", k=1)',
+                         '[tool] recall_memories(query="generator")']
+    ended = sorted(tools[2:])
+    assert len(ended) == 2
+    assert re.fullmatch(r"\[tool\] recall_memories error \(\d+ ms\): "
+                        r"no memory plugin is enabled and running", ended[0]), ended[0]
+    found = re.fullmatch(r'\[tool\] search_documents ok \(\d+ ms\): (\[\{"n": 1, '
+                         r'"source": "generator\.md", .*)', ended[1])
+    assert found and len(found.group(1)) <= 100 and found.group(1).endswith("..."), ended[1]
+    assert chat.stderr.rstrip().splitlines()[-1].startswith("(conversation ")
+    # The failure is shown once, by its [tool] line; no log line per model request.
+    assert "mami.tools" not in chat.stderr and "httpx" not in chat.stderr, chat.stderr
+
+    assert chat.stdout.splitlines() == [
+        "Let me look.",  # the tool step's own text, ended before the tool lines
+        "It is tested every second Tuesday [1].",
+        "",
+        "Sources:",
+        '[1] generator.md, chunk 1: "The emergency generator in the basement is tested '
+        'every..."',
+    ]
+    with sqlite3.connect(tmp_path / "data" / "mami.db") as db:
+        rows = db.execute("SELECT role, content, status, tool_name FROM messages "
+                          "ORDER BY seq").fetchall()
+    assert [(r, s, t) for r, _, s, t in rows] == [
+        ("user", "complete", None), ("assistant", "complete", None),
+        ("tool", "complete", "search_documents"), ("tool", "error", "recall_memories"),
+        ("assistant", "complete", None)]
+    assert rows[-1][1] == "It is tested every second Tuesday [1]."
+
+
+def test_chat_without_sources_or_tools_prints_only_the_answer(tmp_path: Path) -> None:
+    """No documents and a model that calls no tool: stdout is the answer alone, and
+    stderr has no tool lines."""
+    model = ScriptedModel(lambda body: Reply("Hello there.")).start()
+    try:
+        scripted_model_with_tools(tmp_path, model)
+        chat = mami(["chat", "Hi", "--owner", "ada"], tmp_path)
+    finally:
+        model.stop()
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout == "Hello there.\n"
+    lines = chat.stderr.splitlines()
+    assert re.fullmatch(r"\(conversation \w+\)", lines[-1]), chat.stderr
+    assert not [line for line in lines if "[tool]" in line or "httpx" in line], chat.stderr

@@ -2,19 +2,33 @@
 ``python mcp_server.py stdio`` or ``python mcp_server.py http PORT [TOKEN]``.
 
 Tools: ``add`` (numbers), ``echo_env`` (an environment variable of the server),
-``hang`` (sleeps past any timeout), ``explode`` (raises) and ``whoami`` (the
-``Authorization`` header the HTTP server received, to check headers arrive)."""
+``hang`` (sleeps past any timeout), ``explode`` (raises) and ``pid`` (the server's
+process id).
+
+Logging is plain: ``MCPServer`` logs through Rich with ``rich_tracebacks`` when Rich is
+installed, and rendering the traceback of a raising tool blocks the server's one thread
+for 0.3-0.6 s per call on two loaded cores (nearly all of that call's latency; a call
+beside it waits too: 0.83 s for both calls of tests/e2e/test_tools_page.py at load 9.5,
+0.07 s with plain logging). ``MAMI_TEST_LOG`` names a file that gets the server's
+stderr."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 
 from mcp.server.mcpserver import MCPServer
 
+LOG_FILE = os.environ.get("MAMI_TEST_LOG")
+if LOG_FILE:  # all the server writes to stderr, for a test to read
+    os.dup2(os.open(LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND), 2)
 server = MCPServer("mami-test")
 HEADERS: dict[str, str] = {}
+for handler in logging.getLogger().handlers[:]:
+    logging.getLogger().removeHandler(handler)
+logging.getLogger().addHandler(logging.StreamHandler())
 
 
 @server.tool()
@@ -34,6 +48,12 @@ async def hang(seconds: float = 60.0) -> str:
     """Sleep for a long time."""
     await asyncio.sleep(seconds)
     return "woke up"
+
+
+@server.tool()
+def pid() -> int:
+    """The server's process id."""
+    return os.getpid()
 
 
 @server.tool()

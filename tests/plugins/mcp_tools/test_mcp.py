@@ -133,7 +133,7 @@ async def test_tools_of_stdio_and_http_servers_are_mounted_and_called(
     assert "tools" in runtime.plugins.records["mcp"].provides
     specs = {s["function"]["name"]: s["function"] for s in runtime.tools.specs("alice")}
     assert sorted(specs) == sorted(["local_add", "local_echo_env", "local_hang", "local_explode",
-                                    "add", "echo_env", "hang", "explode"])
+                                    "local_pid", "add", "echo_env", "hang", "explode", "pid"])
     assert specs["local_add"]["description"] == "Add two integers."
     assert specs["add"]["parameters"]["required"] == ["a", "b"]
 
@@ -160,6 +160,37 @@ async def test_a_hanging_tool_times_out_and_a_raising_one_is_an_error_result(
     assert (await call(runtime, "local_add", a=1, b=1)).content == "2"  # the session lives on
 
 
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+async def test_one_server_process_answers_every_call(make_runtime: Any, tmp_path: Path
+                                                     ) -> None:
+    """A stdio server is started once, when the plugin starts, and that one session
+    answers every call: concurrent ones, and the ones after a call that raised (no
+    process, session or reconnection per call). The test server logs a raising tool's
+    traceback plainly, not through Rich (see mcp_server.py: that took 0.3-0.8 s per
+    call under load, and held up the calls beside it)."""
+    log = tmp_path / "server.log"
+    runtime = await make_runtime({"local": stdio(env={"MAMI_TEST_LOG": str(log)})})
+    server_pid = int((await call(runtime, "local_pid")).content)
+    assert server_pid != os.getpid()
+    if Path("/proc").is_dir():
+        assert parent_of(server_pid) == os.getpid()  # mami's own child, not a shell's
+    assert error_of(await call(runtime, "local_explode", message="x")) == \
+        "explode failed: Error executing tool explode"
+    results = await asyncio.gather(*(call(runtime, "local_pid") for _ in range(12)),
+                                   call(runtime, "local_explode", message="y"))
+    assert {r.content for r in results[:-1]} == {str(server_pid)}
+    assert results[-1].is_error
+    connection = runtime.tools.toolsets[0][1].connections[0]  # type: ignore[attr-defined]
+    assert (connection.state, connection.attempts) == ("up", 1)
+    logged = log.read_text()
+    assert "RuntimeError: boom: y" in logged
+    assert ", in explode" in logged and "\u256d" not in logged  # not Rich's frames and box
+
+
 async def test_a_server_that_is_down_degrades_health_then_recovers(
         make_config: Any, http_server: HttpServer) -> None:
     table = mcp_table({"remote": {**http(http_server), "url": http_server.url + "?key=hush"}})
@@ -183,7 +214,7 @@ async def test_a_server_that_is_down_degrades_health_then_recovers(
         assert (await client.get("/health")).json()["status"] == "ok"
         assert (await call(runtime, "remote_add", a=1, b=2)).content == "3"
         [check] = await toolset.doctor()  # type: ignore[attr-defined]
-        assert check.status == "ok" and check.detail.startswith("4 tools over streamable-http")
+        assert check.status == "ok" and check.detail.startswith("5 tools over streamable-http")
 
         http_server.stop()
         failed = await call(runtime, "remote_add", a=1, b=2)
