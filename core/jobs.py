@@ -226,11 +226,17 @@ async def complete(
     error: str | None = None,
 ) -> ImageJob | None:
     """Move a job we hold to a final state; ``None`` if the lease is no longer ours."""
-    assert state in FINAL_STATES, state
-    params = {"job_id": job_id, "worker": worker_id, "now": utcnow(), "new_state": state,
-              "new_result_path": result_path, "new_reason": placeholder_reason,
-              "new_error": error, "new_progress": None if state == "failed" else 1.0}
+    params = _completion(job_id, worker_id, state, result_path, placeholder_reason, error)
     return await db.run(lambda conn: _row_job(conn.execute(_COMPLETE, params)))
+
+
+def _completion(job_id: str, worker_id: str, state: str, result_path: str | None,
+                placeholder_reason: str | None, error: str | None) -> dict[str, Any]:
+    """The parameters of ``_COMPLETE``."""
+    assert state in FINAL_STATES, state
+    return {"job_id": job_id, "worker": worker_id, "now": utcnow(), "new_state": state,
+            "new_result_path": result_path, "new_reason": placeholder_reason,
+            "new_error": error, "new_progress": None if state == "failed" else 1.0}
 
 
 async def delete_conversation_jobs(runtime: Runtime, owner: str, conversation_id: str) -> int:
@@ -301,6 +307,9 @@ class ImageWorker:
         self._notifications: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._stored_placeholders: set[str] = set()
+        # Whether a claimable job waited when the last job completed (read in the same
+        # transaction, so the worker needs no look of its own before waiting).
+        self._more_waiting = True
 
     async def run(self, *, max_jobs: int | None = None, until_idle: bool = False) -> None:
         """Work until :meth:`stop`, or after ``max_jobs``, or (``until_idle``) when the
@@ -312,14 +321,16 @@ class ImageWorker:
                 if max_jobs is not None and self.processed >= max_jobs:
                     break
                 self._wakeup.clear()
+                ran: ImageJob | None = None
                 try:
-                    if await self.run_once(look_first=not woken) is not None:
-                        woken = False
-                        continue
+                    ran = await self.run_once(look_first=not woken)
                 except Exception as exc:  # e.g. the database restarts: wait, then go on
                     log.error("image worker %s: %s: %s", self.worker_id, type(exc).__name__, exc)
                     if until_idle:
                         raise
+                if ran is not None and self._more_waiting:
+                    woken = True  # claim the next job now, without looking first
+                    continue
                 if until_idle:
                     break
                 try:
@@ -365,9 +376,10 @@ class ImageWorker:
         if job is None:
             return None
         self.processed += 1
+        self._more_waiting = True  # until its completion says otherwise
         if job.attempts > job.max_attempts:
-            final = await complete(
-                self.runtime.db, job.id, self.worker_id, "failed",
+            final = await self._complete(
+                job.id, "failed",
                 error=f"gave up: claimed {job.attempts - 1} times without finishing",
             )
         else:
@@ -385,11 +397,10 @@ class ImageWorker:
         finally:
             heartbeat.cancel()
         if isinstance(result, str):
-            return await complete(self.runtime.db, job.id, self.worker_id, "failed", error=result)
+            return await self._complete(job.id, "failed", error=result)
         name = await self._store(job, result.png, shared=result.placeholder)
-        final = await complete(
-            self.runtime.db, job.id, self.worker_id,
-            "placeholder" if result.placeholder else "succeeded",
+        final = await self._complete(
+            job.id, "placeholder" if result.placeholder else "succeeded",
             result_path=name,
             placeholder_reason=result.reason if result.placeholder else None,
             error=(result.info.get("detail") if result.placeholder else None),
@@ -399,6 +410,20 @@ class ImageWorker:
             if not result.placeholder:
                 await image_store(self.runtime).delete(name)
         return final
+
+    async def _complete(self, job_id: str, state: str, *, result_path: str | None = None,
+                        placeholder_reason: str | None = None, error: str | None = None
+                        ) -> ImageJob | None:
+        """:func:`complete`, and in the same transaction whether another job waits."""
+        params = _completion(job_id, self.worker_id, state, result_path, placeholder_reason,
+                             error)
+
+        def work(conn: Connection) -> ImageJob | None:
+            final = _row_job(conn.execute(_COMPLETE, params))
+            self._more_waiting = conn.execute(_ANY_CLAIMABLE, params).first() is not None
+            return final
+
+        return await self.runtime.db.run(work)
 
     async def _store(self, job: ImageJob, png: bytes, *, shared: bool) -> str:
         """Write a result; its name. Placeholders are identical per reason and size, so

@@ -18,6 +18,7 @@ import pytest
 import stamina
 
 from core import hookimpl, migrations
+from core import jobs as jobs_module
 from core.config import Config
 from core.jobs import (
     FINAL_STATES,
@@ -124,6 +125,38 @@ async def test_worker_produces_images_and_placeholders(
         path = runtime.config.data_dir / "images" / job.result_path
         assert path.read_bytes().startswith(b"\x89PNG")
     assert worker.completed == [good.id, bad.id]
+
+
+async def test_a_job_costs_a_transaction_per_step_and_an_idle_worker_none(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claim and complete are one transaction each, and completing also tells the worker
+    whether another job waits: it takes the next at once (its poll is an hour here) and
+    looks no more after the last (the fail-fast path is three transactions a job)."""
+    transactions: list[Any] = []
+    renewals: list[str] = []
+    run, renew = runtime.db.run, jobs_module.renew
+
+    async def counted(work: Any) -> Any:
+        transactions.append(work)
+        return await run(work)
+
+    async def counted_renew(db: Any, job_id: str, *args: Any) -> bool:
+        renewals.append(job_id)
+        return await renew(db, job_id, *args)
+
+    first = await enqueue(runtime, "ann", request("one"))
+    second = await enqueue(runtime, "ann", request("two"))
+    monkeypatch.setattr(runtime.db, "run", counted)
+    monkeypatch.setattr(jobs_module, "renew", counted_renew)
+    worker = ImageWorker(runtime, poll_interval=3600).start()
+    try:
+        await wait_until(lambda: worker.completed == [first.id, second.id])
+        await asyncio.sleep(0.5)
+        # claim, complete (+ a job waits), claim, complete (+ none waits); then nothing
+        assert len(transactions) - len(renewals) == 4
+    finally:
+        await worker.stop()
 
 
 async def test_exhausted_attempts_fail_the_job(runtime: Runtime) -> None:
