@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 
 from core import migrations
@@ -127,13 +128,20 @@ def chain_problems(url: str) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("roles", [("cli", "cli"), ("cli", "start"), ("start", "start")])
+@pytest.mark.parametrize("roles, database", [
+    (("cli", "cli"), "fresh"), (("cli", "start"), "fresh"), (("start", "start"), "fresh"),
+    (("cli", "start"), "old")])
 def test_concurrent_upgrades_of_one_sqlite_file_take_turns(
-    tmp_path: Path, roles: tuple[str, str]
+    tmp_path: Path, roles: tuple[str, str], database: str
 ) -> None:
     """Without a lock the two run the same migrations at once ("table already exists",
-    "database is locked", a chain left half done); with it the second waits and then
-    finds the work done, in every round."""
+    "duplicate column", a chain left half done); with it the second waits and then finds
+    the work done, in every round. An old file is at core's first revision (which made
+    the built-in plugins' tables too, that their chains adopt)."""
+    if database == "old":
+        first = ScriptDirectory.from_config(migrations.alembic_config("sqlite://")).get_base()
+        for n in range(ROUNDS):
+            migrations.upgrade(f"sqlite:///{tmp_path / f'round-{n}' / 'mami.db'}", first)
     runs = [subprocess.Popen([sys.executable, "-c", RACE, role, me, other, str(tmp_path),
                               str(ROUNDS)],
                              cwd=tmp_path, env=environment(tmp_path, "sqlite://"), text=True,
@@ -168,14 +176,19 @@ def read_until(proc: subprocess.Popen[str], wanted: str) -> str:
     return seen
 
 
-@pytest.mark.parametrize("command", ["db upgrade", "serve"])
-def test_a_process_meeting_a_sqlite_migration_waits_then_finds_it_done(
-    tmp_path: Path, command: str
+@pytest.mark.parametrize("command, database", [
+    ("db upgrade", "sqlite"), ("serve", "sqlite"),
+    pytest.param("db upgrade", "postgres", marks=pytest.mark.postgres)])
+def test_a_process_meeting_a_migration_waits_then_finds_it_done(
+    tmp_path: Path, command: str, database: str, request: pytest.FixtureRequest
 ) -> None:
-    """While this process holds the migration lock of a fresh SQLite file (and upgrades
-    it), ``mami db upgrade`` or ``mami serve`` says it waits and changes nothing; once
-    the lock is released it finds the schema at head and carries on."""
-    url = f"sqlite:///{tmp_path / 'data' / 'mami.db'}"
+    """While this process holds the migration lock of an empty database (and upgrades
+    it), ``mami db upgrade`` or ``mami serve`` (which upgrades SQLite on start) says it
+    waits and changes nothing; once the lock is released it finds the schema at head and
+    carries on. SQLite's lock is a file beside the database, PostgreSQL's an advisory
+    lock."""
+    url = (str(request.getfixturevalue("postgres_url")) if database == "postgres"
+           else f"sqlite:///{tmp_path / 'data' / 'mami.db'}")
     port = free_port()
     args = ["serve", "--port", str(port)] if command == "serve" else command.split()
     with migrations.schema_lock(url):
@@ -184,8 +197,9 @@ def test_a_process_meeting_a_sqlite_migration_waits_then_finds_it_done(
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             before = read_until(proc, WAITS)
-            assert WAITS in before and str(migrations.lock_file(tmp_path / "data" / "mami.db")) \
-                in before, before
+            held = (str(migrations.lock_file(tmp_path / "data" / "mami.db"))
+                    if database == "sqlite" else "advisory lock")
+            assert WAITS in before and held in before, before
             assert migrations.current_revision(url) is None
             migrations.upgrade_all(url)
         except BaseException:
@@ -202,8 +216,9 @@ def test_a_process_meeting_a_sqlite_migration_waits_then_finds_it_done(
             assert proc.returncode == 0, before + after
             assert f"database at {migrations.head_revision()}" in after
     finally:
-        proc.terminate()
-        proc.communicate(timeout=60)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.communicate(timeout=60)
     assert chain_problems(url) == []
 
 
