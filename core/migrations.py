@@ -29,7 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import MetaData, create_engine, inspect, pool, text
 
-from core.db import ensure_sqlite_dir, is_sqlite, private_dir, sqlite_path, sync_url
+from core.db import (
+    LOCK_SUFFIX,
+    ensure_sqlite_dir,
+    is_sqlite,
+    private_dir,
+    sqlite_path,
+    sync_url,
+)
 from core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -255,7 +262,7 @@ def lock_file(database: Path) -> Path:
     """The file whose lock serialises the schema changes of the SQLite ``database``:
     ``<database>.migrate.lock`` beside it. Never the database file itself: closing any
     descriptor of that file drops every POSIX lock SQLite holds on it in the process."""
-    return database.with_name(database.name + ".migrate.lock")
+    return database.with_name(database.name + LOCK_SUFFIX)
 
 
 _held = threading.local()  # .keys: the schema locks this thread holds
