@@ -128,6 +128,7 @@ def chain_problems(url: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("roles, database", [
     (("cli", "cli"), "fresh"), (("cli", "start"), "fresh"), (("start", "start"), "fresh"),
     (("cli", "start"), "old")])
