@@ -101,7 +101,10 @@ def cmd_db(args: argparse.Namespace) -> int:
     killed process left (see :func:`_repair`). Core's chain and the chain
     of every enabled plugin that has its own tables (``<branch>@<revision>`` names one
     plugin's revision, e.g. ``mami db downgrade notes@base``). A downgrade may drop
-    tables and columns with their data: it asks first (``--yes`` answers for it)."""
+    tables and columns with their data: it asks first (``--yes`` answers for it).
+    Schema changes of one database take turns (SQLite: a lock on
+    ``<database>.migrate.lock``; PostgreSQL: an advisory lock): a second process waits,
+    saying so, then finds the work done."""
     from core import migrations
 
     url = _config(args).database_url
@@ -262,7 +265,14 @@ def build_parser(plugin_commands: Callable[[Any], None] | None = None) -> argpar
     db = sub.add_parser("db", help="manage the database schema (Alembic migrations)",
                         description=cmd_db.__doc__)
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
-    up = db_sub.add_parser("upgrade", help="upgrade to a revision (default: head)")
+    up = db_sub.add_parser(
+        "upgrade", help="upgrade to a revision (default: head)",
+        description="Upgrade core's chain and every enabled plugin's to head (or one chain "
+                    "to REVISION). One process at a time per database: another one already "
+                    "migrating it (`mami db upgrade`, or a server starting on SQLite) is "
+                    "waited for, with a log line saying so, on PostgreSQL through an "
+                    "advisory lock and on SQLite through a lock on <database>.migrate.lock "
+                    "beside the file.")
     up.add_argument("revision", nargs="?", default="head")
     down = db_sub.add_parser("downgrade", help="downgrade to a revision (e.g. -1 or base); "
                              "asks first, as it may drop data")

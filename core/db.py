@@ -23,6 +23,9 @@ T = TypeVar("T")
 
 # SQLite's words for a file it cannot use (SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_IOERR).
 STORAGE_FAULTS = ("readonly", "unable to open database file", "disk i/o error")
+LOCK_SUFFIX = ".migrate.lock"
+"""The file beside a SQLite database whose lock serialises its schema changes (see
+:func:`core.migrations.lock_file`); it holds no data."""
 
 
 def sync_url(url: str) -> str:
@@ -62,12 +65,13 @@ def sqlite_path(url: str) -> Path | None:
 def refuse_vanished(database: Path, data_dir: Path) -> None:
     """Raise :class:`DatabaseMissing` when ``database`` does not exist but a folder in
     ``data_dir`` holds files (keys, vector stores, images: data kept beside the database,
-    by core and plugins, each in its own folder). Creating an empty database then would
-    silently lose every account and conversation."""
+    by core and plugins, each in its own folder; a migration lock is not data). Creating
+    an empty database then would silently lose every account and conversation."""
     if database.exists() or not data_dir.is_dir():
         return
     holders = sorted(entry.name for entry in data_dir.iterdir()
-                     if entry.is_dir() and any(p.is_file() for p in entry.rglob("*")))
+                     if entry.is_dir() and any(p.is_file() and not p.name.endswith(LOCK_SUFFIX)
+                                               for p in entry.rglob("*")))
     if holders:
         raise DatabaseMissing(
             f"the database {database} is missing, but {data_dir} still holds data that goes "

@@ -17,7 +17,10 @@ names a revision of one plugin's chain.
 from __future__ import annotations
 
 import ast
+import logging
+import os
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import MetaData, create_engine, inspect, pool, text
 
-from core.db import ensure_sqlite_dir, is_sqlite, sqlite_path, sync_url
+from core.db import (
+    LOCK_SUFFIX,
+    ensure_sqlite_dir,
+    is_sqlite,
+    private_dir,
+    sqlite_path,
+    sync_url,
+)
+from core.errors import ConfigError
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -38,6 +49,8 @@ VERSION_TABLE = "alembic_version"
 BRANCH = re.compile(r"[a-z][a-z0-9_]{0,40}")
 # pg_advisory_lock key that serialises schema changes ("mami" in ASCII).
 SCHEMA_LOCK = 0x6D616D69
+
+log = logging.getLogger("mami.migrations")
 
 
 @dataclass(frozen=True)
@@ -245,24 +258,79 @@ def _target(revision: str, sources: Sequence[MigrationSource]
                     f"(known: {known})")
 
 
+def lock_file(database: Path) -> Path:
+    """The file whose lock serialises the schema changes of the SQLite ``database``:
+    ``<database>.migrate.lock`` beside it. Never the database file itself: closing any
+    descriptor of that file drops every POSIX lock SQLite holds on it in the process."""
+    return database.with_name(database.name + LOCK_SUFFIX)
+
+
+_held = threading.local()  # .keys: the schema locks this thread holds
+
+
 @contextmanager
 def schema_lock(url: str) -> Iterator[None]:
-    """Hold PostgreSQL's advisory lock :data:`SCHEMA_LOCK` (on a connection of its own)
-    while the schema changes, so concurrent ``mami db upgrade`` runs take turns: the
-    second finds the work done instead of failing on a half-made table. SQLite's
-    own file locks serialise its writers."""
-    if is_sqlite(sync_url(url)):
+    """Let one process at a time change the schema of the database at ``url``: the
+    second waits (saying so in the log) and then finds the work done, instead of
+    running the same migration again and failing on a half-made table. PostgreSQL:
+    the advisory lock :data:`SCHEMA_LOCK`, on a connection of its own. A SQLite file:
+    an exclusive ``flock`` on :func:`lock_file` (released however the process ends).
+    Re-entrant within one thread. An in-memory SQLite database (or a ``file:`` URI) is
+    not locked."""
+    path = sqlite_path(url)
+    if is_sqlite(sync_url(url)) and path is None:
         yield
         return
+    key = str(path) if path is not None else sync_url(url)
+    held: set[str] = _held.__dict__.setdefault("keys", set())
+    if key in held:
+        yield
+        return
+    held.add(key)
+    try:
+        with _file_lock(path) if path is not None else _advisory_lock(url):
+            yield
+    finally:
+        held.discard(key)
+
+
+@contextmanager
+def _file_lock(database: Path) -> Iterator[None]:
+    import fcntl
+
+    path = lock_file(database)
+    private_dir(path.parent)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot open the migration lock {path}: {exc.strerror}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process's schema migration of %s (it holds %s)",
+                     database, path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextmanager
+def _advisory_lock(url: str) -> Iterator[None]:
     engine = create_engine(sync_url(url), poolclass=pool.NullPool,
                            isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK})
+            key = {"key": SCHEMA_LOCK}
+            if not conn.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar():
+                log.info("waiting for another process's schema migration of the database "
+                         "(PostgreSQL advisory lock %d)", SCHEMA_LOCK)
+                conn.execute(text("SELECT pg_advisory_lock(:key)"), key)
             try:
                 yield
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK})
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), key)
     finally:
         engine.dispose()
 

@@ -8,6 +8,7 @@ runs the plugins' ``startup`` hooks exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -112,36 +113,54 @@ class Runtime:
     def prepare_schema(self) -> None:
         """Upgrade a SQLite database to head when allowed; otherwise refuse a core schema
         that is behind, naming the command that fixes it. A plugin whose own tables are
-        behind (or whose migrations fail) is marked failed; the app runs on."""
+        behind (or whose migrations fail) is marked failed; the app runs on. Once a chain
+        needs upgrading, the rest runs under :func:`~core.migrations.schema_lock`, each
+        chain read again there: a process started beside this one (``mami serve``,
+        ``mami db upgrade``) may have upgraded it meanwhile."""
         url = self.db.url
         auto = self.db.is_sqlite and self.config.core.auto_migrate
         current = migrations.current_revision(url)
         head = migrations.head_revision()
         if migrations.is_ahead(current):
             raise SchemaAhead(str(migrations.schema_problem(current, head)))
-        if current != head:
-            if not auto:
-                raise SchemaBehind(
-                    f"database schema is at {current or 'nothing'} but mami needs {head}: "
-                    "run `mami db upgrade`"
-                )
-            log.info("upgrading database schema %s -> %s", current, head)
-            migrations.upgrade(url)
-        for plugin_name, source in self.plugins.register_migrations():
-            try:
-                mine = migrations.current_revision(url, source.version_table)
-                wanted = migrations.source_head(source)
-                if mine == wanted:
-                    continue
-                if not auto:
-                    self.plugins.fail(plugin_name, f"its tables (branch {source.branch}) are "
-                                                   f"at {mine or 'nothing'}, it needs {wanted}: "
-                                                   "run `mami db upgrade`")
-                    continue
-                log.info("upgrading the tables of plugin %s %s -> %s", plugin_name, mine, wanted)
-                migrations.upgrade(url, f"{source.branch}@head", [source])
-            except Exception as exc:
-                self.plugins.fail(plugin_name, f"its migrations failed: {describe(exc)}")
+        if current != head and not auto:
+            raise SchemaBehind(
+                f"database schema is at {current or 'nothing'} but mami needs {head}: "
+                "run `mami db upgrade`"
+            )
+        with contextlib.ExitStack() as held:
+
+            def lock() -> None:  # on the first upgrade only (a start at head waits for none)
+                held.enter_context(migrations.schema_lock(url))  # re-entrant: no-op after
+
+            if current != head:
+                lock()
+                current = migrations.current_revision(url)
+                if migrations.is_ahead(current):
+                    raise SchemaAhead(str(migrations.schema_problem(current, head)))
+                if current != head:
+                    log.info("upgrading database schema %s -> %s", current, head)
+                    migrations.upgrade(url)
+            for plugin_name, source in self.plugins.register_migrations():
+                try:
+                    mine = migrations.current_revision(url, source.version_table)
+                    wanted = migrations.source_head(source)
+                    if mine == wanted:
+                        continue
+                    if not auto:
+                        self.plugins.fail(plugin_name, f"its tables (branch {source.branch}) "
+                                                       f"are at {mine or 'nothing'}, it needs "
+                                                       f"{wanted}: run `mami db upgrade`")
+                        continue
+                    lock()
+                    mine = migrations.current_revision(url, source.version_table)
+                    if mine == wanted:
+                        continue
+                    log.info("upgrading the tables of plugin %s %s -> %s",
+                             plugin_name, mine, wanted)
+                    migrations.upgrade(url, f"{source.branch}@head", [source])
+                except Exception as exc:
+                    self.plugins.fail(plugin_name, f"its migrations failed: {describe(exc)}")
 
     def register_providers(self) -> None:
         """Collect every plugin's providers. A provider that does not satisfy its

@@ -25,6 +25,8 @@ import pytest
 from core import migrations
 from core.app import create_app
 from core.config import config_from_dict
+from core.db import refuse_vanished
+from core.errors import DatabaseMissing
 from core.plugins import builtin_candidates
 from tests.conftest import free_port
 
@@ -160,6 +162,21 @@ def test_a_database_that_vanished_beside_other_data_is_not_recreated(tmp_path: P
                              env=env, text=True, capture_output=True, timeout=120)
     assert upgrade.returncode == 0, upgrade.stderr
     assert migrations.current_revision(f"sqlite:///{database}") == migrations.head_revision()
+
+
+def test_the_migration_lock_beside_a_deleted_database_is_not_data(tmp_path: Path) -> None:
+    """A database in a folder of the data directory, deleted to start again: the
+    migration lock file left beside it does not count as data kept with it."""
+    data = tmp_path / "data"
+    database = data / "sqlite" / "mami.db"
+    migrations.upgrade_all(f"sqlite:///{database}")
+    assert migrations.lock_file(database).exists()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+    refuse_vanished(database, data)
+    (database.parent / "notes.txt").write_text("kept with the database", encoding="utf-8")
+    with pytest.raises(DatabaseMissing, match=r"still holds data that goes with it \(sqlite\)"):
+        refuse_vanished(database, data)
 
 
 async def test_checking_the_files_keeps_sqlites_locks(tmp_path: Path) -> None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +10,7 @@ from sqlalchemy import create_engine, text
 
 from core import migrations
 from core.errors import ConfigError
-from tests.deploy.lambda_events import HANDLER_PATH, SHAPES, Invoker, load_handler_module
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.deploy.lambda_events import SHAPES, Invoker, load_handler_module
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -149,31 +144,6 @@ def test_postgres_schema_behind_is_a_clear_error_until_upgraded(
     response = invoke("http-api-v2", "GET", "/health")
     assert response.status == 200
     assert invoke.runtime.db.url.startswith("postgresql+psycopg://")
-
-
-def test_cold_path_imports_nothing_heavy(tmp_path: Path) -> None:
-    """A fresh process that answers /health (its database already migrated) has not
-    imported the heavy modules, nor Alembic, nor boto3 when no secret ARN is set."""
-    migrations.upgrade_all(f"sqlite:///{tmp_path / 'cold.db'}")
-    script = textwrap.dedent(f"""
-        import importlib.util, json, sys
-        sys.path.insert(0, {str(ROOT)!r})
-        from tests.deploy.lambda_events import make_event
-        spec = importlib.util.spec_from_file_location("h", {str(HANDLER_PATH)!r})
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        response = module.handler(make_event("http-api-v2", "GET", "/health"), None)
-        heavy = ["chromadb", "llama_cpp", "onnxruntime", "PIL", "numpy", "boto3", "alembic"]
-        print(json.dumps({{"status": response["statusCode"],
-                           "imported": [m for m in heavy if m in sys.modules]}}))
-    """)
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MAMI_DATA_DIR": str(tmp_path),
-           "MAMI_DATABASE_URL": f"sqlite:///{tmp_path / 'cold.db'}", "MAMI__CORE__AUTH": "false"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    result = __import__("json").loads(done.stdout.strip().splitlines()[-1])
-    assert result == {"status": 200, "imported": []}
 
 
 def test_schema_ahead_of_the_code_says_so_and_names_the_revision(
