@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,38 @@ async def test_a_killed_chroma_server_is_a_warning_without_the_urls_secrets(
     events = await over_websocket(server)
     assert [e for e in events if e["type"] == "warnings"] == [
         {"type": "warnings", "warnings": extra["mami_warnings"]}]
+
+
+async def test_a_chroma_server_that_stops_answering_is_a_warning_not_a_hung_turn(
+        make_config: Any, live_server: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    """A server that accepts connections but never answers (stopped): chromadb's client
+    waited for it forever, and the turn with it; now each request has a deadline."""
+    import plugins.chroma_rag.store
+    from tests.plugins.chroma_rag.conftest import ChromaServer
+
+    monkeypatch.setattr(plugins.chroma_rag.store, "HTTP_TIMEOUT", 1.0)
+    chroma = ChromaServer(tmp_path / "chroma-server")
+    try:
+        server = live_server(create_app(
+            settings(make_config, chroma_url=chroma.url, collection_prefix="stopped"),
+            candidates=candidates()))
+        await asyncio.to_thread(upload, server)
+        os.kill(chroma.process.pid, signal.SIGSTOP)
+        try:
+            text, extra = await asyncio.to_thread(ask, server)
+            events = await over_websocket(server)
+        finally:
+            os.kill(chroma.process.pid, signal.SIGCONT)
+        assert text == "passage=False memory=False"
+        [warning] = extra["mami_warnings"]
+        assert warning.startswith(f"documents unavailable: the Chroma server at {chroma.url} "
+                                  "does not answer"), warning
+        assert events[1] == {"type": "warnings", "warnings": [warning]}
+        assert events[-1]["status"] == "complete"
+        text, extra = await asyncio.to_thread(ask, server)  # answering again: no warning
+        assert text == "passage=True memory=False" and "mami_warnings" not in extra
+    finally:
+        chroma.stop()
 
 
 async def test_memories_and_documents_each_have_their_warning(
