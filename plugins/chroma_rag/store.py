@@ -36,7 +36,7 @@ __all__ = ["Hit", "IsolationError", "StoreUnavailable", "VectorStore", "collecti
            "open_client", "shared_key"]
 
 T = TypeVar("T")
-HTTP_TIMEOUT = 15.0
+HTTP_TIMEOUT = 30.0
 """Seconds a Chroma server has to answer each request (chromadb's own client waits
 forever: a server that is stopped or hung would hold every chat turn, never answered)."""
 
