@@ -51,6 +51,12 @@ Sources: the document passages a reply was given are its sources (:func:`source_
 numbered as in the prompt); :attr:`TurnRun.sources` has them before the first token,
 and they are stored with the answer (``messages.sources``).
 
+Warnings: when the retriever or the memory store fails, the turn is answered without
+passages or memories, and :attr:`TurnRun.warnings` says so before the first token
+(``"documents unavailable: <reason>"``, ``"memories unavailable: <reason>"``, the
+reason without URL secrets), so every client can show that the answer ignored them.
+They are not stored: a replayed answer has none.
+
 A provider may define ``async load()``; it is awaited before the provider's tokenizer
 or window is used, so a lazily loaded model never blocks the event loop. Token counting
 (``count_tokens``, which may be slow or block on a tokenizer) runs in worker threads,
@@ -335,6 +341,8 @@ class TurnRun:
         self._flusher: asyncio.Future[None] | None = None
         self._flushed = asyncio.Event()  # set: stop saving partial text
         self.replay_sources: list[dict[str, Any]] | None = None
+        self.warnings: list[str] = []
+        """What the answer had to do without (see the module docstring); [] when nothing."""
 
     @property
     def sources(self) -> list[dict[str, Any]]:
@@ -1128,10 +1136,11 @@ def _memo(count: Callable[[str], int]) -> Callable[[str], int]:
 
 async def _context(turn: TurnRun, history: list[Turn], summary: str) -> Context:
     runtime, request, llm = turn.runtime, turn.request, turn.llm
-    memories, passages = await asyncio.gather(
+    (memories, memory_fault), (passages, document_fault) = await asyncio.gather(
         _recall(runtime, turn.principal.owner, request.content),
         _search(runtime, turn.principal.owner, request.content),
     )
+    turn.warnings = [w for w in (document_fault, memory_fault) if w is not None]
     if not supports(llm, "tools"):
         history = without_tools(history)
     turn.context_inputs = dict(
@@ -1162,26 +1171,44 @@ def _system_prompt(runtime: Runtime, request: ChatRequest) -> str:
             else runtime.config.core.system_prompt)
 
 
-async def _recall(runtime: Runtime, owner: str, text: str) -> list[str]:
+WARNING_REASON = 500
+"""At most this many characters of a fault's message go into a warning."""
+
+
+def unavailable(what: str, exc: BaseException) -> str:
+    """``"<what> unavailable: <reason>"``: a warning for a fault the turn went on
+    without; the reason is the error's message, on one line, without URL secrets."""
+    reason = exc.message if isinstance(exc, MamiError) else f"{type(exc).__name__}: {exc}"
+    reason = " ".join(str(hide_url_secrets(reason)).split())
+    if len(reason) > WARNING_REASON:
+        reason = reason[:WARNING_REASON - 3].rstrip() + "..."
+    return f"{what} unavailable: {reason}"
+
+
+async def _recall(runtime: Runtime, owner: str, text: str) -> tuple[list[str], str | None]:
+    """The owner's memories for ``text``, and the warning when the store failed."""
     store = runtime.memory
     if store is None or runtime.config.budget.memory_k <= 0:
-        return []
+        return [], None
     try:
-        return [m.text for m in await store.recall(owner, text, runtime.config.budget.memory_k)]
+        found = await store.recall(owner, text, runtime.config.budget.memory_k)
     except Exception as exc:
         log.warning("memory store %s failed, answering without memories: %s",
                     getattr(store, "name", "?"), exc)
-        return []
+        return [], unavailable("memories", exc)
+    return [m.text for m in found], None
 
 
-async def _search(runtime: Runtime, owner: str, text: str) -> list[Passage]:
+async def _search(runtime: Runtime, owner: str, text: str
+                  ) -> tuple[list[Passage], str | None]:
+    """The owner's passages for ``text``, and the warning when the retriever failed."""
     retriever = runtime.retriever
     if retriever is None or runtime.config.budget.rag_k <= 0:
-        return []
+        return [], None
     try:
         found = await retriever.search(owner, text, runtime.config.budget.rag_k)
     except Exception as exc:
         log.warning("retriever %s failed, answering without passages: %s",
                     getattr(retriever, "name", "?"), exc)
-        return []
-    return list(found)
+        return [], unavailable("documents", exc)
+    return list(found), None

@@ -238,6 +238,29 @@ class Runtime:
                 continue
             if enabled and record is not None and "tools" not in record.provides:
                 record.provides.append("tools")
+        for problem in self.tool_pattern_problems().values():
+            log.warning("%s", problem)
+
+    def tool_pattern_problems(self) -> dict[str, str]:
+        """Per running plugin whose ``[plugins.<name>] tools`` list has patterns that
+        match none of its tools, a message naming the file, the patterns and the tools
+        there are (logged at start, listed by ``mami doctor``)."""
+        problems = {}
+        for name, record in self.plugins.records.items():
+            unmatched = self.tools.unmatched(name) if record.status == "ok" else []
+            if not unmatched:
+                continue
+            names = self.tools.names_of(name)
+            shown = ", ".join(repr(p) for p in unmatched)
+            one = len(unmatched) == 1
+            listed = any(plugin == name for plugin, _ in self.tools.toolsets)
+            problems[name] = (
+                f"{self.config.source}: [plugins.{name}] tools: {shown} "
+                f"match{'es' if one else ''} no tool of plugin {name}, so "
+                f"{'it enables' if one else 'they enable'} nothing (its tools"
+                f"{' now' if listed else ''}: "
+                f"{', '.join(names) if names else 'none'})")
+        return problems
 
     def _drop_failed_providers(self) -> None:
         for registered in self.providers.values():

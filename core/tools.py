@@ -526,6 +526,7 @@ class ToolBox:
         self._sets: list[tuple[str, Toolset]] = []
         self._retired: list[Toolset] = []
         self._clashes: set[tuple[str, str]] = set()
+        self._offered: dict[str, list[str]] = {}  # plugin -> its tools' names, enabled or not
         self._threads = 0
 
     @classmethod
@@ -550,6 +551,7 @@ class ToolBox:
             problems = tool_problems(item)
             if problems:
                 raise ToolRejected(f"tool {item.name!r}: {'; '.join(problems)}")
+            self._offered.setdefault(plugin, []).append(item.name)
             if not self.enabled(plugin, item.name):
                 return False
             self._claim(item.name, plugin)
@@ -586,8 +588,29 @@ class ToolBox:
         """Drop every tool and toolset of ``plugin`` (it failed); its toolsets are still
         closed with the others (:attr:`to_close`)."""
         self._tools = {n: e for n, e in self._tools.items() if e.plugin != plugin}
+        self._offered.pop(plugin, None)
         self._retired.extend(s for p, s in self._sets if p == plugin)
         self._sets = [(p, s) for p, s in self._sets if p != plugin]
+
+    def names_of(self, plugin: str) -> list[str]:
+        """Every tool ``plugin`` registered, enabled or not (a toolset's: those it lists
+        now), in registration order."""
+        names = list(self._offered.get(plugin, ()))
+        for owner, toolset in self._sets:
+            if owner == plugin:
+                with contextlib.suppress(Exception):  # _entries logs a failing toolset
+                    names.extend(t.name for t in toolset.tools() if isinstance(t, Tool))
+        return list(dict.fromkeys(names))
+
+    def unmatched(self, plugin: str) -> list[str]:
+        """The patterns of ``plugin``'s ``tools`` list that match none of its tools
+        (a typo there silently leaves a tool out); ``[]`` for ``true`` or ``false``."""
+        choice = self.selection(plugin)
+        if isinstance(choice, bool):
+            return []
+        names = self.names_of(plugin)
+        return [pattern for pattern in choice
+                if not any(fnmatch.fnmatchcase(name, pattern) for name in names)]
 
     @property
     def toolsets(self) -> list[tuple[str, Toolset]]:

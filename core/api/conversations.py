@@ -27,7 +27,7 @@ from sqlmodel import col, select
 from core import jobs
 from core.api.deps import MAX_OFFSET
 from core.errors import BadRequest, NotFound
-from core.models import Conversation, Message, Owner
+from core.models import Conversation, Message, Owner, utcnow
 from core.protocols import Principal
 from core.runtime import Runtime
 
@@ -238,8 +238,10 @@ class ConversationController(Controller):
                      request: Request[Any, Any, Any],
                      data: ConversationChange | None = None) -> ConversationOut:
         """Rename, or change settings: only the fields given change (``null`` resets a
-        setting to the server's default; an empty title shows the date instead). 400
-        naming the field for a bad value; 404 for another owner's id."""
+        setting to the server's default; an empty title shows the date instead), and
+        ``updated_at`` moves to now when any field is given (so the list, newest first,
+        and clients syncing by ``updated_at`` see the change). 400 naming the field for
+        a bad value; 404 for another owner's id."""
         changes = checked_changes(runtime, await _body(request))
         await owned(runtime, principal.owner, conversation_id)
         async with runtime.db.session() as session:
@@ -248,6 +250,8 @@ class ConversationController(Controller):
                 raise NotFound(f"conversation {conversation_id} not found")
             for name, value in changes.items():
                 setattr(conversation, name, value)
+            if changes:
+                conversation.updated_at = utcnow()
             session.add(conversation)
             await session.commit()
             await session.refresh(conversation)

@@ -28,7 +28,11 @@ parameter.
 When document passages were used, the answer names them in the extension field
 ``mami_sources`` (a list of ``Source``, :func:`core.chat.source_of`) at the top level
 of the ``chat.completion`` and of the first streamed chunk; OpenAI's SDKs keep unknown
-fields (``completion.model_extra["mami_sources"]``).
+fields (``completion.model_extra["mami_sources"]``). When the answer had to do without
+the documents or the memories (their store failed), the extension field
+``mami_warnings`` (a list of strings such as ``"documents unavailable: <reason>"``, see
+:attr:`core.chat.TurnRun.warnings`) is there too, in the same places; the turn itself
+still succeeds.
 
 ``stream: true`` answers with server-sent events: ``data: <chunk JSON>`` lines ending
 with ``data: [DONE]``; a stream that breaks after it started ends with a
@@ -487,7 +491,7 @@ async def chat_completions(
             raise _fail(first)
         if stream:
             return Stream(_sse(items, first, meta, include_usage,
-                               _credential_check(runtime, principal), _sources(turn)),
+                               _credential_check(runtime, principal), _extensions(turn)),
                           media_type="text/event-stream",
                           headers={**_conversation(turn), "Cache-Control": "no-cache"})
         finished = first if isinstance(first, Finished) else None
@@ -515,7 +519,7 @@ async def chat_completions(
                 "logprobs": None,
             }],
             "usage": finished.usage.as_dict(),
-            **_sources(turn),
+            **_extensions(turn),
         },
         headers=_conversation(turn),
         background=background,
@@ -553,9 +557,15 @@ def _conversation(turn: TurnRun) -> dict[str, str]:
     return {CONVERSATION_HEADER: turn.conversation_id}
 
 
-def _sources(turn: TurnRun) -> dict[str, Any]:
-    """The ``mami_sources`` extension field, when the reply used document passages."""
-    return {"mami_sources": turn.sources} if turn.sources else {}
+def _extensions(turn: TurnRun) -> dict[str, Any]:
+    """The extension fields: ``mami_sources`` when the reply used document passages,
+    ``mami_warnings`` when it had to do without the documents or the memories."""
+    fields: dict[str, Any] = {}
+    if turn.sources:
+        fields["mami_sources"] = turn.sources
+    if turn.warnings:
+        fields["mami_warnings"] = list(turn.warnings)
+    return fields
 
 
 def _chunk(meta: dict[str, Any], delta: dict[str, Any], finish: str | None = None,

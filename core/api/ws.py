@@ -20,6 +20,9 @@ Server -> client::
 
     {"type": "start", "conversation_id": str, "message_id": str, "user_message_id": str}
     {"type": "sources", "sources": [Source, ...]}   only when passages were used
+    {"type": "warnings", "warnings": [str, ...]}
+                                only when the reply goes without the documents or the
+                                memories, e.g. "documents unavailable: <reason>"
     {"type": "delta", "text": str}
     {"type": "tool_call", "id": str, "name": str, "arguments": str}
                                 a server-side tool starts (arguments: JSON text)
@@ -192,6 +195,8 @@ class ChatSocket:
                        "message_id": turn.message_id, "user_message_id": turn.user_message_id})
             if turn.sources:
                 self.send({"type": "sources", "sources": turn.sources})
+            if turn.warnings:
+                self.send({"type": "warnings", "warnings": list(turn.warnings)})
             try:
                 async for item in turn.run():
                     if isinstance(item, str):

@@ -9,7 +9,9 @@ What goes where, plain text only:
   citations readable;
 - stderr: each tool call of a server-side tool step as it starts and as it ends
   (:func:`call_line`, :func:`result_line`), shown between the question and the answer,
-  and the conversation id at the end, so ``--conversation`` can continue it.
+  and the conversation id at the end, so ``--conversation`` can continue it; before
+  the answer, ``[warning] ...`` for each thing it has to do without (``documents
+  unavailable: <reason>``, ``memories unavailable: <reason>``).
 """
 
 from __future__ import annotations
@@ -113,6 +115,8 @@ async def _chat(args: argparse.Namespace) -> int:
         principal = Principal(owner=args.owner or config.core.local_owner)
         request = ChatRequest(args.text, conversation_id=args.conversation)
         turn = await start_turn(runtime, principal, request)
+        for warning in turn.warnings:
+            print(f"[warning] {warning}", file=sys.stderr, flush=True)
         finished: Finished | None = None
         line_open = False  # stdout holds text not yet ended by a newline
         async for item in turn.run():

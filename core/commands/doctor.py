@@ -67,6 +67,7 @@ async def _collect(args: argparse.Namespace, checks: list[Check]) -> None:
     try:
         await runtime.ensure_started()
         checks.extend(_plugins(runtime))
+        checks.extend(_tool_patterns(runtime))
         checks.append(await _abandoned_answers(runtime))
         pairs = [(runtime.provider_plugin.get(id(p), "?"), p) for p in _providers(runtime)]
         for plugin, provider in [*pairs, *runtime.tools.toolsets]:
@@ -139,6 +140,15 @@ def _plugins(runtime: Any) -> Iterable[Check]:
                         f"fix the cause or set [plugins.{record.name}] enabled = false")
         elif record.status == "ok":
             yield Check(f"plugin {record.name}", "ok", ", ".join(record.provides) or "loaded")
+
+
+def _tool_patterns(runtime: Any) -> Iterable[Check]:
+    """A ``tools = [...]`` pattern that matches no tool of its plugin (a typo that
+    silently leaves a tool out)."""
+    for plugin, problem in runtime.tool_pattern_problems().items():
+        yield Check(f"tools of {plugin}", "warn", problem,
+                    f"correct the pattern in [plugins.{plugin}] tools (names are "
+                    "case-sensitive; * and ? are wildcards) or remove it")
 
 
 def _providers(runtime: Any) -> list[Any]:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from core.db import private_dir
 from core.errors import ConfigError, PluginUnavailable
@@ -36,6 +36,9 @@ __all__ = ["Hit", "IsolationError", "StoreUnavailable", "VectorStore", "collecti
            "open_client", "shared_key"]
 
 T = TypeVar("T")
+HTTP_TIMEOUT = 30.0
+"""Seconds a Chroma server has to answer each request (chromadb's own client waits
+forever: a server that is stopped or hung would hold every chat turn, never answered)."""
 
 
 _opening = threading.Lock()
@@ -161,10 +164,23 @@ def _new_client(url: str, path: str | Path, token: str) -> Any:
         raise ConfigError(f"chroma_url {url!r}: expected http://host:port or https://host:port")
     ssl = parts.scheme == "https"
     headers = {"X-Chroma-Token": token} if token else None
-    return chromadb.HttpClient(
+    import httpx
+
+    # Opening asks the server already, without a deadline: ask once with one first.
+    heartbeat = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], "/api/v2/heartbeat",
+                            "", ""))
+    httpx.get(heartbeat, headers=headers, timeout=HTTP_TIMEOUT)
+    client = chromadb.HttpClient(
         host=parts.hostname, port=parts.port or (443 if ssl else 80), ssl=ssl,
         headers=headers, settings=settings,
     )
+    session = getattr(getattr(client, "_server", None), "_session", None)
+    if isinstance(session, httpx.Client):
+        session.timeout = httpx.Timeout(HTTP_TIMEOUT)
+    else:
+        log.warning("chromadb's HTTP client changed: requests to %s have no deadline",
+                    shown_location(url, ""))
+    return client
 
 
 def shown_location(url: str, path: str | Path) -> str:

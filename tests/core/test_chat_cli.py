@@ -5,8 +5,10 @@ printed around the answer."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from plugins import BUILTINS
 from tests.scripted_model import Call, Reply, ScriptedModel, last_tool_results
@@ -170,3 +173,32 @@ def test_chat_without_sources_or_tools_prints_only_the_answer(tmp_path: Path) ->
     lines = chat.stderr.splitlines()
     assert re.fullmatch(r"\(conversation \w+\)", lines[-1]), chat.stderr
     assert not [line for line in lines if "[tool]" in line or "httpx" in line], chat.stderr
+
+
+def test_chat_warns_on_stderr_when_it_answers_without_the_documents(
+        tmp_path: Path) -> None:
+    """The documents' Chroma directory cannot be opened (read-only, even for root):
+    the answer still comes, stdout is the answer alone, and stderr says before it that
+    the documents were left out, and why."""
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr is not installed")
+    model = ScriptedModel(lambda body: Reply("Hello there.")).start()
+    store = tmp_path / "data" / "chroma"
+    try:
+        scripted_model_with_tools(tmp_path, model)
+        (tmp_path / "generator.md").write_text(GENERATOR)
+        ingest = mami(["ingest", "generator.md", "--owner", "ada"], tmp_path)
+        assert ingest.returncode == 0, ingest.stderr
+        subprocess.run(["chattr", "-R", "+i", str(store)], check=True)
+        chat = mami(["chat", "When is the generator tested?", "--owner", "ada"], tmp_path)
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(store)], check=False)
+        model.stop()
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout == "Hello there.\n"
+    warnings = [line for line in chat.stderr.splitlines() if line.startswith("[warning]")]
+    assert len(warnings) == 1, chat.stderr
+    assert warnings[0].startswith(f"[warning] documents unavailable: Chroma at {store} "
+                                  "cannot be opened"), warnings
+    assert warnings[0].endswith("then retry"), warnings  # the fix is shown whole
+    assert GENERATOR not in json.dumps(model.requests)  # the prompt had no passage

@@ -167,6 +167,28 @@ def test_rename_and_another_owners_id_is_a_404(server: Any) -> None:
     assert api(server, "GET", f"/{cid}").json()["title"] == "Trip to Lisbon"
 
 
+def test_a_change_moves_updated_at_and_the_conversation_to_the_top_of_the_list(
+        server: Any) -> None:
+    """The list is newest ``updated_at`` first (the page shows it in that order); a
+    rename or a settings change is an update (it left ``updated_at`` as it was)."""
+    older = api(server, "POST", "", json={"title": "older"}).json()
+    newer = api(server, "POST", "", json={"title": "newer"}).json()
+    assert [c["id"] for c in api(server, "GET", "").json()] == [newer["id"], older["id"]]
+    renamed = api(server, "PATCH", f"/{older['id']}", json={"title": "renamed"})
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["updated_at"] > newer["updated_at"] > older["updated_at"]
+    listed = api(server, "GET", "").json()
+    assert [(c["id"], c["title"]) for c in listed] == [(older["id"], "renamed"),
+                                                        (newer["id"], "newer")]
+    assert listed[0]["updated_at"] == renamed.json()["updated_at"]
+    assert listed[0]["created_at"] == older["created_at"]
+    changed = api(server, "PATCH", f"/{newer['id']}", json={"temperature": 0.5}).json()
+    assert changed["updated_at"] > renamed.json()["updated_at"]
+    assert [c["id"] for c in api(server, "GET", "").json()] == [newer["id"], older["id"]]
+    same = api(server, "PATCH", f"/{newer['id']}", content=b"")  # nothing given: no change
+    assert same.status_code == 200 and same.json()["updated_at"] == changed["updated_at"]
+
+
 async def test_search_finds_titles_and_message_text_of_the_owner_only(server: Any) -> None:
     _, _ = await turn(server, content="Where is the 100% cotton_shirt?")
     start, _ = await turn(server, content="Plan a trip to Lisbon")

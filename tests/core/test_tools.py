@@ -547,3 +547,60 @@ def test_mami_plugins_lists_each_plugins_tools(tmp_path: Any, monkeypatch: Any,
         "static": ["shout"], "dynamic": ["dyn_one"], "none": []}
     assert cmd_plugins(argparse.Namespace(config=str(config), json=False)) == 0
     assert "tools: shout" in capsys.readouterr().out
+
+
+async def test_a_tools_pattern_that_matches_no_tool_is_warned_about_at_start(
+        make_config: Any, caplog: Any) -> None:
+    """A typo in ``tools = [...]`` left a tool out without a word; now each plugin with
+    such patterns gets one warning naming the file, the patterns and its tools."""
+    config = make_config(plugins={
+        "first": {"tools": ["ech*", "shuot"]},
+        "picky": {"tools": ["dyn_*", "dyn?two", "Dyn_one"]},
+        "fine": {"tools": ["sing"]},
+        "off": {"tools": False},
+        "gone": {"enabled": False, "tools": ["anything"]}})
+    runtime = Runtime(config, candidates(
+        first=Tools(echo_tool("echo"), echo_tool("shout")),
+        picky=Tools(Changing(echo_tool("dyn_one"))),
+        fine=Tools(echo_tool("sing")), off=Tools(echo_tool("hum")),
+        gone=Tools(echo_tool("whistle"))))
+    with caplog.at_level("WARNING", logger="mami"):
+        await runtime.ensure_started()
+        await runtime.ensure_started()
+    try:
+        assert sorted(t.name for t in runtime.tools.tools("a")) == ["dyn_one", "echo", "sing"]
+        warned = sorted(r.getMessage() for r in caplog.records if "tools:" in r.getMessage())
+        assert warned == [
+            "<defaults>: [plugins.first] tools: 'shuot' matches no tool of plugin first, "
+            "so it enables nothing (its tools: echo, shout)",
+            "<defaults>: [plugins.picky] tools: 'dyn?two', 'Dyn_one' match no tool of "
+            "plugin picky, so they enable nothing (its tools now: dyn_one)"]
+        assert set(runtime.tool_pattern_problems()) == {"first", "picky"}
+    finally:
+        await runtime.stop()
+
+
+def test_mami_doctor_lists_a_tools_pattern_that_matches_no_tool(
+        tmp_path: Any, monkeypatch: Any, capsys: Any) -> None:
+    import argparse
+
+    import core.plugins
+    from core import migrations
+    from core.commands.doctor import cmd_doctor
+
+    monkeypatch.setattr(core.plugins, "builtin_candidates", lambda: candidates(
+        static=Tools(echo_tool("echo"), echo_tool("shout")), exact=Tools(echo_tool("sing"))))
+    monkeypatch.setattr(core.plugins, "entrypoint_candidates", lambda: [])
+    (tmp_path / "data").mkdir(mode=0o700)
+    url = f"sqlite:///{tmp_path / 'data' / 'mami.db'}"
+    migrations.upgrade(url)
+    config = tmp_path / "plugins.toml"
+    config.write_text(f'[core]\ndata_dir = "{tmp_path / "data"}"\ndatabase_url = "{url}"\n\n'
+                      '[plugins.static]\ntools = ["shuot", "echo"]\n\n'
+                      '[plugins.exact]\ntools = ["sing"]\n', encoding="utf-8")
+    cmd_doctor(argparse.Namespace(config=str(config), debug=False, timeout=5.0))
+    out = capsys.readouterr().out
+    assert (f"WARN  tools of static: {config}: [plugins.static] tools: 'shuot' matches no "
+            "tool of plugin static, so it enables nothing (its tools: echo, shout)\n"
+            "      fix: correct the pattern in [plugins.static] tools") in out, out
+    assert "tools of exact" not in out

@@ -623,6 +623,7 @@ function handleEvent(event) {
     case "tool_call": return toolCalled(event);
     case "tool_result": return toolResulted(event);
     case "sources": return replySources(event.sources);
+    case "warnings": return replyWarnings(event.warnings);
     default: return undefined;
   }
 }
@@ -927,6 +928,20 @@ function startEdit(bubble) {
   bubble.querySelector(".actions").hidden = true;
   textNode.after(form);
   area.focus();
+}
+
+// ---------------------------------------------------------------- warnings
+
+// What the reply had to do without (documents or memories whose store failed): a small
+// notice under it, so an answer that ignored them does not pass for one that read them.
+// Not stored: a reloaded conversation shows the answer without it.
+function replyWarnings(list) {
+  const bubble = state.reply && state.reply.bubble;
+  if (!bubble || !Array.isArray(list) || !list.length) return;
+  bubble.querySelector(".warnings")?.remove();
+  const box = element("div", { class: "warnings", role: "note" },
+    ...list.map((text) => element("p", { class: "warning", text: `Note: ${String(text)}` })));
+  bubble.querySelector(".actions").before(box);
 }
 
 // ---------------------------------------------------------------- citations
