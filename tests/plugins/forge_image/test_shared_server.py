@@ -105,8 +105,8 @@ async def test_an_interrupted_result_is_never_a_success(
     """Someone else (the Forge UI, another client) interrupts our running job: the
     server still answers 200 with an under-sampled image, which must not count."""
     forge.set_mode("slow")
-    forge.delay = 1.0
-    generator = make_generator(forge.url, read_timeout=5.0, deadline=8.0)
+    forge.delay = 10.0  # surely still sampling when interrupted; the interrupt ends it
+    generator = make_generator(forge.url, read_timeout=30.0, deadline=60.0)
     job = asyncio.create_task(generator.generate(ImageRequest(prompt="x", width=64, height=64,
                                                               steps=10)))
     while forge.current_task is None:
