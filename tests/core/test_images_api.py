@@ -24,7 +24,7 @@ BOB = {"X-Owner": "bob"}
 # Nothing here waits for a timeout: the limits only have to let the stand-in's image in
 # on a loaded machine (a job past them would end as a placeholder).
 FORGE = dict(connect_timeout=10.0, read_timeout=30.0, deadline=60.0, attempts=1,
-             progress_interval=0.05)
+             health_timeout=10.0, progress_interval=0.05)
 
 
 class HeaderAuth:
