@@ -26,6 +26,7 @@ from core.plugins import Candidate
 from core.protocols import Principal
 from plugins.local_llm import default_model_path
 from tests.conftest import free_port
+from tests.loopback_http import LoopbackServer, read_request, write_chunk
 
 SMOLLM = default_model_path()
 LOCAL_NAME = SMOLLM.name.removesuffix(".gguf")
@@ -190,7 +191,7 @@ def chunk(text: str | None = None, finish: str | None = None) -> bytes:
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-class StandIn:
+class StandIn(LoopbackServer):
     """An OpenAI-compatible chat server that misbehaves on request.
 
     ``mode``: ``ok`` (streams ``words`` then [DONE]), ``cut`` (two words, then the
@@ -203,45 +204,23 @@ class StandIn:
     """
 
     def __init__(self, mode: str = "ok") -> None:
+        super().__init__()
         self.mode = mode
         self.words = ["Hello", " from", " the", " stand-in", "."]
         self.failures = 1
         self.usage = (17, 4)
         self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
         self.stop_event = threading.Event()
-        standin = self
-
-        class Handler(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                standin._handle(self)
-
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def start(self) -> StandIn:
-        self.thread.start()
-        return self
 
     def stop(self) -> None:
         self.stop_event.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().stop()
 
-    def _handle(self, h: socketserver.StreamRequestHandler) -> None:
-        request_line = h.rfile.readline()
-        if not request_line:
+    def handle(self, h: socketserver.StreamRequestHandler) -> None:
+        request = read_request(h)
+        if request is None:
             return
-        headers: dict[str, str] = {}
-        while True:
-            line = h.rfile.readline().decode().strip()
-            if not line:
-                break
-            key, _, value = line.partition(":")
-            headers[key.strip().lower()] = value.strip()
-        body = json.loads(h.rfile.read(int(headers.get("content-length", "0"))) or b"{}")
+        headers, body = request
         self.requests.append((headers, body))
         mode = self.mode
         if mode == "flaky":
@@ -257,10 +236,6 @@ class StandIn:
                       b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
         h.wfile.flush()
 
-        def send(data: bytes) -> None:
-            h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-            h.wfile.flush()
-
         if mode == "stall_first":
             self.stop_event.wait(30)
             return
@@ -268,7 +243,7 @@ class StandIn:
         if mode == "stall_mid":
             words = self.words[:1]
         for word in words:
-            send(chunk(word))
+            write_chunk(h, chunk(word))
         if mode == "stall_mid":
             self.stop_event.wait(30)
             return
@@ -277,15 +252,15 @@ class StandIn:
             h.wfile.flush()
             return
         if mode == "ok":
-            send(chunk(None, "stop"))
+            write_chunk(h, chunk(None, "stop"))
             if (body.get("stream_options") or {}).get("include_usage"):
                 prompt, completion = self.usage
-                send(b"data: " + json.dumps({
+                write_chunk(h, b"data: " + json.dumps({
                     "id": "x", "object": "chat.completion.chunk", "created": 0,
                     "model": "standin", "choices": [],
                     "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
                               "total_tokens": prompt + completion}}).encode() + b"\n\n")
-            send(b"data: [DONE]\n\n")
+            write_chunk(h, b"data: [DONE]\n\n")
         h.wfile.write(b"0\r\n\r\n")
         h.wfile.flush()
 

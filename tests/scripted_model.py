@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import socketserver
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from tests.loopback_http import LoopbackServer, read_request, write_chunk
 
 
 @dataclass
@@ -39,7 +40,7 @@ Script = Callable[[dict[str, Any]], Reply]
 
 def last_tool_results(body: dict[str, Any]) -> list[dict[str, Any]]:
     """The tool messages at the end of a request's messages."""
-    results = []
+    results: list[dict[str, Any]] = []
     for message in reversed(body["messages"]):
         if message.get("role") != "tool":
             break
@@ -47,46 +48,24 @@ def last_tool_results(body: dict[str, Any]) -> list[dict[str, Any]]:
     return results
 
 
-class ScriptedModel:
+class ScriptedModel(LoopbackServer):
     """``ScriptedModel(script).start()``; ``url`` is its ``/v1`` root."""
 
     def __init__(self, script: Script) -> None:
+        super().__init__()
         self.script = script
         self.requests: list[dict[str, Any]] = []
         self.counter = 0
-        model = self
 
-        class Handler(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                while model._handle(self):  # keep-alive: httpx reuses connections
-                    pass
+    def handle(self, h: socketserver.StreamRequestHandler) -> None:
+        while self._answer(h):  # keep-alive: httpx reuses connections
+            pass
 
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def start(self) -> ScriptedModel:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def _handle(self, h: socketserver.StreamRequestHandler) -> bool:
-        request_line = h.rfile.readline()
-        if not request_line.strip():
+    def _answer(self, h: socketserver.StreamRequestHandler) -> bool:
+        request = read_request(h)
+        if request is None:
             return False
-        headers: dict[str, str] = {}
-        while True:
-            line = h.rfile.readline().decode().strip()
-            if not line:
-                break
-            key, _, value = line.partition(":")
-            headers[key.strip().lower()] = value.strip()
-        body = json.loads(h.rfile.read(int(headers.get("content-length", "0"))) or b"{}")
+        _headers, body = request
         self.requests.append(body)
         try:
             reply = self.script(body)
@@ -108,9 +87,7 @@ class ScriptedModel:
                                           "finish_reason": finish}]}
             if usage is not None:
                 chunk["usage"] = usage
-            data = b"data: " + json.dumps(chunk).encode() + b"\n\n"
-            h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-            h.wfile.flush()
+            write_chunk(h, b"data: " + json.dumps(chunk).encode() + b"\n\n")
 
         event({"role": "assistant", "content": ""})
         for i in range(0, len(reply.text), 7):
@@ -127,7 +104,7 @@ class ScriptedModel:
         event({}, "tool_calls" if reply.calls else "stop")
         if (body.get("stream_options") or {}).get("include_usage"):
             event(None, usage={"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18})
-        done = b"data: [DONE]\n\n"
-        h.wfile.write(f"{len(done):x}\r\n".encode() + done + b"\r\n0\r\n\r\n")
+        write_chunk(h, b"data: [DONE]\n\n")
+        h.wfile.write(b"0\r\n\r\n")
         h.wfile.flush()
         return True

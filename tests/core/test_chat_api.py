@@ -155,7 +155,7 @@ def test_a_provider_stream_cut_midway_is_an_error_event_not_a_silent_success(
     make_config: Any, live_server: Any, standin: StandIn
 ) -> None:
     config = make_config(plugins={"openai-llm": {"base_url": standin.url, "model": "m",
-                                                 "attempts": 1, "read_timeout": 2.0}})
+                                                 "attempts": 1, "read_timeout": 10.0}})
     server = live_server(create_app(config, candidates=[OPENAI]))
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
     standin.mode = "cut"

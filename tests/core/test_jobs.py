@@ -35,7 +35,10 @@ from core.protocols import ImageRequest
 from core.runtime import Runtime
 from tests.forge_standin import ForgeStandIn
 
-FORGE_QUICK = dict(connect_timeout=0.5, read_timeout=2.0, deadline=4.0, attempts=2,
+# No test here waits for a Forge timeout: the limits only have to let every image in on
+# a loaded machine (a request held at the stand-in's gate while a worker process starts
+# must not time out and be sent again).
+FORGE_QUICK = dict(connect_timeout=10.0, read_timeout=30.0, deadline=60.0, attempts=2,
                    backoff_initial=0.01, backoff_max=0.02, backoff_jitter=0.01,
                    progress_interval=0.05, breaker_cooldown=0.5)
 
@@ -302,7 +305,8 @@ async def test_worker_killed_mid_job_loses_nothing(
     finally:
         victim.send_signal(signal.SIGKILL)
         victim.wait()
-    survivor = worker_process(config, "survivor", "--lease", "1", "--until-idle")
+    # the victim's 1 s lease expires soon; the survivor's own never does while it works
+    survivor = worker_process(config, "survivor", "--lease", "30", "--until-idle")
     output, _ = survivor.communicate(timeout=60)
     assert survivor.returncode == 0, output
     final = {j.id: j for j in await all_jobs(runtime)}
@@ -365,7 +369,7 @@ async def test_lease_is_renewed_and_progress_stored_while_a_long_job_runs(
     """A job longer than its lease is not stolen: the worker renews the lease, and the
     heartbeat stores the progress Forge reports."""
     forge.set_mode("slow")
-    forge.delay = 1.5  # under the 2 s read timeout, over twice the lease
+    forge.delay = 1.5  # over twice the lease
     job = await enqueue(runtime, "ann", request("long"))
     first = ImageWorker(runtime, worker_id="first", lease_seconds=0.6)
     thief = ImageWorker(runtime, worker_id="thief", lease_seconds=0.6)

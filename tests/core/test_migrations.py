@@ -41,6 +41,17 @@ def test_upgrade_downgrade_upgrade_and_no_drift(database_url: str) -> None:
     assert migrations.drift(database_url) == []
 
 
+def test_core_migration_files_are_numbered_in_chain_order() -> None:
+    """A file's number is its place in core's chain, so a listing shows the order; the
+    revision ids inside (stored in existing databases) keep their older names."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(migrations.alembic_config("sqlite://"))
+    files = [Path(revision.path).name for revision in script.walk_revisions()][::-1]
+    assert [name[:5] for name in files] == [f"{n:04d}_" for n in range(1, len(files) + 1)]
+    assert files == sorted(files)
+
+
 ADD_COLUMN = '''"""add owners.display_name (test only)"""
 import sqlalchemy as sa
 from alembic import op

@@ -4,7 +4,6 @@ closes again after recovery, and no job is lost."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from core import migrations
@@ -13,8 +12,9 @@ from core.plugins import builtin_candidates
 from core.protocols import ImageRequest
 from core.runtime import Runtime
 from tests.forge_standin import ForgeStandIn
+from tests.plugins.forge_image.conftest import ManualClock
 
-DEADLINE = 1.5
+DEADLINE = 5.0  # no mode waits for it: a stall ends after three read timeouts
 # mode -> (final state, placeholder reason, Forge calls per job)
 MATRIX: dict[str, tuple[str, str | None, int]] = {
     "ok": ("succeeded", None, 1),
@@ -38,7 +38,7 @@ async def test_fault_matrix_through_the_queue(make_config: Any, tmp_path: Any) -
     url = f"sqlite:///{tmp_path / 'matrix.db'}"
     migrations.upgrade_all(url)
     config = make_config(core={"database_url": url}, plugins={"forge-image": {
-        "url": forge.url, "deadline": DEADLINE, "connect_timeout": 0.3, "read_timeout": 0.4,
+        "url": forge.url, "deadline": DEADLINE, "connect_timeout": 0.3, "read_timeout": 1.0,
         "attempts": 3, "backoff_initial": 0.01, "backoff_max": 0.03, "backoff_jitter": 0.01,
         "breaker_threshold": 1000, "breaker_cooldown": 0.4, "progress_interval": 0.05}})
     runtime = Runtime(config, [c for c in builtin_candidates() if c.name == "forge-image"])
@@ -65,6 +65,7 @@ async def test_fault_matrix_through_the_queue(make_config: Any, tmp_path: Any) -
         # The breaker: after a success, three failed calls open it; while it is open,
         # jobs fail fast without calling Forge.
         generator.breaker.threshold = 3
+        generator.breaker.clock = clock = ManualClock()  # open until the test moves it
         forge.set_mode("ok")
         all_ids.append((await enqueue(runtime, "ann", ImageRequest(prompt="fine"))).id)
         await worker.run(until_idle=True)
@@ -82,7 +83,7 @@ async def test_fault_matrix_through_the_queue(make_config: Any, tmp_path: Any) -
         assert health["status"] == "open" and health["breaker"]["rejected"] >= 3
 
         forge.set_mode("ok")
-        await asyncio.sleep(0.45)  # the cool-down passes; the next job is the probe
+        clock.now += 0.45  # the cool-down passes; the next job is the probe
         back = await enqueue(runtime, "ann", ImageRequest(prompt="back again"))
         all_ids.append(back.id)
         await worker.run(until_idle=True)

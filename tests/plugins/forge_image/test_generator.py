@@ -16,6 +16,7 @@ from plugins.forge_image.client import redact_url
 from plugins.forge_image.placeholder import PLACEHOLDER_KEY
 from tests.conftest import free_port
 from tests.forge_standin import CHECKPOINTS, STEPS_KEY, ForgeStandIn
+from tests.plugins.forge_image.conftest import ManualClock
 
 REQUEST = ImageRequest(prompt="a red fox", width=64, height=64, steps=4, seed=7)
 
@@ -66,12 +67,14 @@ async def test_fault_matrix(forge: ForgeStandIn, make_generator: Any, mode: str)
     """Each fault ends within the deadline; only transient faults are retried."""
     forge.delay = 0.3
     forge.set_mode(mode)
-    generator = make_generator(forge.url, deadline=3.0)
+    # a stall ends after three read timeouts, well before the deadline
+    timeouts = {"read_timeout": 0.6} if mode == "stall" else {}
+    generator = make_generator(forge.url, deadline=5.0, **timeouts)
     started = time.monotonic()
     result = await generator.generate(REQUEST)
     elapsed = time.monotonic() - started
     reason, attempts = FAULTS[mode]
-    assert elapsed <= 3.0
+    assert elapsed <= 5.0
     assert result.reason == reason and result.placeholder is (reason is not None)
     assert forge.calls["txt2img"] == attempts == generator.attempts_total
     kind, _size, meta = png_meta(result.png)
@@ -95,10 +98,10 @@ async def test_deadline_bounds_a_stalled_job_and_interrupts(
     forge: ForgeStandIn, make_generator: Any
 ) -> None:
     forge.set_mode("stall")
-    generator = make_generator(forge.url, read_timeout=30.0, deadline=1.0)
+    generator = make_generator(forge.url, read_timeout=30.0, deadline=2.0)
     started = time.monotonic()
     result = await generator.generate(REQUEST)
-    assert time.monotonic() - started <= 1.0  # the deadline, not the 30 s read timeout
+    assert time.monotonic() - started <= 2.0  # the deadline, not the 30 s read timeout
     assert result.reason == "timed_out" and generator.attempts_total == 1
     assert generator.breaker.consecutive_failures == 1  # the cut attempt counts
     await generator.aclose()  # waits for the interrupt it sent
@@ -109,7 +112,7 @@ async def test_deadline_bounds_a_stalled_job_and_interrupts(
 async def test_progress_is_polled(forge: ForgeStandIn, make_generator: Any) -> None:
     forge.set_mode("slow")
     forge.delay = 0.5
-    generator = make_generator(forge.url, read_timeout=2.0)
+    generator = make_generator(forge.url)
     seen: list[float] = []
     result = await generator.generate(REQUEST, progress=seen.append)
     assert not result.placeholder
@@ -124,6 +127,7 @@ async def test_breaker_opens_fails_fast_and_closes_after_recovery(
 ) -> None:
     forge.set_mode("503")
     generator = make_generator(forge.url, attempts=1, breaker_threshold=3, breaker_cooldown=0.3)
+    generator.breaker.clock = clock = ManualClock()
     for _ in range(3):
         assert (await generator.generate(REQUEST)).reason == "unavailable"
     assert generator.breaker.state == "open"
@@ -133,7 +137,7 @@ async def test_breaker_opens_fails_fast_and_closes_after_recovery(
     assert health["status"] == "open" and health["breaker"]["opened"] == 1
 
     forge.set_mode("ok")
-    time.sleep(0.35)  # cool-down passes: the next call is the half-open probe
+    clock.now += 0.35  # cool-down passes: the next call is the half-open probe
     recovered = await generator.generate(REQUEST)
     assert not recovered.placeholder
     snapshot = generator.breaker.snapshot()
@@ -145,10 +149,11 @@ async def test_failed_probe_reopens(forge: ForgeStandIn, make_generator: Any) ->
     forge.set_mode("502")
     generator = make_generator(forge.url, attempts=1, breaker_threshold=2,
                                breaker_cooldown=0.2)
+    generator.breaker.clock = clock = ManualClock()
     await generator.generate(REQUEST)
     await generator.generate(REQUEST)
     assert generator.breaker.state == "open"
-    time.sleep(0.25)
+    clock.now += 0.25
     probe = await generator.generate(REQUEST)
     assert probe.reason == "unavailable" and forge.calls["txt2img"] == 3
     assert generator.breaker.state == "open" and generator.breaker.counts["opened"] == 2
@@ -162,10 +167,11 @@ async def test_half_open_lets_exactly_one_probe_through(
 
     forge.set_mode("503")
     generator = make_generator(forge.url, attempts=1, breaker_threshold=1, breaker_cooldown=0.1)
+    generator.breaker.clock = clock = ManualClock()
     await generator.generate(REQUEST)
     forge.set_mode("slow")
     forge.delay = 0.3
-    time.sleep(0.15)
+    clock.now += 0.15
     results = await asyncio.gather(*(generator.generate(REQUEST) for _ in range(5)))
     assert forge.calls["txt2img"] == 2  # the first 503 and a single probe
     assert sorted(str(r.reason) for r in results) == ["None"] + ["circuit_open"] * 4

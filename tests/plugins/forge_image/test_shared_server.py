@@ -29,9 +29,11 @@ async def test_three_generators_with_timeouts_while_queued(make_generator: Any) 
     """Three processes (one generator each) send 4 jobs each to one slow server: jobs
     queued behind two others time out. Every success is complete, every interrupt hit
     a task its sender had given up, and abandoned tasks stop as soon as they start."""
-    forge = ForgeStandIn(mode="slow", delay=0.4).start()
-    generators = [make_generator(forge.url, read_timeout=0.7, deadline=0.9, attempts=1,
-                                 progress_interval=0.02) for _ in range(3)]
+    # A job takes 0.8 s: the first in the queue is done well within the 1.4 s read
+    # timeout even on a loaded machine; one behind two others (2.4 s) surely is not.
+    forge = ForgeStandIn(mode="slow", delay=0.8).start()
+    generators = [make_generator(forge.url, read_timeout=1.4, deadline=1.6, attempts=1,
+                                 progress_interval=0.05) for _ in range(3)]
 
     async def four(generator: Any, worker: int) -> list[Any]:
         return [await generator.generate(ImageRequest(prompt=f"w{worker} j{i}", width=64,
@@ -67,13 +69,13 @@ async def test_three_generators_with_timeouts_while_queued(make_generator: Any) 
 async def test_three_workers_through_the_queue_store_no_partial_image(
     make_config: Any, tmp_path: Any
 ) -> None:
-    forge = ForgeStandIn(mode="slow", delay=0.3).start()
+    forge = ForgeStandIn(mode="slow", delay=0.8).start()  # timed as in the test above
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     migrations.upgrade_all(url)
     config = make_config(core={"database_url": url, "data_dir": str(tmp_path)},
                          plugins={"forge-image": {
-        "url": forge.url, "deadline": 0.8, "connect_timeout": 0.3, "read_timeout": 0.6,
-        "attempts": 1, "breaker_threshold": 1000, "progress_interval": 0.02}})
+        "url": forge.url, "deadline": 1.6, "connect_timeout": 0.3, "read_timeout": 1.4,
+        "attempts": 1, "breaker_threshold": 1000, "progress_interval": 0.05}})
     runtime = Runtime(config, [c for c in builtin_candidates() if c.name == "forge-image"])
     await runtime.ensure_started()
     try:
@@ -105,8 +107,8 @@ async def test_an_interrupted_result_is_never_a_success(
     """Someone else (the Forge UI, another client) interrupts our running job: the
     server still answers 200 with an under-sampled image, which must not count."""
     forge.set_mode("slow")
-    forge.delay = 1.0
-    generator = make_generator(forge.url, read_timeout=5.0, deadline=8.0)
+    forge.delay = 10.0  # surely still sampling when interrupted; the interrupt ends it
+    generator = make_generator(forge.url, read_timeout=30.0, deadline=60.0)
     job = asyncio.create_task(generator.generate(ImageRequest(prompt="x", width=64, height=64,
                                                               steps=10)))
     while forge.current_task is None:

@@ -9,14 +9,17 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
+from sqlmodel import col, func, select
 
 from core import hookimpl, migrations
 from core.db import is_sqlite
 from core.errors import StreamInterrupted
+from core.models import EventReceipt
 from core.plugins import Candidate, builtin_candidates
 from core.protocols import ChatMessage, Delta, GenerationParams
 from core.runtime import Runtime
 from plugins.memory.extract import EXTRACTION_PROMPT
+from plugins.memory.models import MemoryDecisionRecord, MemoryRecord
 from plugins.memory.store import ChromaMemoryStore
 from tests.chat_support import AuthPlugin, HeaderAuthenticator
 
@@ -120,3 +123,14 @@ def store_of(runtime: Runtime) -> ChromaMemoryStore:
     store = runtime.require("memory")
     assert isinstance(store, ChromaMemoryStore)
     return store
+
+
+async def counts(runtime: Runtime) -> tuple[int, int, int]:
+    """(memories, decisions, memory receipts) in the database."""
+    async with runtime.db.session() as session:
+        memories = (await session.exec(select(func.count()).select_from(MemoryRecord))).one()
+        decisions = (await session.exec(
+            select(func.count()).select_from(MemoryDecisionRecord))).one()
+        receipts = (await session.exec(select(func.count()).select_from(EventReceipt).where(
+            col(EventReceipt.consumer) == "memory"))).one()
+    return int(memories), int(decisions), int(receipts)

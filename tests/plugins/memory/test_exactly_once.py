@@ -13,18 +13,15 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlmodel import col, func, select
 
 from core import migrations
 from core.app import create_app
 from core.chat import ChatRequest, Finished, TurnRun, start_turn
 from core.events import MessageCompleted
-from core.models import EventReceipt
 from core.protocols import GenerationParams, Principal
 from core.runtime import Runtime
-from plugins.memory.models import MemoryDecisionRecord, MemoryRecord
 from tests.plugins.chroma_rag.conftest import ChromaServer
-from tests.plugins.memory.conftest import ScriptedLLM, candidates, store_of
+from tests.plugins.memory.conftest import ScriptedLLM, candidates, counts, store_of
 
 ALICE = Principal("alice")
 FAST = GenerationParams(max_tokens=64, temperature=0.0)
@@ -45,17 +42,6 @@ async def ask(runtime: Runtime, text: str, client_id: str | None = None,
     turn = await start_turn(runtime, ALICE, ChatRequest(
         text, conversation_id=conversation, client_message_id=client_id, params=FAST))
     return await drain(turn)
-
-
-async def counts(runtime: Runtime) -> tuple[int, int, int]:
-    """(memories, decisions, memory receipts) in the database."""
-    async with runtime.db.session() as session:
-        memories = (await session.exec(select(func.count()).select_from(MemoryRecord))).one()
-        decisions = (await session.exec(
-            select(func.count()).select_from(MemoryDecisionRecord))).one()
-        receipts = (await session.exec(select(func.count()).select_from(EventReceipt).where(
-            col(EventReceipt.consumer) == "memory"))).one()
-    return int(memories), int(decisions), int(receipts)
 
 
 async def test_a_streamed_reply_leaves_one_memory(

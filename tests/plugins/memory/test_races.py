@@ -8,15 +8,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import col, func, select
-
 from core.events import MessageCompleted
-from core.models import EventReceipt
-from core.runtime import Runtime
-from plugins.memory.models import MemoryDecisionRecord, MemoryRecord
 from tests.conftest import free_port
 from tests.plugins.chroma_rag.conftest import ChromaServer
-from tests.plugins.memory.conftest import ScriptedLLM, store_of
+from tests.plugins.memory.conftest import ScriptedLLM, counts, store_of
 from tests.plugins.memory.test_exactly_once import ask
 
 PARAPHRASES = [
@@ -31,17 +26,6 @@ PARAPHRASES = [
     ("I have two cats", "I own two cats"),
     ("I use Linux at work", "At work I use Linux"),
 ]
-
-
-async def counts(runtime: Runtime) -> tuple[int, int, int]:
-    """(memories, decisions, memory receipts) in the database."""
-    async with runtime.db.session() as session:
-        memories = (await session.exec(select(func.count()).select_from(MemoryRecord))).one()
-        decisions = (await session.exec(
-            select(func.count()).select_from(MemoryDecisionRecord))).one()
-        receipts = (await session.exec(select(func.count()).select_from(EventReceipt).where(
-            col(EventReceipt.consumer) == "memory"))).one()
-    return int(memories), int(decisions), int(receipts)
 
 
 async def test_paraphrases_remembered_one_after_the_other_are_one_memory(

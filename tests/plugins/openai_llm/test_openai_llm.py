@@ -43,8 +43,11 @@ def standin() -> Iterator[StandIn]:
 
 
 def provider_for(url: str, **overrides: Any) -> OpenAICompatible:
-    values: dict[str, Any] = dict(base_url=url, model="smollm2", connect_timeout=1.0,
-                                  read_timeout=1.0, attempts=3, retry_budget=10.0)
+    """A provider whose limits let an answering stand-in in on a loaded machine (a
+    timed-out request is sent again, and the tests count requests); a test about
+    timeouts sets its own."""
+    values: dict[str, Any] = dict(base_url=url, model="smollm2", connect_timeout=5.0,
+                                  read_timeout=10.0, attempts=3, retry_budget=30.0)
     values.update(overrides)
     return OpenAICompatible(Settings(**values))
 

@@ -1,7 +1,7 @@
 """messages: the sources (document passages) an answer was given
 
 Revision ID: 0003_i18_message_sources
-Revises: 0002
+Revises: 0003_i20_message_lease
 Create Date: 2026-12-02 03:45:00.000000
 """
 from __future__ import annotations

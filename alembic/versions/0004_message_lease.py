@@ -6,7 +6,7 @@ process is gone, is finished as ``interrupted`` with the text saved so far. The 
 finds the few ``streaming`` rows at start-up.
 
 Revision ID: 0003_i20_message_lease
-Revises: 0002
+Revises: 0003_i17_tool_messages
 Create Date: 2026-12-02 03:40:00
 """
 from __future__ import annotations
