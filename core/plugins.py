@@ -190,6 +190,15 @@ async def within(awaitable: Awaitable[T], seconds: float) -> T:
     return task.result()
 
 
+def _unmarked_hooks(module: ModuleType) -> list[str]:
+    """Functions of a plugin module named after a hook but without ``@hookimpl``: pluggy
+    ignores them silently, so the plugin would load "ok" and do nothing."""
+    names = [name for name in dir(hookspecs) if not name.startswith("_")
+             and hasattr(getattr(hookspecs, name), f"{PROJECT}_spec")]
+    return [name for name in names if inspect.isfunction(getattr(module, name, None))
+            and not hasattr(getattr(module, name), f"{PROJECT}_impl")]
+
+
 class PluginHost:
     """A fresh pluggy manager plus the record of every plugin.
 
@@ -272,6 +281,12 @@ class PluginHost:
             self.fail(cand.name, f"hook wrappers are not supported ({', '.join(wrappers)}): "
                                  "mami calls each implementation on its own; implement the "
                                  "hook without wrapper=True/hookwrapper=True")
+            return
+        unmarked = _unmarked_hooks(module)
+        if unmarked:
+            self.fail(cand.name, f"{', '.join(unmarked)} named like a hook but not marked: "
+                                 "decorate it with @hookimpl (from core import hookimpl), or "
+                                 "rename it; mami would never call it")
             return
         record.status = "ok"
 

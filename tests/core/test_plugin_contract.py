@@ -93,6 +93,18 @@ def test_hook_wrappers_are_refused_clearly(make_config: Any, contract: Path) -> 
     assert host.pm.get_plugin("wrapper") is None
 
 
+def test_a_hook_without_hookimpl_fails_its_plugin_clearly(make_config: Any,
+                                                          contract: Path) -> None:
+    """pluggy ignores a function that is not marked: the plugin loaded "ok" and its
+    routes were never mounted, with no word anywhere."""
+    host = PluginHost(make_config(), only("undecorated", "subset"))
+    record = host.records["undecorated"]
+    assert record.status == "failed"
+    assert "register_routes named like a hook but not marked: decorate it with @hookimpl" \
+        in (record.error or "")
+    assert host.records["subset"].status == "ok"
+
+
 @pytest.mark.parametrize(("plugin", "reason"), [
     ("settings-not-dataclass", "its Settings is not a dataclass"),
     ("settings-type-checking", "its Settings annotations cannot be resolved: NameError"),
