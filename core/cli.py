@@ -293,22 +293,40 @@ def plugin_host(config_path: str | None) -> Any:
     return PluginHost(load_config(config_path))
 
 
-def _plugin_commands(config_path: str | None) -> Callable[[Any], None]:
+def _plugin_commands(config_path: str | None) -> tuple[Callable[[Any], None], MamiError | None]:
     """Sub-commands from core and the enabled plugins, all through the
-    ``register_commands`` hook; a broken config leaves core's commands only (the
-    command then reports the config error)."""
+    ``register_commands`` hook, and the configuration's error: a broken config leaves
+    core's commands only (the command then reports the config error)."""
     from core.config import config_from_dict
     from core.plugins import PluginHost
 
+    error = None
     try:
         host = plugin_host(config_path)
-    except MamiError:
+    except MamiError as exc:
+        error = exc
         host = PluginHost(config_from_dict({}), candidates=[])
 
     def add(sub: Any) -> None:
         host.register_commands(sub)
+        COMMANDS.update(sub.choices)
 
-    return add
+    return add, error
+
+
+COMMANDS: dict[str, Any] = {}
+"""The sub-commands the last :func:`build_parser` knows, by name."""
+
+
+def _unknown_command(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv`` when no parser knows it (a plugin's command while
+    the configuration that enables the plugin is broken), else ``None``."""
+    words = list(argv)
+    while words and words[0].startswith("-"):
+        option = words.pop(0)
+        if option == "--config" and words:
+            words.pop(0)
+    return words[0] if words and words[0] not in COMMANDS else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -323,7 +341,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    parser = build_parser(_plugin_commands(known.config))
+    commands, config_error = _plugin_commands(known.config)
+    parser = build_parser(commands)
+    if config_error is not None and _unknown_command(argv) is not None:
+        # `mami token ...` with a broken plugins.toml: the config is what to fix
+        print(f"mami: error: {config_error.message}", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

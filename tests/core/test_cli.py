@@ -60,6 +60,24 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     assert "plugins.toml: invalid TOML" in broken.stderr
 
 
+def test_a_plugin_command_with_a_broken_config_names_the_config_error(tmp_path: Path) -> None:
+    """`mami token create` after a typo in plugins.toml: the token command comes from a
+    plugin, so argparse said "invalid choice: 'token'" (status 2) instead of the typo."""
+    (tmp_path / "plugins.toml").write_text("[plugins.memory]\nfoo = 1\n")
+    for args in (["token", "create", "--owner", "alice"],
+                 ["--config", "plugins.toml", "--debug", "token", "list"]):
+        result = mami(args, tmp_path)
+        assert result.returncode == 1, result.stderr
+        assert "invalid choice" not in result.stderr
+        assert result.stderr.strip().endswith(
+            "mami: error: plugins.toml: [plugins.memory] foo: unknown setting (known: "
+            "chroma_token, chroma_url, collection_prefix, duplicate_threshold, embedder, "
+            "extraction_max_tokens, llm_extraction, max_chars, max_facts, max_k, model_dir, "
+            "path, shared_max_memories, write_behind)"), result.stderr
+    unknown = mami(["tokn", "list"], tmp_path)  # a typo of the command itself
+    assert unknown.returncode == 1 and "[plugins.memory] foo" in unknown.stderr
+
+
 def test_serve_starts_and_health_lists_every_enabled_plugin(tmp_path: Path) -> None:
     shutil.copy(ROOT / "plugins.toml", tmp_path / "plugins.toml")
     port = free_port()
