@@ -98,7 +98,8 @@ def reachable_addresses() -> list[str]:
 
 def cmd_db(args: argparse.Namespace) -> int:
     """Schema migrations: upgrade, downgrade, current, check; ``repair`` heals the data a
-    killed process left (see :func:`_repair`). Core's chain and the chain
+    killed process left (answers left streaming, unfinished documents, orphan vectors).
+    Core's chain and the chain
     of every enabled plugin that has its own tables (``<branch>@<revision>`` names one
     plugin's revision, e.g. ``mami db downgrade notes@base``). A downgrade may drop
     tables and columns with their data: it asks first (``--yes`` answers for it)."""
@@ -243,6 +244,11 @@ async def _checked_runtime(config: Config) -> Any:
     return runtime
 
 
+def _help(command: Callable[..., Any]) -> str:
+    """A command's docstring as ``--help`` shows it: without reST's double backticks."""
+    return (command.__doc__ or "").replace("``", "`")
+
+
 def build_parser(plugin_commands: Callable[[Any], None] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mami", description="mami: a plugin-based chatbot framework."
@@ -254,13 +260,13 @@ def build_parser(plugin_commands: Callable[[Any], None] | None = None) -> argpar
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the HTTP/WebSocket server",
-                           description=cmd_serve.__doc__)
+                           description=_help(cmd_serve))
     serve.add_argument("--host", help="interface to listen on (default: [server] host)")
     serve.add_argument("--port", type=int, help="port (default: [server] port)")
     serve.set_defaults(func=cmd_serve)
 
     db = sub.add_parser("db", help="manage the database schema (Alembic migrations)",
-                        description=cmd_db.__doc__)
+                        description=_help(cmd_db))
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     up = db_sub.add_parser("upgrade", help="upgrade to a revision (default: head)")
     up.add_argument("revision", nargs="?", default="head")
@@ -276,7 +282,7 @@ def build_parser(plugin_commands: Callable[[Any], None] | None = None) -> argpar
     db.set_defaults(func=cmd_db)
 
     plugins = sub.add_parser("plugins", help="list plugins and their state",
-                             description=cmd_plugins.__doc__)
+                             description=_help(cmd_plugins))
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(func=cmd_plugins)
 

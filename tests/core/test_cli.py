@@ -28,6 +28,9 @@ def test_help_lists_every_command_with_a_description(tmp_path: Path) -> None:
     for command in ("serve", "db", "plugins"):
         line = next(line for line in out.splitlines() if line.strip().startswith(command))
         assert len(line.split()) > 1, f"{command} has no description"
+    for command in (["serve"], ["db"], ["plugins"]):  # their docstrings, as users read them
+        shown = mami([*command, "--help"], tmp_path).stdout
+        assert "``" not in shown and ":func:" not in shown, shown
 
 
 def test_db_commands_on_sqlite(tmp_path: Path) -> None:
