@@ -190,6 +190,31 @@ async def within(awaitable: Awaitable[T], seconds: float) -> T:
     return task.result()
 
 
+SLOW_HOOK_NOTICE = 15.0
+"""Seconds between the warnings that a plugin's ``startup`` or ``shutdown`` still runs."""
+
+
+async def _noting_slow(awaitable: Awaitable[Any], plugin: str, hook_name: str) -> Any:
+    """Await a ``startup`` or ``shutdown`` to its end, logging every
+    :data:`SLOW_HOOK_NOTICE` seconds that it still runs, naming the plugin: one that
+    waits forever (a server that never answers) otherwise holds the whole app at
+    "Waiting for application startup" without a word."""
+    task = asyncio.ensure_future(_guarded(awaitable))
+    waited = 0.0
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=SLOW_HOOK_NOTICE)
+            if done:
+                return task.result()
+            waited += SLOW_HOOK_NOTICE
+            log.warning("plugin %s: %s still running after %gs; mami waits for it (set "
+                        "[plugins.%s] enabled = false to start without it)",
+                        plugin, hook_name, waited, plugin)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+
+
 def _unmarked_hooks(module: ModuleType) -> list[str]:
     """Functions of a plugin module named after a hook but without ``@hookimpl``: pluggy
     ignores them silently, so the plugin would load "ok" and do nothing."""
@@ -397,7 +422,7 @@ class PluginHost:
             try:
                 result = self._call(impl, hook_name, kwargs)
                 if inspect.isawaitable(result):
-                    await result
+                    await _noting_slow(result, impl.plugin_name, hook_name)
             except BaseException as exc:
                 if not contained(exc):
                     raise
