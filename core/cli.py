@@ -232,6 +232,7 @@ async def _checked_runtime(config: Config) -> Any:
     from core.runtime import Runtime, SchemaBehind
 
     runtime = Runtime(config)
+    runtime.repair_on_start = False  # a listing: no repairs, no first admin token
     try:
         await runtime.ensure_started()
     except SchemaBehind as exc:

@@ -314,7 +314,8 @@ class TokenAuthenticator:
             log.warning("authentication is OFF ([core] auth = false): every caller is "
                         "served as owner %r; do not expose this server", core.local_owner)
             return
-        if not self.settings.bootstrap_admin or self.runtime.serverless:
+        if (not self.settings.bootstrap_admin or self.runtime.serverless
+                or not getattr(self.runtime, "repair_on_start", True)):  # doctor, plugins
             return
         if await tokens.count_tokens(self.db) > 0:
             return
