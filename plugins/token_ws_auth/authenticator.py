@@ -131,9 +131,13 @@ class TokenAuthenticator:
         :attr:`allowed_origins`, or the server's own origin as the browser reached it
         (``Origin`` naming the ``Host`` the request went to, as for a page opened at
         ``http://localhost:8000`` when mami printed ``127.0.0.1``). Core's BrowserGuard
-        has already refused every ``Host`` this server does not serve (DNS rebinding)."""
+        has already refused every ``Host`` this server does not serve (DNS rebinding);
+        where it serves any (``[server] allowed_hosts = ["*"]``, Lambda) only the lists
+        count."""
         if origin in self.allowed_origins:
             return True
+        if self.runtime.serverless or "*" in self.runtime.config.server.allowed_hosts:
+            return False
         own = urlsplit(origin)
         return bool(host) and own.scheme in ("http", "https") and not own.path \
             and own.netloc == str(host).strip().lower()

@@ -100,3 +100,20 @@ def test_a_page_at_localhost_may_open_the_socket_with_auth_off(tmp_path: Path) -
         assert asyncio.run(hello()) == "pong"
     finally:
         serving.stop()
+
+
+async def test_with_any_host_served_a_rebound_name_is_not_the_own_origin(
+        tmp_path: Path) -> None:
+    """``allowed_hosts = ["*"]`` lets any Host through core's guard, so a page on a
+    name rebound to this server (Origin equal to its Host) must not count as ours."""
+    server, serving = start_server(tmp_path, f"sqlite:///{tmp_path / 'mami.db'}",
+                                   server={"allowed_hosts": ["*"]})
+    try:
+        token, _ = await server.token("erin")
+        rebound = f"http://evil.example:{port_of(server)}"
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            refused = await client.get("/api/tokens", headers={
+                "Authorization": f"Bearer {token}", "Host": rebound[7:], "Origin": rebound})
+        assert refused.status_code == 403, refused.text
+    finally:
+        serving.stop()
