@@ -98,7 +98,8 @@ def reachable_addresses() -> list[str]:
 
 def cmd_db(args: argparse.Namespace) -> int:
     """Schema migrations: upgrade, downgrade, current, check; ``repair`` heals the data a
-    killed process left (see :func:`_repair`). Core's chain and the chain
+    killed process left (answers left streaming, unfinished documents, orphan vectors).
+    Core's chain and the chain
     of every enabled plugin that has its own tables (``<branch>@<revision>`` names one
     plugin's revision, e.g. ``mami db downgrade notes@base``). A downgrade may drop
     tables and columns with their data: it asks first (``--yes`` answers for it).
@@ -234,6 +235,7 @@ async def _checked_runtime(config: Config) -> Any:
     from core.runtime import Runtime, SchemaBehind
 
     runtime = Runtime(config)
+    runtime.repair_on_start = False  # a listing: no repairs, no first admin token
     try:
         await runtime.ensure_started()
     except SchemaBehind as exc:
@@ -244,6 +246,11 @@ async def _checked_runtime(config: Config) -> Any:
     finally:
         await runtime.stop()
     return runtime
+
+
+def _help(command: Callable[..., Any]) -> str:
+    """A command's docstring as ``--help`` shows it: without reST's double backticks."""
+    return (command.__doc__ or "").replace("``", "`")
 
 
 def build_parser(plugin_commands: Callable[[Any], None] | None = None) -> argparse.ArgumentParser:
@@ -257,13 +264,13 @@ def build_parser(plugin_commands: Callable[[Any], None] | None = None) -> argpar
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the HTTP/WebSocket server",
-                           description=cmd_serve.__doc__)
+                           description=_help(cmd_serve))
     serve.add_argument("--host", help="interface to listen on (default: [server] host)")
     serve.add_argument("--port", type=int, help="port (default: [server] port)")
     serve.set_defaults(func=cmd_serve)
 
     db = sub.add_parser("db", help="manage the database schema (Alembic migrations)",
-                        description=cmd_db.__doc__)
+                        description=_help(cmd_db))
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     up = db_sub.add_parser(
         "upgrade", help="upgrade to a revision (default: head)",
@@ -286,7 +293,7 @@ def build_parser(plugin_commands: Callable[[Any], None] | None = None) -> argpar
     db.set_defaults(func=cmd_db)
 
     plugins = sub.add_parser("plugins", help="list plugins and their state",
-                             description=cmd_plugins.__doc__)
+                             description=_help(cmd_plugins))
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(func=cmd_plugins)
 
@@ -303,22 +310,40 @@ def plugin_host(config_path: str | None) -> Any:
     return PluginHost(load_config(config_path))
 
 
-def _plugin_commands(config_path: str | None) -> Callable[[Any], None]:
+def _plugin_commands(config_path: str | None) -> tuple[Callable[[Any], None], MamiError | None]:
     """Sub-commands from core and the enabled plugins, all through the
-    ``register_commands`` hook; a broken config leaves core's commands only (the
-    command then reports the config error)."""
+    ``register_commands`` hook, and the configuration's error: a broken config leaves
+    core's commands only (the command then reports the config error)."""
     from core.config import config_from_dict
     from core.plugins import PluginHost
 
+    error = None
     try:
         host = plugin_host(config_path)
-    except MamiError:
+    except MamiError as exc:
+        error = exc
         host = PluginHost(config_from_dict({}), candidates=[])
 
     def add(sub: Any) -> None:
         host.register_commands(sub)
+        COMMANDS.update(sub.choices)
 
-    return add
+    return add, error
+
+
+COMMANDS: dict[str, Any] = {}
+"""The sub-commands the last :func:`build_parser` knows, by name."""
+
+
+def _unknown_command(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv`` when no parser knows it (a plugin's command while
+    the configuration that enables the plugin is broken), else ``None``."""
+    words = list(argv)
+    while words and words[0].startswith("-"):
+        option = words.pop(0)
+        if option == "--config" and words:
+            words.pop(0)
+    return words[0] if words and words[0] not in COMMANDS else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -333,7 +358,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    parser = build_parser(_plugin_commands(known.config))
+    commands, config_error = _plugin_commands(known.config)
+    parser = build_parser(commands)
+    if config_error is not None and _unknown_command(argv) is not None:
+        # `mami token ...` with a broken plugins.toml: the config is what to fix
+        print(f"mami: error: {config_error.message}", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -26,6 +26,8 @@ T = TypeVar("T")
 SECRET_KEY = re.compile(
     r"(secret|token|password|passwd|api_?key|signing_?key|authorization|cookie)", re.I)
 REDACTED = "***"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+"""``[core] log_level`` values (uvicorn's; any case)."""
 PLUGIN_KEYS = ("enabled", "tools")
 """Keys of every ``[plugins.<name>]`` table that belong to mami, not to the plugin's
 ``Settings``: ``enabled`` (true/false) and ``tools`` (true, false or a list of names)."""
@@ -67,6 +69,9 @@ class CoreSettings:
                 raise ConfigError(f"[core] {name}: must be greater than 0")
         if self.max_tool_steps < 0:
             raise ConfigError("[core] max_tool_steps: must be 0 or more")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError(f"[core] log_level: {self.log_level!r} is not one of "
+                              f"{', '.join(LOG_LEVELS)}")
         for owner, names in self.tool_owners.items():
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise ConfigError(f"[core] tool_owners.{owner}: expected a list of tool names")
@@ -81,6 +86,10 @@ class ServerSettings:
     public_url: str = ""
     allowed_hosts: list[str] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"[server] port: {self.port} is not a port (1-65535)")
 
 
 @dataclass
@@ -197,6 +206,10 @@ def config_from_dict(raw: Mapping[str, Any], path: Path | None = None) -> Config
     if not isinstance(plugins, dict) or not all(isinstance(v, dict) for v in plugins.values()):
         raise ConfigError(f"{source}: [plugins] must only contain [plugins.<name>] tables")
     for name, table in plugins.items():
+        enabled = table.get("enabled", True)
+        if not isinstance(enabled, bool):  # "false" would be truthy: refuse, never guess
+            raise ConfigError(f"{source}: [plugins.{name}] enabled: expected true or false, "
+                              f"got {_type_name(type(enabled))}")
         tools = table.get("tools", True)
         if not isinstance(tools, bool) and not (
                 isinstance(tools, list) and all(isinstance(t, str) for t in tools)):
@@ -250,7 +263,12 @@ def validate_table(cls: type[T], data: Any, source: str, table: str) -> T:
         missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if missing and name not in values:
             raise ConfigError(f"{source}: [{table}] {name}: required setting is missing")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError as exc:  # a range check of __post_init__: name the file too
+        if not source or exc.message.startswith(f"{source}:"):
+            raise
+        raise ConfigError(f"{source}: {exc.message}") from exc
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:

@@ -190,6 +190,40 @@ async def within(awaitable: Awaitable[T], seconds: float) -> T:
     return task.result()
 
 
+SLOW_HOOK_NOTICE = 15.0
+"""Seconds between the warnings that a plugin's ``startup`` or ``shutdown`` still runs."""
+
+
+async def _noting_slow(awaitable: Awaitable[Any], plugin: str, hook_name: str) -> Any:
+    """Await a ``startup`` or ``shutdown`` to its end, logging every
+    :data:`SLOW_HOOK_NOTICE` seconds that it still runs, naming the plugin: one that
+    waits forever (a server that never answers) otherwise holds the whole app at
+    "Waiting for application startup" without a word."""
+    task = asyncio.ensure_future(_guarded(awaitable))
+    waited = 0.0
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=SLOW_HOOK_NOTICE)
+            if done:
+                return task.result()
+            waited += SLOW_HOOK_NOTICE
+            log.warning("plugin %s: %s still running after %gs; mami waits for it (set "
+                        "[plugins.%s] enabled = false to start without it)",
+                        plugin, hook_name, waited, plugin)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+
+
+def _unmarked_hooks(module: ModuleType) -> list[str]:
+    """Functions of a plugin module named after a hook but without ``@hookimpl``: pluggy
+    ignores them silently, so the plugin would load "ok" and do nothing."""
+    names = [name for name in dir(hookspecs) if not name.startswith("_")
+             and hasattr(getattr(hookspecs, name), f"{PROJECT}_spec")]
+    return [name for name in names if inspect.isfunction(getattr(module, name, None))
+            and not hasattr(getattr(module, name), f"{PROJECT}_impl")]
+
+
 class PluginHost:
     """A fresh pluggy manager plus the record of every plugin.
 
@@ -272,6 +306,12 @@ class PluginHost:
             self.fail(cand.name, f"hook wrappers are not supported ({', '.join(wrappers)}): "
                                  "mami calls each implementation on its own; implement the "
                                  "hook without wrapper=True/hookwrapper=True")
+            return
+        unmarked = _unmarked_hooks(module)
+        if unmarked:
+            self.fail(cand.name, f"{', '.join(unmarked)} named like a hook but not marked: "
+                                 "decorate it with @hookimpl (from core import hookimpl), or "
+                                 "rename it; mami would never call it")
             return
         record.status = "ok"
 
@@ -382,7 +422,7 @@ class PluginHost:
             try:
                 result = self._call(impl, hook_name, kwargs)
                 if inspect.isawaitable(result):
-                    await result
+                    await _noting_slow(result, impl.plugin_name, hook_name)
             except BaseException as exc:
                 if not contained(exc):
                     raise

@@ -65,7 +65,9 @@ class Runtime:
         self.serverless = serverless
         self.repair_on_start = True
         """Whether starting heals what a killed process left (answers left streaming,
-        plugins' own repairs); ``mami doctor`` turns it off, as it changes nothing."""
+        plugins' own repairs) and does a plugin's first-start set-up (such as printing a
+        first admin token); ``mami doctor`` and ``mami plugins`` turn it off, as they
+        change nothing."""
         self.plugins = PluginHost(config, candidates)
         self.db = Database(config.database_url, config.data_dir)
         self.providers: dict[str, dict[str, Any]] = {kind: {} for kind in PROVIDER_HOOKS}

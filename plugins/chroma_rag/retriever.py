@@ -39,7 +39,7 @@ from plugins.chroma_rag.chunking import chunk_pages, chunk_text
 from plugins.chroma_rag.embeddings import Embedder, aembed, get_embedder
 from plugins.chroma_rag.models import Document
 from plugins.chroma_rag.store import (
-    StoreUnavailable,
+    StoreHeld,
     VectorStore,
     close_client,
     hold_store,
@@ -94,8 +94,9 @@ class ChromaRetriever:
             # search: a `mami ingest` meanwhile would write behind its back.
             try:
                 hold_store(path, holder)
-            except StoreUnavailable as exc:
+            except StoreHeld as exc:
                 log.warning("%s", exc.message)
+                self.store.held_elsewhere(exc)
 
     async def doctor(self) -> list[Check]:
         """The embedding model's files, Chroma, and documents whose vectors are gone

@@ -32,8 +32,8 @@ from core.protocols import Check
 
 log = logging.getLogger("mami.rag")
 
-__all__ = ["Hit", "IsolationError", "StoreUnavailable", "VectorStore", "collection_name",
-           "open_client", "shared_key"]
+__all__ = ["Hit", "IsolationError", "StoreHeld", "StoreUnavailable", "VectorStore",
+           "collection_name", "open_client", "shared_key"]
 
 T = TypeVar("T")
 HTTP_TIMEOUT = 30.0
@@ -80,7 +80,7 @@ def hold_store(path: str | Path, holder: str = "") -> None:
         except ValueError:
             info = {}
         handle.close()
-        raise StoreUnavailable(_held_message(key, info)) from None
+        raise StoreHeld(_held_message(key, info)) from None
     handle.seek(0)
     handle.truncate()
     url = holder.split(" at ", 1)[1] if " at " in holder else ""
@@ -211,6 +211,10 @@ class StoreUnavailable(PluginUnavailable):
     server does not answer): a 503 whose message names the place and the fix."""
 
 
+class StoreHeld(StoreUnavailable):
+    """The embedded store belongs to another running process (see :func:`hold_store`)."""
+
+
 FAULT_SIGNS = ("readonly", "read-only", "permission denied", "disk i/o", "unable to open",
                "no space left", "disk is full", "no such file", "nothing found on disk",
                "code: 1032", "code: 8", "code: 10", "code: 14")
@@ -281,11 +285,15 @@ class VectorStore:
         self._settled: set[str] = set()  # own collections checked for the old layout
         self._small_checked: set[str] = set()  # ... and for being small enough to share
         self._opened = False  # an embedded store existed: its vanishing is a fault
+        self._held_elsewhere = False  # another process holds the embedded store
 
     @property
     def client(self) -> Any:
         try:
             client = self._connect()
+        except StoreHeld as exc:
+            self.held_elsewhere(exc)
+            raise
         except (ConfigError, StoreUnavailable):
             raise
         except Exception as exc:
@@ -299,11 +307,20 @@ class VectorStore:
                                    "disk), then retry")
             raise StoreUnavailable(self.last_fault) from exc
         self._opened = True
+        if self._held_elsewhere:  # the other process stopped: the store is ours now
+            self._held_elsewhere = False
+            self.last_fault = None
         with self._lock:
             if client is not self._client:  # reopened after a fault: old handles are dead
                 self._client = client
                 self._collections.clear()
             return client
+
+    def held_elsewhere(self, exc: StoreHeld) -> None:
+        """Another process holds the embedded store: ``degraded`` in :meth:`health`
+        (naming it) until this process can open the store."""
+        self._held_elsewhere = True
+        self.last_fault = exc.message
 
     @property
     def where(self) -> str:
@@ -355,6 +372,9 @@ class VectorStore:
                 reason = f"the Chroma directory {self.path} is missing"
             elif not all(os.access(f, os.W_OK) for f in files):
                 reason = f"Chroma at {self.path} is not writable"
+        if reason is None and self._held_elsewhere:
+            with contextlib.suppress(StoreUnavailable):  # taken over once it is free
+                _ = self.client
         if reason is None and self.last_fault and self.url:
             try:  # the server may be back: a heartbeat says so without waiting for a call
                 self.client.heartbeat()
@@ -368,6 +388,10 @@ class VectorStore:
         """Whether Chroma opens and answers (for ``mami doctor``)."""
         try:
             await asyncio.to_thread(lambda: self.client.heartbeat())
+        except StoreHeld as exc:
+            return Check(what, "warn", exc.message.partition(": nothing was written")[0],
+                         "the checks of its contents run when no other mami process holds "
+                         "it (stop that one first)")
         except Exception as exc:
             return Check(what, "fail", f"Chroma at {where} does not open: "
                          f"{type(exc).__name__}: {exc}",

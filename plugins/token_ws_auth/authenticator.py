@@ -113,8 +113,10 @@ class TokenAuthenticator:
 
     @property
     def allowed_origins(self) -> set[str]:
-        """The exact allow-list, plus the server's own public origin."""
+        """The exact allow-list (this plugin's and ``[server] allowed_origins``), plus the
+        server's own public origin."""
         allowed = set(self.settings.allowed_origins)
+        allowed.update(o.rstrip("/") for o in self.runtime.config.server.allowed_origins)
         public = urlsplit(str(self.runtime.state.get("public_url") or ""))
         if public.scheme and public.netloc:
             allowed.add(f"{public.scheme}://{public.netloc}")
@@ -124,6 +126,22 @@ class TokenAuthenticator:
                 allowed.add(f"{public.scheme}://{name}:{public.port or 80}")
         return allowed
 
+    def origin_allowed(self, origin: str, host: str | None) -> bool:
+        """Whether a page at ``origin`` may use this server: one of
+        :attr:`allowed_origins`, or the server's own origin as the browser reached it
+        (``Origin`` naming the ``Host`` the request went to, as for a page opened at
+        ``http://localhost:8000`` when mami printed ``127.0.0.1``). Core's BrowserGuard
+        has already refused every ``Host`` this server does not serve (DNS rebinding);
+        where it serves any (``[server] allowed_hosts = ["*"]``, Lambda) only the lists
+        count."""
+        if origin in self.allowed_origins:
+            return True
+        if self.runtime.serverless or "*" in self.runtime.config.server.allowed_hosts:
+            return False
+        own = urlsplit(origin)
+        return bool(host) and own.scheme in ("http", "https") and not own.path \
+            and own.netloc == str(host).strip().lower()
+
     # -- HTTP -------------------------------------------------------------------------
 
     async def authenticate_http(self, headers: Mapping[str, str], client: str | None) -> Principal:
@@ -132,8 +150,9 @@ class TokenAuthenticator:
         429 (too many failed attempts from this address)."""
         lowered = {k.lower(): v for k, v in headers.items()}
         origin = lowered.get("origin")
-        if origin is not None and origin not in self.allowed_origins:
-            raise AuthError("origin not allowed", status_code=403)
+        if origin is not None and not self.origin_allowed(origin, lowered.get("host")):
+            raise AuthError(f"origin {origin!r} is not allowed: add it to [server] "
+                            "allowed_origins", status_code=403)
         header = lowered.get("authorization")
         if not header:
             raise AuthError("missing credential: send 'Authorization: Bearer <token>'")
@@ -184,7 +203,7 @@ class TokenAuthenticator:
         origin = headers.get("origin")
         if origin is None and not self.settings.allow_missing_origin:
             return await self._refuse(socket, subprotocol, FORBIDDEN, "origin required")
-        if origin is not None and origin not in self.allowed_origins:
+        if origin is not None and not self.origin_allowed(origin, headers.get("host")):
             return await self._refuse(socket, subprotocol, FORBIDDEN, "origin not allowed")
         in_header = [p[len(TICKET_PREFIX):] for p in offered if p.startswith(TICKET_PREFIX)]
         if in_header:
@@ -214,7 +233,7 @@ class TokenAuthenticator:
         Sockets without Origin (non-browser clients) are accepted."""
         headers, _offered, subprotocol = _handshake(socket)
         origin = headers.get("origin")
-        if origin is not None and origin not in self.allowed_origins:
+        if origin is not None and not self.origin_allowed(origin, headers.get("host")):
             await self._refuse(socket, subprotocol, FORBIDDEN, "origin not allowed")
             return False
         await socket.accept(subprotocols=subprotocol)
@@ -299,7 +318,8 @@ class TokenAuthenticator:
             log.warning("authentication is OFF ([core] auth = false): every caller is "
                         "served as owner %r; do not expose this server", core.local_owner)
             return
-        if not self.settings.bootstrap_admin or self.runtime.serverless:
+        if (not self.settings.bootstrap_admin or self.runtime.serverless
+                or not getattr(self.runtime, "repair_on_start", True)):  # doctor, plugins
             return
         if await tokens.count_tokens(self.db) > 0:
             return

@@ -8,6 +8,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from core.errors import NotFound
 from plugins.token_ws_auth import tokens
 
 
@@ -72,8 +73,7 @@ async def _list(db: Any, args: argparse.Namespace) -> int:
 
 async def _revoke(db: Any, args: argparse.Namespace) -> int:
     info = await tokens.revoke_token(db, args.id)
-    if info is None:
-        print(f"mami: error: no token {args.id!r}")
-        return 1
+    if info is None:  # on stderr, in one line, like every other CLI error
+        raise NotFound(f"no token {args.id!r} (see `mami token list`)")
     print(f"revoked token {info.id} of {info.owner}")
     return 0

@@ -28,6 +28,9 @@ def test_help_lists_every_command_with_a_description(tmp_path: Path) -> None:
     for command in ("serve", "db", "plugins"):
         line = next(line for line in out.splitlines() if line.strip().startswith(command))
         assert len(line.split()) > 1, f"{command} has no description"
+    for command in (["serve"], ["db"], ["plugins"]):  # their docstrings, as users read them
+        shown = mami([*command, "--help"], tmp_path).stdout
+        assert "``" not in shown and ":func:" not in shown, shown
 
 
 def test_db_commands_on_sqlite(tmp_path: Path) -> None:
@@ -58,6 +61,24 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     (tmp_path / "plugins.toml").write_text("[core\n")
     broken = mami(["plugins"], tmp_path)
     assert "plugins.toml: invalid TOML" in broken.stderr
+
+
+def test_a_plugin_command_with_a_broken_config_names_the_config_error(tmp_path: Path) -> None:
+    """`mami token create` after a typo in plugins.toml: the token command comes from a
+    plugin, so argparse said "invalid choice: 'token'" (status 2) instead of the typo."""
+    (tmp_path / "plugins.toml").write_text("[plugins.memory]\nfoo = 1\n")
+    for args in (["token", "create", "--owner", "alice"],
+                 ["--config", "plugins.toml", "--debug", "token", "list"]):
+        result = mami(args, tmp_path)
+        assert result.returncode == 1, result.stderr
+        assert "invalid choice" not in result.stderr
+        assert result.stderr.strip().endswith(
+            "mami: error: plugins.toml: [plugins.memory] foo: unknown setting (known: "
+            "chroma_token, chroma_url, collection_prefix, duplicate_threshold, embedder, "
+            "extraction_max_tokens, llm_extraction, max_chars, max_facts, max_k, model_dir, "
+            "path, shared_max_memories, write_behind)"), result.stderr
+    unknown = mami(["tokn", "list"], tmp_path)  # a typo of the command itself
+    assert unknown.returncode == 1 and "[plugins.memory] foo" in unknown.stderr
 
 
 def test_serve_starts_and_health_lists_every_enabled_plugin(tmp_path: Path) -> None:

@@ -93,6 +93,57 @@ def test_hook_wrappers_are_refused_clearly(make_config: Any, contract: Path) -> 
     assert host.pm.get_plugin("wrapper") is None
 
 
+def test_a_hook_without_hookimpl_fails_its_plugin_clearly(make_config: Any,
+                                                          contract: Path) -> None:
+    """pluggy ignores a function that is not marked: the plugin loaded "ok" and its
+    routes were never mounted, with no word anywhere."""
+    host = PluginHost(make_config(), only("undecorated", "subset"))
+    record = host.records["undecorated"]
+    assert record.status == "failed"
+    assert "register_routes named like a hook but not marked: decorate it with @hookimpl" \
+        in (record.error or "")
+    assert host.records["subset"].status == "ok"
+
+
+async def test_a_slow_startup_is_named_while_mami_waits(
+        make_config: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A startup that waits on something that does not answer held the app at "Waiting
+    for application startup" without a word; now a warning names the plugin and the way
+    out while mami waits, and the plugin is ok once its startup ends."""
+    import types
+
+    from core import hookimpl, plugins
+
+    release = asyncio.Event()
+    module = types.ModuleType("mami_slow_start")
+
+    @hookimpl
+    async def startup() -> None:
+        await release.wait()
+
+    module.startup = startup  # type: ignore[attr-defined]
+    monkeypatch.setattr(plugins, "SLOW_HOOK_NOTICE", 0.01)
+    runtime = Runtime(make_config(), [Candidate("slow-start", "tests", "test", True,
+                                                lambda: module)])
+    starting = asyncio.create_task(runtime.ensure_started())
+    try:
+        with caplog.at_level(logging.WARNING, logger="mami.plugins"):
+            async with asyncio.timeout(60):  # (without the warning: a failure, not a hang)
+                while "still running" not in caplog.text:
+                    await asyncio.sleep(0.01)
+        assert not starting.done()
+        assert ("plugin slow-start: startup still running after" in caplog.text
+                and "set [plugins.slow-start] enabled = false to start without it"
+                in caplog.text), caplog.text
+        release.set()
+        await starting
+        assert runtime.plugins.records["slow-start"].status == "ok"
+    finally:
+        starting.cancel()
+        await runtime.stop()
+
+
 @pytest.mark.parametrize(("plugin", "reason"), [
     ("settings-not-dataclass", "its Settings is not a dataclass"),
     ("settings-type-checking", "its Settings annotations cannot be resolved: NameError"),

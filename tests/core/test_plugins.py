@@ -136,6 +136,34 @@ def test_cli_config_errors_are_one_line_naming_file_table_and_key(
     ]
 
 
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[plugins.memory]\nenabled = "false"\n',
+         "plugins.toml: [plugins.memory] enabled: expected true or false, got a string"),
+        ("[plugins.memory]\nenabled = 0\n",
+         "plugins.toml: [plugins.memory] enabled: expected true or false, got an integer"),
+        ("[core]\nevent_timeout = 0\n",
+         "plugins.toml: [core] event_timeout: must be greater than 0"),
+        ('[core]\nlog_level = "verbose"\n',
+         "plugins.toml: [core] log_level: 'verbose' is not one of critical, error, warning"),
+        ("[server]\nport = 99999\n", "plugins.toml: [server] port: 99999 is not a port"),
+        ("[plugins.token-ws-auth]\nticket_ttl = 100\n",
+         "plugins.toml: [plugins.token-ws-auth] ticket_ttl: must be between 0 and 60"),
+    ],
+)
+def test_every_config_mistake_names_the_file_table_and_key(
+    tmp_path: Path, sample_plugins: Path, toml: str, message: str
+) -> None:
+    """A value of the wrong kind is never guessed at (``enabled = "false"`` used to
+    switch the plugin on), and a range check names the file like a type check does."""
+    (tmp_path / "plugins.toml").write_text(toml, encoding="utf-8")
+    result = _mami(["plugins"], tmp_path, sample_plugins)
+    assert result.returncode == 1, result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mami: error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"mami: error: {message}"), result.stderr
+
+
 def test_plugin_commands_appear_in_help(tmp_path: Path, sample_plugins: Path) -> None:
     help_text = _mami(["--help"], tmp_path, sample_plugins).stdout
     for command in ("serve", "db", "plugins", "sample-hello"):

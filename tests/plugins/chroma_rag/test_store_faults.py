@@ -171,3 +171,56 @@ def test_a_chroma_server_that_stops_gives_503_then_works_once_back(tmp_path: Pat
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+HOLDER = """
+import sys, time
+from plugins.chroma_rag.store import hold_store
+hold_store(sys.argv[1], "mami serve at http://127.0.0.1:9")
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+async def test_a_store_another_process_holds_is_degraded_then_taken_over(
+        make_config: Any, tmp_path: Path) -> None:
+    """A second `mami serve` (or a `mami doctor`) on the data directory of a running one:
+    /health said ok while every call was a 503, and doctor failed the store with the
+    fix "start the Chroma server". Now /health names the holder until it stops, then
+    this process takes the store over; doctor warns instead of failing."""
+    import os
+    import sys
+
+    from core.app import runtime_of
+    from plugins.chroma_rag import retriever_of
+
+    store = tmp_path / "chroma"
+    store.mkdir()
+    root = Path(__file__).resolve().parents[3]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(store)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
+        config = make_config(core={"auth": True},
+                             plugins={"chroma-rag": {"path": str(store)}})
+        app = create_app(config, candidates=rag_candidates(HEADER_AUTH))
+        runtime_of(app).state["public_url"] = "http://127.0.0.1:8000"  # as `mami serve` sets
+        async with AsyncTestClient(app, base_url="http://127.0.0.1") as client:
+            entry = await health(client)
+            assert entry["status"] == "degraded", entry
+            assert "in use by mami serve at http://127.0.0.1:9" in str(entry), entry
+            refused = await client.post("/api/documents", headers=ALICE, json=PARIS)
+            assert refused.status_code == 503 and "nothing was written" in refused.text
+            checks = {c.name: c for c in await retriever_of(runtime_of(app)).doctor()}
+            assert checks["retrieval store"].status == "warn", checks["retrieval store"]
+            assert "in use by mami serve at http://127.0.0.1:9" in checks["retrieval store"].detail
+            holder.communicate(b"", timeout=30)  # the other process stops
+            assert (await health(client))["status"] == "ok"
+            assert (await client.post("/api/documents", headers=ALICE,
+                                      json=PARIS)).status_code == 201
+            assert (await search(client)).json()[0]["source"] == "paris.md"
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(timeout=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import stat
@@ -124,3 +125,21 @@ def test_bad_settings_stop_startup(tmp_path: Path, setting: str, value: object,
                                "plugins": {"token-ws-auth": {setting: value}}})
     with pytest.raises(ConfigError, match=message):
         create_app(config, candidates=auth_candidates())
+
+
+def test_mami_plugins_makes_no_admin_token(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """`mami plugins` on a fresh install (to see a newly installed plugin) created the
+    first admin token and printed it into the listing, so `mami serve` then printed no
+    sign-in URL. A listing changes nothing: the first `mami serve` makes the token."""
+    from core.cli import main
+
+    config = tmp_path / "plugins.toml"
+    config.write_text(f'[core]\ndata_dir = "{tmp_path}"\n'
+                      f'database_url = "sqlite:///{tmp_path / "mami.db"}"\n')
+    assert main(["--config", str(config), "plugins"]) == 0
+    listing = capsys.readouterr()
+    assert "token-ws-auth" in listing.out
+    assert "admin token" not in listing.out + listing.err
+    assert main(["--config", str(config), "token", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []

@@ -147,6 +147,9 @@ def test_cli_create_list_revoke(database_url: str, tmp_path: Path,
     assert main(["--config", config, "token", "list"]) == 0
     assert re.search(rf"{token_id}\s+zoe\s+revoked", capsys.readouterr().out)
     assert main(["--config", config, "token", "revoke", "nope"]) == 1
+    refused = capsys.readouterr()  # an error goes to stderr, not into the command's output
+    assert refused.out == ""
+    assert refused.err.strip() == "mami: error: no token 'nope' (see `mami token list`)"
 
 
 def test_cli_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -199,10 +199,12 @@ ALL_SECRETS: set[str] = set()
 
 def start_server(
     tmp: Path, database_url: str, *, builtins: Sequence[str] = (),
-    tables: dict[str, Any] | None = None, auth: bool = True, **settings: Any,
+    tables: dict[str, Any] | None = None, auth: bool = True,
+    server: dict[str, Any] | None = None, **settings: Any,
 ) -> tuple[AuthServer, Serving]:
     """Serve token-ws-auth (``settings`` on top of test defaults), the test sockets, the
-    paced model and the named ``builtins`` (with their ``tables``)."""
+    paced model and the named ``builtins`` (with their ``tables``); ``server`` is the
+    ``[server]`` table."""
     table = {"allowed_origins": [GOOD_ORIGIN], "max_failed_attempts": 1000,
              "ticket_wait": 1.0, "messages_per_minute": 20, "max_message_bytes": 1024,
              "bootstrap_admin": False}
@@ -211,6 +213,7 @@ def start_server(
         "core": {"auth": auth, "data_dir": str(tmp), "database_url": database_url,
                  "image_worker": False, "llm": "paced"},
         "plugins": {"token-ws-auth": table, **(tables or {})},
+        "server": server or {},
     })
     app = create_app(config, candidates=auth_candidates(builtins))
     serving = Serving(app)
