@@ -175,10 +175,15 @@ class BrowserGuard(ASGIMiddleware):
 
     def origin_allowed(self, origin: str, host: str) -> bool:
         """Whether a browser page at ``origin`` may write to this server, reached as
-        ``host`` (already checked against the host allow-list)."""
+        ``host`` (already checked against the host allow-list). A page whose origin is
+        the ``Host`` it wrote to counts as the server's own only where that ``Host`` was
+        checked: with ``allowed_hosts = ["*"]`` a DNS-rebinding page (``evil.example``
+        resolving to this server) would pass as its own. On Lambda the platform routes
+        by host, so its own origin stays allowed."""
         origin = origin.strip().lower()
         netloc = urlsplit(origin).netloc
-        if netloc and netloc == host.strip().lower():
+        host_checked = self.runtime.serverless or self.allowed_hosts() is not None
+        if host_checked and netloc and netloc == host.strip().lower():
             return True
         server = self.runtime.config.server
         allowed = {o.rstrip("/").lower() for o in server.allowed_origins}

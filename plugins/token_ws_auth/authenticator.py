@@ -117,6 +117,9 @@ class TokenAuthenticator:
         server's own public origin."""
         allowed = set(self.settings.allowed_origins)
         allowed.update(o.rstrip("/") for o in self.runtime.config.server.allowed_origins)
+        configured = urlsplit(self.runtime.config.server.public_url or "")
+        if configured.scheme and configured.netloc:
+            allowed.add(f"{configured.scheme}://{configured.netloc}")
         public = urlsplit(str(self.runtime.state.get("public_url") or ""))
         if public.scheme and public.netloc:
             allowed.add(f"{public.scheme}://{public.netloc}")

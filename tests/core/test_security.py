@@ -125,6 +125,25 @@ async def test_configured_origins_may_write(make_config: Any) -> None:
     assert_refused(other_port, 403, "not allowed")
 
 
+@pytest.mark.parametrize("auth", [False, True], ids=["auth-off", "auth-on"])
+async def test_serving_any_host_trusts_only_listed_origins(make_config: Any, auth: bool) -> None:
+    """``allowed_hosts = ["*"]`` turns the Host check off, so a page that names the Host
+    it wrote to proves nothing: DNS rebinding makes evil.example's page reach this server
+    as evil.example. Only the listed origins (and ``public_url``'s) may write then."""
+    config = make_config(core={"auth": auth},
+                         server={"allowed_hosts": ["*"], "public_url": "https://chat.example.com",
+                                 "allowed_origins": ["https://app.example.com"]})
+    async with AsyncTestClient(create_app(config), base_url="http://evil.example:8000") as client:
+        rebound = await client.post("/api/conversations", json={"title": "t"},
+                                    headers={"origin": "http://evil.example:8000"})
+        listed = [await client.post("/api/conversations", json={"title": "t"},
+                                    headers={"origin": origin})
+                  for origin in ("https://app.example.com", "https://chat.example.com")]
+    assert_refused(rebound, 403, "origin 'http://evil.example:8000' is not allowed")
+    for response in listed:  # past the guard (with auth on, the missing token is next)
+        assert response.status_code == (401 if auth else 201), response.text
+
+
 def test_a_foreign_origin_socket_is_closed_4403(app: Litestar) -> None:
     sockets = [concrete(r.path) for r in app.routes if not isinstance(r, HTTPRoute)
                and type(r).__name__ == "WebSocketRoute"]
