@@ -63,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -72,7 +73,8 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import Connection, bindparam, delete, insert, update
+from sqlalchemy import select as core_select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import col, select
 
@@ -300,6 +302,49 @@ def _gen(deltas: AsyncIterator[Delta]) -> AsyncGenerator[Delta, None]:
 
 class Conflict(MamiError):
     status_code = 409
+
+
+# A turn's statements are built once and run with Database.run (one transaction, on
+# SQLite one thread hop): building them, flushing ORM objects and aiosqlite's hop per
+# DBAPI call cost more than the statements themselves. Values come as bound parameters;
+# an UPDATE without values() sets the columns its parameters name.
+_messages = Message.__table__  # type: ignore[attr-defined]
+_conversations = Conversation.__table__  # type: ignore[attr-defined]
+_owners = Owner.__table__  # type: ignore[attr-defined]
+_MESSAGE_COLUMNS = {c.name: None for c in _messages.columns}
+_INSERT_MESSAGES = insert(_messages)
+_INSERT_CONVERSATION = insert(_conversations)
+_INSERT_OWNER = insert(_owners)
+_OWNER_KNOWN = core_select(_owners.c.id).where(_owners.c.id == bindparam("owner"))
+_TOUCH = update(_conversations).where(_conversations.c.id == bindparam("conversation"))
+_TRUNCATE = delete(_messages).where(_messages.c.conversation_id == bindparam("conversation"),
+                                    _messages.c.seq >= bindparam("from_seq"))
+_SUMMARY_CUT = update(_conversations).where(
+    _conversations.c.id == bindparam("conversation"),
+    _conversations.c.summary_upto >= bindparam("from_seq")).values(summary="", summary_upto=0)
+_RECLAIM = update(_messages).where(_messages.c.id == bindparam("answer"),
+                                   _messages.c.status == bindparam("was"))
+_HELD = update(_messages).where(_messages.c.id == bindparam("answer"),
+                                _messages.c.lease_owner == bindparam("holder"))
+_SAVE_PARTIAL = update(_messages).where(_messages.c.id == bindparam("answer"),
+                                        _messages.c.status == "streaming",
+                                        _messages.c.lease_owner == bindparam("holder"))
+_LAST_SEQ = (core_select(_messages.c.seq)
+             .where(_messages.c.conversation_id == bindparam("conversation"))
+             .order_by(_messages.c.seq.desc()).limit(1))
+
+
+def _execute(statement: Any, params: Any, conn: Connection) -> Any:
+    return conn.execute(statement, params)
+
+
+def _message_row(**values: Any) -> dict[str, Any]:
+    """The parameters of a message INSERT: every column (as the ORM would write them),
+    ``values`` over the model's defaults."""
+    row = {**_MESSAGE_COLUMNS, "status": "complete", **values}
+    if row["created_at"] is None:
+        row["created_at"] = utcnow()
+    return row
 
 
 class TurnRun:
@@ -532,17 +577,17 @@ class TurnRun:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _step_rows(self, where: int) -> list[Message]:
-        """The rows of the turn's tool steps, from seq ``where`` on."""
+    def _step_rows(self, where: int) -> list[dict[str, Any]]:
+        """The rows of the turn's tool steps, from seq ``where`` on (INSERT parameters)."""
         assert self.conversation_id is not None
-        rows: list[Message] = []
+        rows: list[dict[str, Any]] = []
         for text, calls, results in self.steps:
-            rows.append(Message(
+            rows.append(_message_row(
                 id=uuid.uuid4().hex, conversation_id=self.conversation_id,
                 seq=where + len(rows), role="assistant", content=text,
                 tool_calls=[{"id": c.id, "name": c.name, "arguments": c.arguments}
                             for c in calls]))
-            rows.extend([Message(
+            rows.extend([_message_row(
                 id=uuid.uuid4().hex, conversation_id=self.conversation_id,
                 seq=where + len(rows) + i, role="tool", content=result.content,
                 status="error" if result.is_error else "complete",
@@ -566,17 +611,10 @@ class TurnRun:
             count = len(parts)
             if count == saved and time.monotonic() - renewed < HEARTBEAT:
                 continue
+            params = {"answer": self.message_id, "holder": self.lease,
+                      "content": "".join(parts[:count]), "lease_until": utcnow() + LEASE}
             try:
-                async with self.runtime.db.session() as session:
-                    await session.execute(
-                        update(Message)
-                        .where(col(Message.id) == self.message_id,
-                               col(Message.status) == "streaming",
-                               col(Message.lease_owner) == self.lease)
-                        .values(content="".join(parts[:count]), lease_until=utcnow() + LEASE)
-                        .execution_options(synchronize_session=False)
-                    )
-                    await session.commit()
+                await self.runtime.db.run(functools.partial(_execute, _SAVE_PARTIAL, params))
                 saved, renewed = count, time.monotonic()
             except SQLAlchemyError as exc:
                 log.warning("saving the partial answer %s failed: %s", self.message_id, exc)
@@ -630,31 +668,28 @@ class TurnRun:
                                       token_count=usage.completion_tokens,
                                       tool_calls=stored_calls, lease_until=None,
                                       sources=self.sources or None)
+        values.update(answer=self.message_id, holder=self.lease)
+
+        def work(conn: Connection, attempt: int) -> bool:
+            rows: list[dict[str, Any]] = []
+            if self.steps:
+                assert self.plan is not None
+                where = (self.plan.reply_seq if self.plan.reply_seq is not None
+                         else self.plan.user_seq + 1)
+                if attempt:
+                    where = 1 + (conn.execute(
+                        _LAST_SEQ, {"conversation": self.conversation_id}).scalar() or 0)
+                rows = self._step_rows(where)
+                values["seq"] = where + len(rows)
+            if conn.execute(_HELD, values).rowcount != 1:
+                return False  # nothing was written in this transaction
+            if rows:
+                conn.execute(_INSERT_MESSAGES, rows)
+            return True
+
         for attempt in range(3):
             try:
-                async with self.runtime.db.session() as session:
-                    if self.steps:
-                        assert self.plan is not None
-                        where = (self.plan.reply_seq if self.plan.reply_seq is not None
-                                 else self.plan.user_seq + 1)
-                        if attempt:
-                            where = 1 + ((await session.exec(
-                                select(Message.seq)
-                                .where(Message.conversation_id == self.conversation_id)
-                                .order_by(col(Message.seq).desc()).limit(1))).first() or 0)
-                        rows = self._step_rows(where)
-                        values["seq"] = where + len(rows)
-                    written = await session.execute(
-                        update(Message).where(col(Message.id) == self.message_id,
-                                              col(Message.lease_owner) == self.lease)
-                        .values(**values).execution_options(synchronize_session=False))
-                    if written.rowcount != 1:  # type: ignore[attr-defined]
-                        await session.rollback()
-                        return False
-                    if self.steps:
-                        session.add_all(rows)
-                    await session.commit()
-                return True
+                return await self.runtime.db.run(functools.partial(work, attempt=attempt))
             except IntegrityError:
                 if not self.steps or attempt == 2:
                     raise
@@ -944,48 +979,46 @@ async def store(runtime: Runtime, plan: StorePlan) -> None:
 
 async def _write(runtime: Runtime, plan: StorePlan) -> None:
     now = utcnow()
-    async with runtime.db.session() as session:
+    # The owner's row is added unless this process has already seen it committed.
+    owner_known = plan.owner in runtime.state.get("chat.known_owners", ())
+    conversation = {"conversation": plan.conversation_id, "from_seq": plan.truncate_from}
+    rows = []
+    if plan.new_user:
+        rows.append(_message_row(id=plan.user_id, conversation_id=plan.conversation_id,
+                                 seq=plan.user_seq, role="user", content=plan.content,
+                                 client_message_id=plan.client_message_id, created_at=now))
+    if plan.reclaim_status is None:
+        rows.append(_message_row(id=plan.reply_id, conversation_id=plan.conversation_id,
+                                 seq=plan.user_seq + 1, role="assistant", content="",
+                                 status="streaming", reply_to=plan.user_id, created_at=now,
+                                 lease_owner=plan.lease, lease_until=now + LEASE))
+
+    def work(conn: Connection) -> None:
         if plan.new_conversation:
-            await _ensure_owner(runtime, session, plan.owner)
-            session.add(Conversation(id=plan.conversation_id, owner_id=plan.owner,
-                                     title=plan.title))
+            if not owner_known and conn.execute(_OWNER_KNOWN, {"owner": plan.owner}
+                                                ).first() is None:
+                conn.execute(_INSERT_OWNER, {"id": plan.owner, "created_at": now})
+            conn.execute(_INSERT_CONVERSATION, {
+                "id": plan.conversation_id, "owner_id": plan.owner, "title": plan.title,
+                "summary": "", "summary_upto": 0, "created_at": now, "updated_at": now,
+                "model": None, "system_prompt": None, "temperature": None,
+                "max_tokens": None})
         else:
-            values: dict[str, Any] = {"updated_at": now}
             if plan.truncate_from is not None:
-                await session.execute(
-                    delete(Message).where(col(Message.conversation_id) == plan.conversation_id,
-                                          col(Message.seq) >= plan.truncate_from)
-                    .execution_options(synchronize_session=False))
-                await session.execute(
-                    update(Conversation).where(col(Conversation.id) == plan.conversation_id,
-                                               col(Conversation.summary_upto)
-                                               >= plan.truncate_from)
-                    .values(summary="", summary_upto=0)
-                    .execution_options(synchronize_session=False))
-            await session.execute(update(Conversation)
-                                  .where(col(Conversation.id) == plan.conversation_id)
-                                  .values(**values)
-                                  .execution_options(synchronize_session=False))
-        if plan.new_user:
-            session.add(Message(id=plan.user_id, conversation_id=plan.conversation_id,
-                                seq=plan.user_seq, role="user", content=plan.content,
-                                client_message_id=plan.client_message_id))
-        if plan.reclaim_status is None:
-            session.add(Message(id=plan.reply_id, conversation_id=plan.conversation_id,
-                                seq=plan.user_seq + 1, role="assistant", content="",
-                                status="streaming", reply_to=plan.user_id,
-                                lease_owner=plan.lease, lease_until=now + LEASE))
-        else:
-            claimed = await session.execute(
-                update(Message).where(col(Message.id) == plan.reply_id,
-                                      col(Message.status) == plan.reclaim_status)
-                .values(status="streaming", content="", error=None, created_at=now,
-                        lease_owner=plan.lease, lease_until=now + LEASE)
-                .execution_options(synchronize_session=False)
-            )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                conn.execute(_TRUNCATE, conversation)
+                conn.execute(_SUMMARY_CUT, conversation)
+            conn.execute(_TOUCH, {"conversation": plan.conversation_id, "updated_at": now})
+        if rows:
+            conn.execute(_INSERT_MESSAGES, rows)
+        if plan.reclaim_status is not None:
+            claimed = conn.execute(_RECLAIM, {
+                "answer": plan.reply_id, "was": plan.reclaim_status, "status": "streaming",
+                "content": "", "error": None, "created_at": now, "lease_owner": plan.lease,
+                "lease_until": now + LEASE})
+            if claimed.rowcount != 1:
                 raise Conflict("this message is being answered by another request")
-        await session.commit()
+
+    await runtime.db.run(work)
 
 
 def abandoned(message: Message) -> bool:
@@ -1038,15 +1071,6 @@ async def finish_abandoned(runtime: Runtime, candidates: Sequence[Message] | Non
         log.warning("finished %d answer(s) left streaming by a stopped process as interrupted",
                     finished)
     return finished
-
-
-async def _ensure_owner(runtime: Runtime, session: Any, owner: str) -> None:
-    """Add the owner's row unless this process has already seen it committed."""
-    if owner in runtime.state.get("chat.known_owners", ()):
-        return
-    if await session.get(Owner, owner) is None:
-        session.add(Owner(id=owner))
-        await session.flush()
 
 
 async def _recent(session: Any, conversation_id: str, after: int, before: int | None
