@@ -333,6 +333,22 @@ _LAST_SEQ = (core_select(_messages.c.seq)
              .where(_messages.c.conversation_id == bindparam("conversation"))
              .order_by(_messages.c.seq.desc()).limit(1))
 
+_CONVERSATION = core_select(_conversations).where(
+    _conversations.c.id == bindparam("conversation"))
+_MESSAGE = core_select(_messages).where(_messages.c.id == bindparam("message"))
+_BY_CLIENT_ID = core_select(_messages).where(
+    _messages.c.conversation_id == bindparam("conversation"),
+    _messages.c.client_message_id == bindparam("client_id"))
+_ANSWER_TO = core_select(_messages).where(_messages.c.reply_to == bindparam("message"))
+_STREAMING_FROM = core_select(_messages).where(
+    _messages.c.conversation_id == bindparam("conversation"),
+    _messages.c.seq >= bindparam("from_seq"), _messages.c.status == "streaming")
+_RECENT = (core_select(_messages)
+           .where(_messages.c.conversation_id == bindparam("conversation"),
+                  _messages.c.seq > bindparam("after"))
+           .order_by(_messages.c.seq.desc()).limit(HISTORY_LIMIT))
+_RECENT_BEFORE = _RECENT.where(_messages.c.seq < bindparam("before"))
+
 
 def _execute(statement: Any, params: Any, conn: Connection) -> Any:
     return conn.execute(statement, params)
@@ -777,8 +793,8 @@ async def _with_settings(runtime: Runtime, owner: str, request: ChatRequest) -> 
     """``request`` with the conversation's own model, system prompt and sampling settings
     where the request leaves them open. A stored model that is no longer registered
     falls back to the active provider."""
-    async with runtime.db.session() as session:
-        conversation = await session.get(Conversation, request.conversation_id)
+    conversation: Conversation | None = await runtime.db.run(lambda conn: _one(
+        Conversation, conn.execute(_CONVERSATION, {"conversation": request.conversation_id})))
     if conversation is None or conversation.owner_id != owner:
         return request  # _stored_turn answers 404
     model = request.model
@@ -822,41 +838,14 @@ async def _stored_turn(
     owner = principal.owner
     cid = request.client_message_id
     turn = TurnRun(runtime, principal, request, llm, None, command)
-    retry_of: Message | None = None
-    reply: Message | None = None
-    replaced: Message | None = None
-    summary_state: tuple[str, int] | None = None  # (summary, upto) when not the stored one
-    rows: list[Message] = []
-    async with runtime.db.session() as session:
-        conversation_id = request.conversation_id
-        derived = conversation_id is None and cid is not None
-        if derived:
-            conversation_id = str(uuid.uuid5(ID_NAMESPACE, f"{owner}\0{cid}"))
-        conversation = await session.get(Conversation, conversation_id) if conversation_id else None
-        if conversation is not None and conversation.owner_id != owner:
-            conversation = None
-        if conversation is None and request.conversation_id is not None:
-            raise NotFound(f"conversation {request.conversation_id} not found")
-        if conversation is not None and cid is not None:
-            retry_of = (await session.exec(
-                select(Message).where(Message.conversation_id == conversation.id,
-                                      Message.client_message_id == cid)
-            )).first()
-        if retry_of is not None:
-            if retry_of.content != request.content:
-                raise Conflict(f"client_message_id {cid!r} was already used for another message")
-            reply = (await session.exec(select(Message).where(Message.reply_to == retry_of.id))
-                     ).first()
-        if retry_of is None and request.replace_from is not None:
-            replaced = await _replaceable(session, conversation, request.replace_from)
-        if conversation is not None and not (reply is not None and reply.status == "complete"):
-            upto = conversation.summary_upto if runtime.config.budget.summarize else 0
-            before = retry_of.seq if retry_of is not None else None
-            if replaced is not None:
-                before = replaced.seq
-                if conversation.summary_upto >= replaced.seq:  # the summary covers cut turns
-                    summary_state, upto = ("", 0), 0
-            rows = await _recent(session, conversation.id, upto, before)
+    conversation_id = request.conversation_id
+    if conversation_id is None and cid is not None:
+        conversation_id = str(uuid.uuid5(ID_NAMESPACE, f"{owner}\0{cid}"))
+    found = (None, None, None, None, None, []) if conversation_id is None else (
+        await runtime.db.run(functools.partial(
+            _read_turn, owner=owner, request=request, conversation_id=conversation_id,
+            summarize=runtime.config.budget.summarize)))  # a new conversation has nothing
+    conversation, retry_of, reply, replaced, summary_state, rows = found
     if retry_of is not None and reply is not None and reply.status == "complete":
         turn.conversation_id = retry_of.conversation_id
         turn.user_message_id, turn.message_id = retry_of.id, reply.id
@@ -864,11 +853,12 @@ async def _stored_turn(
                                Usage(0, reply.token_count or 0), "stop")
         turn.replay_sources = list(reply.sources or [])
         return turn
+    reclaim = reply.status if reply is not None else None
     if reply is not None and reply.status == "streaming":
         if not abandoned(reply):
             raise Conflict("this message is still being answered; retry when it ends")
         await finish_abandoned(runtime, [reply])
-        reply.status = "interrupted"
+        reclaim = "interrupted"
 
     summarize = runtime.config.budget.summarize and conversation is not None
     if conversation is not None and summary_state is None:
@@ -894,7 +884,7 @@ async def _stored_turn(
         client_message_id=cid,
         user_seq=retry_of.seq if retry_of is not None else last_seq + 1,
         reply_id=reply.id if reply is not None else uuid.uuid4().hex,
-        reclaim_status=reply.status if reply is not None else None,
+        reclaim_status=reclaim,
         reply_seq=reply.seq if reply is not None else None,
         lease=turn.lease,
         truncate_from=replaced.seq if replaced is not None else None,
@@ -930,22 +920,66 @@ class StorePlan:
     truncate_from: int | None = None  # replace_from: messages from this seq on go first
 
 
-async def _replaceable(session: Any, conversation: Conversation | None, message_id: str
-                       ) -> Message:
+def _one(model: Any, result: Any) -> Any:
+    """The first row of ``result`` as a ``model`` instance (trusted: our own rows are
+    not validated again), or ``None``."""
+    row = result.mappings().first()
+    return model.model_construct(**row) if row is not None else None
+
+
+def _read_turn(conn: Connection, owner: str, request: ChatRequest, conversation_id: str | None,
+               summarize: bool) -> tuple[Conversation | None, Message | None, Message | None,
+                                         Message | None, tuple[str, int] | None, list[Any]]:
+    """What a stored turn reads before its context is built, in one transaction: the
+    owner's conversation (404 for another owner's), the retried user message and its
+    answer, the message ``replace_from`` names, the summary state when it differs from
+    the stored one, and the recent history."""
+    retry_of: Message | None = None
+    reply: Message | None = None
+    replaced: Message | None = None
+    summary_state: tuple[str, int] | None = None  # (summary, upto) when not the stored one
+    cid = request.client_message_id
+    conversation: Conversation | None = _one(Conversation, conn.execute(
+        _CONVERSATION, {"conversation": conversation_id})) if conversation_id else None
+    if conversation is not None and conversation.owner_id != owner:
+        conversation = None
+    if conversation is None and request.conversation_id is not None:
+        raise NotFound(f"conversation {request.conversation_id} not found")
+    if conversation is not None and cid is not None:
+        retry_of = _one(Message, conn.execute(
+            _BY_CLIENT_ID, {"conversation": conversation.id, "client_id": cid}))
+    if retry_of is not None:
+        if retry_of.content != request.content:
+            raise Conflict(f"client_message_id {cid!r} was already used for another message")
+        reply = _one(Message, conn.execute(_ANSWER_TO, {"message": retry_of.id}))
+    if retry_of is None and request.replace_from is not None:
+        replaced = _replaceable(conn, conversation, request.replace_from)
+    rows: list[Any] = []
+    if conversation is not None and not (reply is not None and reply.status == "complete"):
+        upto = conversation.summary_upto if summarize else 0
+        before = retry_of.seq if retry_of is not None else None
+        if replaced is not None:
+            before = replaced.seq
+            if conversation.summary_upto >= replaced.seq:  # the summary covers cut turns
+                summary_state, upto = ("", 0), 0
+        rows = _recent(conn, conversation.id, upto, before)
+    return conversation, retry_of, reply, replaced, summary_state, rows
+
+
+def _replaceable(conn: Connection, conversation: Conversation | None, message_id: str
+                 ) -> Message:
     """The user message a ``replace_from`` names; 404 unless it is a user message of this
     conversation, 409 while a reply after it is still being written."""
-    message = await session.get(Message, message_id)
+    message: Message | None = _one(Message, conn.execute(_MESSAGE, {"message": message_id}))
     if (conversation is None or message is None or message.conversation_id != conversation.id
             or message.role != "user"):
         raise NotFound(f"user message {message_id} not found in this conversation",
                        param="replace_from")
-    streaming = (await session.exec(
-        select(Message).where(Message.conversation_id == conversation.id,
-                              Message.seq >= message.seq, Message.status == "streaming")
-    )).all()
-    if any(not abandoned(m) for m in streaming):
+    streaming = conn.execute(_STREAMING_FROM, {"conversation": conversation.id,
+                                               "from_seq": message.seq}).mappings().all()
+    if any(not abandoned(Message.model_construct(**m)) for m in streaming):
         raise Conflict("a reply in this conversation is still being written; stop it first")
-    return message  # type: ignore[no-any-return]
+    return message
 
 
 async def store(runtime: Runtime, plan: StorePlan) -> None:
@@ -1073,18 +1107,16 @@ async def finish_abandoned(runtime: Runtime, candidates: Sequence[Message] | Non
     return finished
 
 
-async def _recent(session: Any, conversation_id: str, after: int, before: int | None
-                  ) -> list[Message]:
-    """The newest messages after seq ``after`` (and before ``before``), oldest first."""
-    query = select(Message).where(Message.conversation_id == conversation_id,
-                                  Message.seq > after)
-    if before is not None:
-        query = query.where(Message.seq < before)
-    rows = (await session.exec(query.order_by(col(Message.seq).desc()).limit(HISTORY_LIMIT))).all()
+def _recent(conn: Connection, conversation_id: str, after: int, before: int | None
+            ) -> list[Any]:
+    """The newest messages after seq ``after`` (and before ``before``), oldest first, as
+    rows (a message's columns as attributes)."""
+    params = {"conversation": conversation_id, "after": after, "before": before}
+    rows = conn.execute(_RECENT if before is None else _RECENT_BEFORE, params).all()
     return list(reversed(rows))
 
 
-def _turns(rows: Sequence[Message]) -> list[Turn]:
+def _turns(rows: Sequence[Any]) -> list[Turn]:
     """History turns from stored rows; failed and unfinished answers are left out (tool
     steps stay: they were stored whole), and so is any tool call without all its
     results or result without its call (a history cut in the middle of a step)."""
