@@ -43,6 +43,12 @@ host is gone) is finished as ``interrupted`` with the saved text, at start-up
 retry then answers again, replacing it). When the final write of an answer fails, the turn ends
 with an ``error`` (503) instead of breaking off.
 
+Transactions: a stored turn's reads and writes are prebuilt SQLAlchemy Core statements
+run with :meth:`core.db.Database.run` (on a SQLite file, one thread hop per
+transaction). A turn in a new conversation is two transactions (the user message with
+the placeholder; the answer with its tool steps), a later turn four (its settings and its
+history are read first), plus one per partial save.
+
 Slash commands (``/name argument``), registered per runtime by plugins'
 ``register_chat_commands`` hooks (:class:`ChatCommand`), are answered by their handler
 instead of the LLM (:func:`find_command` is the seam).
