@@ -43,6 +43,12 @@ host is gone) is finished as ``interrupted`` with the saved text, at start-up
 retry then answers again, replacing it). When the final write of an answer fails, the turn ends
 with an ``error`` (503) instead of breaking off.
 
+Transactions: a stored turn's reads and writes are prebuilt SQLAlchemy Core statements
+run with :meth:`core.db.Database.run` (on a SQLite file, one thread hop per
+transaction). A turn in a new conversation is two transactions (the user message with
+the placeholder; the answer with its tool steps), a later turn four (its settings and its
+history are read first), plus one per partial save.
+
 Slash commands (``/name argument``), registered per runtime by plugins'
 ``register_chat_commands`` hooks (:class:`ChatCommand`), are answered by their handler
 instead of the LLM (:func:`find_command` is the seam).
@@ -69,6 +75,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -78,7 +85,8 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import Connection, bindparam, delete, insert, update
+from sqlalchemy import select as core_select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import col, select
 
@@ -306,6 +314,65 @@ def _gen(deltas: AsyncIterator[Delta]) -> AsyncGenerator[Delta, None]:
 
 class Conflict(MamiError):
     status_code = 409
+
+
+# A turn's statements are built once and run with Database.run (one transaction, on
+# SQLite one thread hop): building them, flushing ORM objects and aiosqlite's hop per
+# DBAPI call cost more than the statements themselves. Values come as bound parameters;
+# an UPDATE without values() sets the columns its parameters name.
+_messages = Message.__table__  # type: ignore[attr-defined]
+_conversations = Conversation.__table__  # type: ignore[attr-defined]
+_owners = Owner.__table__  # type: ignore[attr-defined]
+_MESSAGE_COLUMNS = {c.name: None for c in _messages.columns}
+_INSERT_MESSAGES = insert(_messages)
+_INSERT_CONVERSATION = insert(_conversations)
+_INSERT_OWNER = insert(_owners)
+_OWNER_KNOWN = core_select(_owners.c.id).where(_owners.c.id == bindparam("owner"))
+_TOUCH = update(_conversations).where(_conversations.c.id == bindparam("conversation"))
+_TRUNCATE = delete(_messages).where(_messages.c.conversation_id == bindparam("conversation"),
+                                    _messages.c.seq >= bindparam("from_seq"))
+_SUMMARY_CUT = update(_conversations).where(
+    _conversations.c.id == bindparam("conversation"),
+    _conversations.c.summary_upto >= bindparam("from_seq")).values(summary="", summary_upto=0)
+_RECLAIM = update(_messages).where(_messages.c.id == bindparam("answer"),
+                                   _messages.c.status == bindparam("was"))
+_HELD = update(_messages).where(_messages.c.id == bindparam("answer"),
+                                _messages.c.lease_owner == bindparam("holder"))
+_SAVE_PARTIAL = update(_messages).where(_messages.c.id == bindparam("answer"),
+                                        _messages.c.status == "streaming",
+                                        _messages.c.lease_owner == bindparam("holder"))
+_LAST_SEQ = (core_select(_messages.c.seq)
+             .where(_messages.c.conversation_id == bindparam("conversation"))
+             .order_by(_messages.c.seq.desc()).limit(1))
+
+_CONVERSATION = core_select(_conversations).where(
+    _conversations.c.id == bindparam("conversation"))
+_MESSAGE = core_select(_messages).where(_messages.c.id == bindparam("message"))
+_BY_CLIENT_ID = core_select(_messages).where(
+    _messages.c.conversation_id == bindparam("conversation"),
+    _messages.c.client_message_id == bindparam("client_id"))
+_ANSWER_TO = core_select(_messages).where(_messages.c.reply_to == bindparam("message"))
+_STREAMING_FROM = core_select(_messages).where(
+    _messages.c.conversation_id == bindparam("conversation"),
+    _messages.c.seq >= bindparam("from_seq"), _messages.c.status == "streaming")
+_RECENT = (core_select(_messages)
+           .where(_messages.c.conversation_id == bindparam("conversation"),
+                  _messages.c.seq > bindparam("after"))
+           .order_by(_messages.c.seq.desc()).limit(HISTORY_LIMIT))
+_RECENT_BEFORE = _RECENT.where(_messages.c.seq < bindparam("before"))
+
+
+def _execute(statement: Any, params: Any, conn: Connection) -> Any:
+    return conn.execute(statement, params)
+
+
+def _message_row(**values: Any) -> dict[str, Any]:
+    """The parameters of a message INSERT: every column (as the ORM would write them),
+    ``values`` over the model's defaults."""
+    row = {**_MESSAGE_COLUMNS, "status": "complete", **values}
+    if row["created_at"] is None:
+        row["created_at"] = utcnow()
+    return row
 
 
 class TurnRun:
@@ -540,17 +607,17 @@ class TurnRun:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _step_rows(self, where: int) -> list[Message]:
-        """The rows of the turn's tool steps, from seq ``where`` on."""
+    def _step_rows(self, where: int) -> list[dict[str, Any]]:
+        """The rows of the turn's tool steps, from seq ``where`` on (INSERT parameters)."""
         assert self.conversation_id is not None
-        rows: list[Message] = []
+        rows: list[dict[str, Any]] = []
         for text, calls, results in self.steps:
-            rows.append(Message(
+            rows.append(_message_row(
                 id=uuid.uuid4().hex, conversation_id=self.conversation_id,
                 seq=where + len(rows), role="assistant", content=text,
                 tool_calls=[{"id": c.id, "name": c.name, "arguments": c.arguments}
                             for c in calls]))
-            rows.extend([Message(
+            rows.extend([_message_row(
                 id=uuid.uuid4().hex, conversation_id=self.conversation_id,
                 seq=where + len(rows) + i, role="tool", content=result.content,
                 status="error" if result.is_error else "complete",
@@ -574,17 +641,10 @@ class TurnRun:
             count = len(parts)
             if count == saved and time.monotonic() - renewed < HEARTBEAT:
                 continue
+            params = {"answer": self.message_id, "holder": self.lease,
+                      "content": "".join(parts[:count]), "lease_until": utcnow() + LEASE}
             try:
-                async with self.runtime.db.session() as session:
-                    await session.execute(
-                        update(Message)
-                        .where(col(Message.id) == self.message_id,
-                               col(Message.status) == "streaming",
-                               col(Message.lease_owner) == self.lease)
-                        .values(content="".join(parts[:count]), lease_until=utcnow() + LEASE)
-                        .execution_options(synchronize_session=False)
-                    )
-                    await session.commit()
+                await self.runtime.db.run(functools.partial(_execute, _SAVE_PARTIAL, params))
                 saved, renewed = count, time.monotonic()
             except SQLAlchemyError as exc:
                 log.warning("saving the partial answer %s failed: %s", self.message_id, exc)
@@ -638,31 +698,28 @@ class TurnRun:
                                       token_count=usage.completion_tokens,
                                       tool_calls=stored_calls, lease_until=None,
                                       sources=self.sources or None)
+        values.update(answer=self.message_id, holder=self.lease)
+
+        def work(conn: Connection, attempt: int) -> bool:
+            rows: list[dict[str, Any]] = []
+            if self.steps:
+                assert self.plan is not None
+                where = (self.plan.reply_seq if self.plan.reply_seq is not None
+                         else self.plan.user_seq + 1)
+                if attempt:
+                    where = 1 + (conn.execute(
+                        _LAST_SEQ, {"conversation": self.conversation_id}).scalar() or 0)
+                rows = self._step_rows(where)
+                values["seq"] = where + len(rows)
+            if conn.execute(_HELD, values).rowcount != 1:
+                return False  # nothing was written in this transaction
+            if rows:
+                conn.execute(_INSERT_MESSAGES, rows)
+            return True
+
         for attempt in range(3):
             try:
-                async with self.runtime.db.session() as session:
-                    if self.steps:
-                        assert self.plan is not None
-                        where = (self.plan.reply_seq if self.plan.reply_seq is not None
-                                 else self.plan.user_seq + 1)
-                        if attempt:
-                            where = 1 + ((await session.exec(
-                                select(Message.seq)
-                                .where(Message.conversation_id == self.conversation_id)
-                                .order_by(col(Message.seq).desc()).limit(1))).first() or 0)
-                        rows = self._step_rows(where)
-                        values["seq"] = where + len(rows)
-                    written = await session.execute(
-                        update(Message).where(col(Message.id) == self.message_id,
-                                              col(Message.lease_owner) == self.lease)
-                        .values(**values).execution_options(synchronize_session=False))
-                    if written.rowcount != 1:  # type: ignore[attr-defined]
-                        await session.rollback()
-                        return False
-                    if self.steps:
-                        session.add_all(rows)
-                    await session.commit()
-                return True
+                return await self.runtime.db.run(functools.partial(work, attempt=attempt))
             except IntegrityError:
                 if not self.steps or attempt == 2:
                     raise
@@ -750,8 +807,8 @@ async def _with_settings(runtime: Runtime, owner: str, request: ChatRequest) -> 
     """``request`` with the conversation's own model, system prompt and sampling settings
     where the request leaves them open. A stored model that is no longer registered
     falls back to the active provider."""
-    async with runtime.db.session() as session:
-        conversation = await session.get(Conversation, request.conversation_id)
+    conversation: Conversation | None = await runtime.db.run(lambda conn: _one(
+        Conversation, conn.execute(_CONVERSATION, {"conversation": request.conversation_id})))
     if conversation is None or conversation.owner_id != owner:
         return request  # _stored_turn answers 404
     model = request.model
@@ -795,41 +852,14 @@ async def _stored_turn(
     owner = principal.owner
     cid = request.client_message_id
     turn = TurnRun(runtime, principal, request, llm, None, command)
-    retry_of: Message | None = None
-    reply: Message | None = None
-    replaced: Message | None = None
-    summary_state: tuple[str, int] | None = None  # (summary, upto) when not the stored one
-    rows: list[Message] = []
-    async with runtime.db.session() as session:
-        conversation_id = request.conversation_id
-        derived = conversation_id is None and cid is not None
-        if derived:
-            conversation_id = str(uuid.uuid5(ID_NAMESPACE, f"{owner}\0{cid}"))
-        conversation = await session.get(Conversation, conversation_id) if conversation_id else None
-        if conversation is not None and conversation.owner_id != owner:
-            conversation = None
-        if conversation is None and request.conversation_id is not None:
-            raise NotFound(f"conversation {request.conversation_id} not found")
-        if conversation is not None and cid is not None:
-            retry_of = (await session.exec(
-                select(Message).where(Message.conversation_id == conversation.id,
-                                      Message.client_message_id == cid)
-            )).first()
-        if retry_of is not None:
-            if retry_of.content != request.content:
-                raise Conflict(f"client_message_id {cid!r} was already used for another message")
-            reply = (await session.exec(select(Message).where(Message.reply_to == retry_of.id))
-                     ).first()
-        if retry_of is None and request.replace_from is not None:
-            replaced = await _replaceable(session, conversation, request.replace_from)
-        if conversation is not None and not (reply is not None and reply.status == "complete"):
-            upto = conversation.summary_upto if runtime.config.budget.summarize else 0
-            before = retry_of.seq if retry_of is not None else None
-            if replaced is not None:
-                before = replaced.seq
-                if conversation.summary_upto >= replaced.seq:  # the summary covers cut turns
-                    summary_state, upto = ("", 0), 0
-            rows = await _recent(session, conversation.id, upto, before)
+    conversation_id = request.conversation_id
+    if conversation_id is None and cid is not None:
+        conversation_id = str(uuid.uuid5(ID_NAMESPACE, f"{owner}\0{cid}"))
+    found = (None, None, None, None, None, []) if conversation_id is None else (
+        await runtime.db.run(functools.partial(
+            _read_turn, owner=owner, request=request, conversation_id=conversation_id,
+            summarize=runtime.config.budget.summarize)))  # a new conversation has nothing
+    conversation, retry_of, reply, replaced, summary_state, rows = found
     if retry_of is not None and reply is not None and reply.status == "complete":
         turn.conversation_id = retry_of.conversation_id
         turn.user_message_id, turn.message_id = retry_of.id, reply.id
@@ -837,11 +867,12 @@ async def _stored_turn(
                                Usage(0, reply.token_count or 0), "stop")
         turn.replay_sources = list(reply.sources or [])
         return turn
+    reclaim = reply.status if reply is not None else None
     if reply is not None and reply.status == "streaming":
         if not abandoned(reply):
             raise Conflict("this message is still being answered; retry when it ends")
         await finish_abandoned(runtime, [reply])
-        reply.status = "interrupted"
+        reclaim = "interrupted"
 
     summarize = runtime.config.budget.summarize and conversation is not None
     if conversation is not None and summary_state is None:
@@ -867,7 +898,7 @@ async def _stored_turn(
         client_message_id=cid,
         user_seq=retry_of.seq if retry_of is not None else last_seq + 1,
         reply_id=reply.id if reply is not None else uuid.uuid4().hex,
-        reclaim_status=reply.status if reply is not None else None,
+        reclaim_status=reclaim,
         reply_seq=reply.seq if reply is not None else None,
         lease=turn.lease,
         truncate_from=replaced.seq if replaced is not None else None,
@@ -903,22 +934,66 @@ class StorePlan:
     truncate_from: int | None = None  # replace_from: messages from this seq on go first
 
 
-async def _replaceable(session: Any, conversation: Conversation | None, message_id: str
-                       ) -> Message:
+def _one(model: Any, result: Any) -> Any:
+    """The first row of ``result`` as a ``model`` instance (trusted: our own rows are
+    not validated again), or ``None``."""
+    row = result.mappings().first()
+    return model.model_construct(**row) if row is not None else None
+
+
+def _read_turn(conn: Connection, owner: str, request: ChatRequest, conversation_id: str | None,
+               summarize: bool) -> tuple[Conversation | None, Message | None, Message | None,
+                                         Message | None, tuple[str, int] | None, list[Any]]:
+    """What a stored turn reads before its context is built, in one transaction: the
+    owner's conversation (404 for another owner's), the retried user message and its
+    answer, the message ``replace_from`` names, the summary state when it differs from
+    the stored one, and the recent history."""
+    retry_of: Message | None = None
+    reply: Message | None = None
+    replaced: Message | None = None
+    summary_state: tuple[str, int] | None = None  # (summary, upto) when not the stored one
+    cid = request.client_message_id
+    conversation: Conversation | None = _one(Conversation, conn.execute(
+        _CONVERSATION, {"conversation": conversation_id})) if conversation_id else None
+    if conversation is not None and conversation.owner_id != owner:
+        conversation = None
+    if conversation is None and request.conversation_id is not None:
+        raise NotFound(f"conversation {request.conversation_id} not found")
+    if conversation is not None and cid is not None:
+        retry_of = _one(Message, conn.execute(
+            _BY_CLIENT_ID, {"conversation": conversation.id, "client_id": cid}))
+    if retry_of is not None:
+        if retry_of.content != request.content:
+            raise Conflict(f"client_message_id {cid!r} was already used for another message")
+        reply = _one(Message, conn.execute(_ANSWER_TO, {"message": retry_of.id}))
+    if retry_of is None and request.replace_from is not None:
+        replaced = _replaceable(conn, conversation, request.replace_from)
+    rows: list[Any] = []
+    if conversation is not None and not (reply is not None and reply.status == "complete"):
+        upto = conversation.summary_upto if summarize else 0
+        before = retry_of.seq if retry_of is not None else None
+        if replaced is not None:
+            before = replaced.seq
+            if conversation.summary_upto >= replaced.seq:  # the summary covers cut turns
+                summary_state, upto = ("", 0), 0
+        rows = _recent(conn, conversation.id, upto, before)
+    return conversation, retry_of, reply, replaced, summary_state, rows
+
+
+def _replaceable(conn: Connection, conversation: Conversation | None, message_id: str
+                 ) -> Message:
     """The user message a ``replace_from`` names; 404 unless it is a user message of this
     conversation, 409 while a reply after it is still being written."""
-    message = await session.get(Message, message_id)
+    message: Message | None = _one(Message, conn.execute(_MESSAGE, {"message": message_id}))
     if (conversation is None or message is None or message.conversation_id != conversation.id
             or message.role != "user"):
         raise NotFound(f"user message {message_id} not found in this conversation",
                        param="replace_from")
-    streaming = (await session.exec(
-        select(Message).where(Message.conversation_id == conversation.id,
-                              Message.seq >= message.seq, Message.status == "streaming")
-    )).all()
-    if any(not abandoned(m) for m in streaming):
+    streaming = conn.execute(_STREAMING_FROM, {"conversation": conversation.id,
+                                               "from_seq": message.seq}).mappings().all()
+    if any(not abandoned(Message.model_construct(**m)) for m in streaming):
         raise Conflict("a reply in this conversation is still being written; stop it first")
-    return message  # type: ignore[no-any-return]
+    return message
 
 
 async def store(runtime: Runtime, plan: StorePlan) -> None:
@@ -952,48 +1027,46 @@ async def store(runtime: Runtime, plan: StorePlan) -> None:
 
 async def _write(runtime: Runtime, plan: StorePlan) -> None:
     now = utcnow()
-    async with runtime.db.session() as session:
+    # The owner's row is added unless this process has already seen it committed.
+    owner_known = plan.owner in runtime.state.get("chat.known_owners", ())
+    conversation = {"conversation": plan.conversation_id, "from_seq": plan.truncate_from}
+    rows = []
+    if plan.new_user:
+        rows.append(_message_row(id=plan.user_id, conversation_id=plan.conversation_id,
+                                 seq=plan.user_seq, role="user", content=plan.content,
+                                 client_message_id=plan.client_message_id, created_at=now))
+    if plan.reclaim_status is None:
+        rows.append(_message_row(id=plan.reply_id, conversation_id=plan.conversation_id,
+                                 seq=plan.user_seq + 1, role="assistant", content="",
+                                 status="streaming", reply_to=plan.user_id, created_at=now,
+                                 lease_owner=plan.lease, lease_until=now + LEASE))
+
+    def work(conn: Connection) -> None:
         if plan.new_conversation:
-            await _ensure_owner(runtime, session, plan.owner)
-            session.add(Conversation(id=plan.conversation_id, owner_id=plan.owner,
-                                     title=plan.title))
+            if not owner_known and conn.execute(_OWNER_KNOWN, {"owner": plan.owner}
+                                                ).first() is None:
+                conn.execute(_INSERT_OWNER, {"id": plan.owner, "created_at": now})
+            conn.execute(_INSERT_CONVERSATION, {
+                "id": plan.conversation_id, "owner_id": plan.owner, "title": plan.title,
+                "summary": "", "summary_upto": 0, "created_at": now, "updated_at": now,
+                "model": None, "system_prompt": None, "temperature": None,
+                "max_tokens": None})
         else:
-            values: dict[str, Any] = {"updated_at": now}
             if plan.truncate_from is not None:
-                await session.execute(
-                    delete(Message).where(col(Message.conversation_id) == plan.conversation_id,
-                                          col(Message.seq) >= plan.truncate_from)
-                    .execution_options(synchronize_session=False))
-                await session.execute(
-                    update(Conversation).where(col(Conversation.id) == plan.conversation_id,
-                                               col(Conversation.summary_upto)
-                                               >= plan.truncate_from)
-                    .values(summary="", summary_upto=0)
-                    .execution_options(synchronize_session=False))
-            await session.execute(update(Conversation)
-                                  .where(col(Conversation.id) == plan.conversation_id)
-                                  .values(**values)
-                                  .execution_options(synchronize_session=False))
-        if plan.new_user:
-            session.add(Message(id=plan.user_id, conversation_id=plan.conversation_id,
-                                seq=plan.user_seq, role="user", content=plan.content,
-                                client_message_id=plan.client_message_id))
-        if plan.reclaim_status is None:
-            session.add(Message(id=plan.reply_id, conversation_id=plan.conversation_id,
-                                seq=plan.user_seq + 1, role="assistant", content="",
-                                status="streaming", reply_to=plan.user_id,
-                                lease_owner=plan.lease, lease_until=now + LEASE))
-        else:
-            claimed = await session.execute(
-                update(Message).where(col(Message.id) == plan.reply_id,
-                                      col(Message.status) == plan.reclaim_status)
-                .values(status="streaming", content="", error=None, created_at=now,
-                        lease_owner=plan.lease, lease_until=now + LEASE)
-                .execution_options(synchronize_session=False)
-            )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                conn.execute(_TRUNCATE, conversation)
+                conn.execute(_SUMMARY_CUT, conversation)
+            conn.execute(_TOUCH, {"conversation": plan.conversation_id, "updated_at": now})
+        if rows:
+            conn.execute(_INSERT_MESSAGES, rows)
+        if plan.reclaim_status is not None:
+            claimed = conn.execute(_RECLAIM, {
+                "answer": plan.reply_id, "was": plan.reclaim_status, "status": "streaming",
+                "content": "", "error": None, "created_at": now, "lease_owner": plan.lease,
+                "lease_until": now + LEASE})
+            if claimed.rowcount != 1:
                 raise Conflict("this message is being answered by another request")
-        await session.commit()
+
+    await runtime.db.run(work)
 
 
 def abandoned(message: Message) -> bool:
@@ -1048,27 +1121,16 @@ async def finish_abandoned(runtime: Runtime, candidates: Sequence[Message] | Non
     return finished
 
 
-async def _ensure_owner(runtime: Runtime, session: Any, owner: str) -> None:
-    """Add the owner's row unless this process has already seen it committed."""
-    if owner in runtime.state.get("chat.known_owners", ()):
-        return
-    if await session.get(Owner, owner) is None:
-        session.add(Owner(id=owner))
-        await session.flush()
-
-
-async def _recent(session: Any, conversation_id: str, after: int, before: int | None
-                  ) -> list[Message]:
-    """The newest messages after seq ``after`` (and before ``before``), oldest first."""
-    query = select(Message).where(Message.conversation_id == conversation_id,
-                                  Message.seq > after)
-    if before is not None:
-        query = query.where(Message.seq < before)
-    rows = (await session.exec(query.order_by(col(Message.seq).desc()).limit(HISTORY_LIMIT))).all()
+def _recent(conn: Connection, conversation_id: str, after: int, before: int | None
+            ) -> list[Any]:
+    """The newest messages after seq ``after`` (and before ``before``), oldest first, as
+    rows (a message's columns as attributes)."""
+    params = {"conversation": conversation_id, "after": after, "before": before}
+    rows = conn.execute(_RECENT if before is None else _RECENT_BEFORE, params).all()
     return list(reversed(rows))
 
 
-def _turns(rows: Sequence[Message]) -> list[Turn]:
+def _turns(rows: Sequence[Any]) -> list[Turn]:
     """History turns from stored rows; failed and unfinished answers are left out (tool
     steps stay: they were stored whole), and so is any tool call without all its
     results or result without its call (a history cut in the middle of a step)."""

@@ -4,6 +4,7 @@ for faults, and SQLite plus PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,8 +14,17 @@ from core import hookimpl
 from core.chat import ChatRequest, Conflict, Finished, TurnRun, start_turn
 from core.errors import BadRequest, NotFound, PayloadTooLarge
 from core.models import Conversation, Message, Owner
-from core.protocols import ChatMessage, GenerationParams, Memory, Passage, Principal
+from core.protocols import (
+    ChatMessage,
+    Delta,
+    GenerationParams,
+    Memory,
+    Passage,
+    Principal,
+    ToolCallDelta,
+)
 from core.runtime import Runtime
+from core.tools import tool
 from tests.chat_support import (
     LOCAL,
     OPENAI,
@@ -403,3 +413,89 @@ async def test_a_command_that_refuses_ends_the_turn_as_an_error(
     assert (finished.status, finished.error, finished.error_code) == ("error", "say please", 400)
     stored = await rows(runtime, turn.conversation_id or "")
     assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "error")]
+
+
+class StepModel:
+    """In-process and scripted: asks for ``lookup`` until the turn (after the last user
+    message) has two tool steps, then answers."""
+
+    name = "steps"
+    context_window = 4096
+
+    def supports(self, feature: str) -> bool:
+        return feature == "tools"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text) // 4 + 1
+
+    async def stream(self, messages: Any, params: GenerationParams) -> AsyncIterator[Delta]:
+        last_user = max(i for i, m in enumerate(messages) if m.role == "user")
+        if params.tools and sum(1 for m in messages[last_user:] if m.tool_calls) < 2:
+            yield Delta("", "tool_calls", tool_calls=(
+                ToolCallDelta(0, None, "lookup", '{"q": "x"}'),))
+            return
+        for word in ("all", " done"):
+            yield Delta(word)
+        yield Delta("", "stop", 9, 2)
+
+    async def aclose(self) -> None:
+        pass
+
+
+class StepPlugin:
+    @hookimpl
+    def register_llm_providers(self, register: Any, runtime: Any) -> None:
+        register(StepModel())
+
+    @hookimpl
+    def register_tools(self, register: Any, runtime: Any) -> None:
+        def lookup(q: str) -> str:
+            """Look something up."""
+            return f"found {q}"
+
+        register(tool(lookup))
+
+
+async def test_a_stored_turn_is_a_transaction_per_write_whatever_its_tool_steps(
+    make_runtime: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn in a new conversation is two transactions (the user message with the
+    answer's placeholder; the answer with its tool steps), a later turn of it four (its
+    settings, then its history, are read first), however many tool steps it runs; none
+    goes through an ORM session (on SQLite, one thread hop each)."""
+    runtime = await make_runtime(plugin_object("steps", StepPlugin()),
+                                 database_url=database_url)
+    transactions: list[Any] = []
+    sessions: list[Any] = []
+    run, session = runtime.db.run, runtime.db.session
+
+    def counted_run(work: Any) -> Any:
+        transactions.append(work)
+        return run(work)
+
+    def counted_session() -> Any:
+        sessions.append(1)
+        return session()
+
+    monkeypatch.setattr(runtime.db, "run", counted_run)
+    monkeypatch.setattr(runtime.db, "session", counted_session)
+    first = await start_turn(runtime, ALICE, ChatRequest("look it up", model="steps"))
+    _, finished = await drain(first)
+    assert finished.status == "complete" and finished.text == "all done"
+    assert first.tool_steps == 2
+    assert (len(transactions), len(sessions)) == (2, 0)
+    later = await start_turn(runtime, ALICE, ChatRequest(
+        "again", model="steps", conversation_id=first.conversation_id))
+    _, finished = await drain(later)
+    assert finished.status == "complete" and later.tool_steps == 2
+    assert (len(transactions), len(sessions)) == (6, 0)
+    monkeypatch.undo()
+    stored = await rows(runtime, first.conversation_id or "")
+    assert [(m.seq, m.role, m.status) for m in stored] == [
+        (1, "user", "complete"), (2, "assistant", "complete"), (3, "tool", "complete"),
+        (4, "assistant", "complete"), (5, "tool", "complete"), (6, "assistant", "complete"),
+        (7, "user", "complete"), (8, "assistant", "complete"), (9, "tool", "complete"),
+        (10, "assistant", "complete"), (11, "tool", "complete"),
+        (12, "assistant", "complete")]
+    assert stored[5].content == stored[11].content == "all done"
+    assert stored[2].content == "found x" and stored[5].token_count == 2
