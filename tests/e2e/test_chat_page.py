@@ -9,6 +9,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
+from tests.conftest import free_port
 from tests.e2e.conftest import screenshot
 from tests.e2e.pages import (
     REPLY_TIMEOUT,
@@ -194,15 +195,30 @@ def test_a_message_over_the_limit_is_refused_in_words_and_kept(
     expect(page.locator("#status")).to_have_text("Connected", timeout=30_000)
 
 
-def test_an_origin_that_is_not_allowed_is_named(page: Any, mami: MamiServer) -> None:
-    # Same server, other name: the browser sends Origin http://localhost:PORT, which is
-    # not the server's public URL nor in allowed_origins.
+def test_the_page_opened_at_localhost_connects(page: Any, mami: MamiServer) -> None:
+    """mami printed 127.0.0.1; the user typed localhost: the same server, its own origin."""
     page.goto(mami.token_url.replace("127.0.0.1", "localhost"))
-    expect(page.locator("#alert")).to_contain_text("Forbidden", timeout=30_000)
-    expect(page.locator("#alert")).to_contain_text(
-        f'add "http://localhost:{mami.port}" to allowed_origins')
-    expect(page.locator("#send")).to_be_disabled()
-    screenshot(page, "16-forbidden-origin")
+    expect(page.locator("#status")).to_have_text("Connected", timeout=30_000)
+    expect(page.locator("#alert")).not_to_contain_text("Forbidden")
+
+
+def test_an_origin_that_is_not_allowed_is_named(page: Any, mami: MamiServer,
+                                                 tmp_path: Any) -> None:
+    """A server that serves any Host trusts only the listed origins (a page's own origin
+    proves nothing there: DNS rebinding); the page names what to add."""
+    config = mami.config_path.read_text(encoding="utf-8").replace(
+        'host = "127.0.0.1"', 'host = "127.0.0.1"\nallowed_hosts = ["*"]').replace(
+        str(mami.workdir / "data"), str(tmp_path / "data"))
+    server = MamiServer(tmp_path, config, free_port()).start()
+    try:
+        page.goto(server.token_url.replace("127.0.0.1", "localhost"))
+        expect(page.locator("#alert")).to_contain_text("Forbidden", timeout=30_000)
+        expect(page.locator("#alert")).to_contain_text(
+            f'add "http://localhost:{server.port}" to allowed_origins')
+        expect(page.locator("#send")).to_be_disabled()
+        screenshot(page, "16-forbidden-origin")
+    finally:
+        server.stop()
 
 
 def test_the_page_reconnects_after_a_restart_and_keeps_the_draft(
