@@ -306,11 +306,39 @@ class Runtime:
     def authenticator(self) -> Authenticator | None:
         return self._active("auth")  # type: ignore[no-any-return]
 
+    def provider_off(self, plugin: str, kind: str, reason: str) -> None:
+        """Say why ``plugin`` registers no provider of ``kind`` (one of
+        :data:`PROVIDER_HOOKS`) this time, typically from its ``register_*`` hook when a
+        setting it needs is empty: the reason, which should name the setting, is logged
+        once and is what :meth:`require` (a route's 503) and ``/health`` say."""
+        record = self.plugins.records.get(plugin)
+        if record is not None:
+            record.off[kind] = reason
+        log.info("plugin %s provides no %s: %s", plugin, kind, reason)
+
+    def unavailable(self, kind: str) -> str:
+        """Why no provider of ``kind`` is active: each plugin's own reason (a setting
+        it needs, or why it failed), else that none is enabled."""
+        reasons = []
+        for name, record in self.plugins.records.items():
+            if record.status == "failed" and kind in record.provides:
+                reasons.append(f"plugin {name} failed: {record.error}")
+            elif kind in record.off:
+                reasons.append(f"plugin {name}: {record.off[kind]}")
+        wanted = getattr(self.config.core, PROVIDER_HOOKS[kind][1], "") \
+            if PROVIDER_HOOKS[kind][1] else ""
+        if wanted and self.providers[kind]:
+            reasons.append(f"[core] {PROVIDER_HOOKS[kind][1]} = {wanted!r} is not one of "
+                           f"{', '.join(self.providers[kind])}")
+        if not reasons:
+            return f"no {kind} plugin is enabled and running"
+        return f"no {kind} plugin is running: {'; '.join(reasons)}"
+
     def require(self, kind: str) -> Any:
-        """The active provider of ``kind`` or a 503 saying which feature is off."""
+        """The active provider of ``kind`` or a 503 saying why there is none."""
         provider = self._active(kind)
         if provider is None:
-            raise PluginUnavailable(f"no {kind} plugin is enabled and running")
+            raise PluginUnavailable(self.unavailable(kind))
         return provider
 
     async def claim_once(self, consumer: str, key: str) -> bool:

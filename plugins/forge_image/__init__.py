@@ -104,8 +104,9 @@ def register_image_generators(
     is configured."""
     settings = runtime.settings(PLUGIN_NAME) or Settings()
     if not settings.url:
-        log.info("%s: image generation is off until [plugins.%s] url is set",
-                  PLUGIN_NAME, PLUGIN_NAME)
+        runtime.provider_off(PLUGIN_NAME, "images", f"image generation is off until "
+                             f"[plugins.{PLUGIN_NAME}] url is set in {runtime.config.source} "
+                             "(the address of a Forge or AUTOMATIC1111 server started with --api)")
         return
     from plugins.forge_image.client import ForgeImageGenerator
 
