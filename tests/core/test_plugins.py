@@ -222,3 +222,55 @@ async def test_a_plugin_whose_routes_litestar_rejects_degrades(make_config: Any)
     assert "routes rejected" in health["plugins"]["bad-routes"]["error"]
     assert health["plugins"]["sample"]["status"] == "ok"
     assert hello.status_code == 200
+
+
+def test_an_error_in_a_plugin_route_is_logged_naming_the_plugin(
+    make_config: Any, live_server: Any
+) -> None:
+    """A plugin's route that raised was logged as "unhandled error", which named no
+    plugin: the operator could not tell whose route broke."""
+    import logging
+    from functools import partial
+
+    import httpx
+    from litestar import Controller, get
+
+    from core import hookimpl
+    from core.plugins import Candidate
+
+    @get("/flaky/plain")
+    async def plain() -> None:
+        raise RuntimeError("plain route exploded")
+
+    class Flaky(Controller):
+        path = "/flaky/controller"
+
+        @get("/")
+        async def nested(self) -> None:
+            raise RuntimeError("controller route exploded")
+
+    class FlakyRoutes:
+        @hookimpl
+        def register_routes(self, runtime: Any) -> list[Any]:
+            return [plain, Flaky]
+
+    flaky = Candidate("flaky-routes", "tests", "entrypoint", True, partial(FlakyRoutes))
+    sample = next(c for c in entrypoint_candidates() if c.name == "sample")
+    server = live_server(create_app(make_config(), candidates=[flaky, sample]))
+    seen: list[logging.LogRecord] = []
+    catcher = logging.Handler(logging.ERROR)
+    catcher.emit = seen.append  # type: ignore[method-assign,assignment]
+    logging.getLogger("mami").addHandler(catcher)
+    try:
+        for path in ("/flaky/plain", "/flaky/controller"):
+            seen.clear()
+            answer = httpx.get(server.url + path)
+            assert answer.status_code == 500
+            assert "exploded" not in answer.text  # the details are for the log only
+            (record,) = [r for r in seen if r.name == "mami"]
+            assert record.getMessage() == (f"unhandled error in a route of plugin "
+                                           f"flaky-routes (GET {path})"), record.getMessage()
+            assert record.exc_info and "exploded" in str(record.exc_info[1])
+    finally:
+        logging.getLogger("mami").removeHandler(catcher)
+    assert httpx.get(server.url + "/sample/hello").status_code == 200
