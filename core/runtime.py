@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import IntegrityError
@@ -54,6 +55,27 @@ class SchemaAhead(ConfigError):
     """The database schema is at a revision the code does not have (a newer mami's)."""
 
 
+_loaded_hosts: list[PluginHost] = []
+_handed_over: weakref.WeakSet[PluginHost] = weakref.WeakSet()
+
+
+def reuse_plugin_host(host: PluginHost) -> None:
+    """Hand ``host`` (its plugins loaded, their load failures logged) to the next
+    :class:`Runtime` built for an equal configuration without explicit candidates,
+    instead of loading every plugin again. The CLI loads the plugins to find their
+    commands before the command builds its runtime: loading twice logged each plugin's
+    failure twice. A host is handed over once (one that a runtime used is not fresh)."""
+    _loaded_hosts[:] = [] if host in _handed_over else [host]
+
+
+def _plugin_host(config: Config, candidates: list[Candidate] | None) -> PluginHost:
+    if candidates is None and _loaded_hosts and _loaded_hosts[0].config == config:
+        host = _loaded_hosts.pop()
+        _handed_over.add(host)
+        return host
+    return PluginHost(config, candidates)
+
+
 class Runtime:
     """Everything a request handler or plugin needs, for one app instance."""
 
@@ -68,7 +90,7 @@ class Runtime:
         plugins' own repairs) and does a plugin's first-start set-up (such as printing a
         first admin token); ``mami doctor`` and ``mami plugins`` turn it off, as they
         change nothing."""
-        self.plugins = PluginHost(config, candidates)
+        self.plugins = _plugin_host(config, candidates)
         self.db = Database(config.database_url, config.data_dir)
         self.providers: dict[str, dict[str, Any]] = {kind: {} for kind in PROVIDER_HOOKS}
         self.provider_plugin: dict[int, str] = {}

@@ -164,6 +164,18 @@ def test_every_config_mistake_names_the_file_table_and_key(
     assert len(errors) == 1 and errors[0].startswith(f"mami: error: {message}"), result.stderr
 
 
+@pytest.mark.parametrize("command", [["plugins"], ["chat", "hi"], ["db", "current"]])
+def test_the_cli_logs_a_plugin_failure_once(tmp_path: Path, sample_plugins: Path,
+                                            command: list[str]) -> None:
+    """The CLI loaded the plugins to find their commands, then the command's runtime
+    loaded them again: each load failure was logged twice."""
+    result = _mami(command, tmp_path, sample_plugins)
+    assert result.returncode == 0, result.stderr
+    logged = [line for line in result.stderr.splitlines()
+              if "plugin broken-import failed: import failed" in line]
+    assert len(logged) == 1, result.stderr
+
+
 def test_plugin_commands_appear_in_help(tmp_path: Path, sample_plugins: Path) -> None:
     help_text = _mami(["--help"], tmp_path, sample_plugins).stdout
     for command in ("serve", "db", "plugins", "sample-hello"):
