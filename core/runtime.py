@@ -89,7 +89,8 @@ class Runtime:
         """Whether starting heals what a killed process left (answers left streaming,
         plugins' own repairs) and does a plugin's first-start set-up (such as printing a
         first admin token); ``mami doctor`` and ``mami plugins`` turn it off, as they
-        change nothing."""
+        change nothing, and so does ``mami chat``, one turn beside the server (the first
+        ``mami serve`` prints the sign-in URL with the first admin token)."""
         self.plugins = _plugin_host(config, candidates)
         self.db = Database(config.database_url, config.data_dir)
         self.providers: dict[str, dict[str, Any]] = {kind: {} for kind in PROVIDER_HOOKS}
