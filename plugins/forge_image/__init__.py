@@ -7,7 +7,6 @@ Pillow is imported only when an image is checked or a placeholder drawn.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,7 +19,6 @@ if TYPE_CHECKING:
     from core.runtime import Runtime
 
 PLUGIN_NAME = "forge-image"
-log = logging.getLogger("mami.forge_image")
 
 
 @dataclass
