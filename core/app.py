@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Request, Response, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -65,8 +65,19 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     )
 
 
-def _unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.exception("unhandled error", exc_info=exc)
+PLUGIN_OPT = "mami.plugin"
+"""The ``opt`` key naming the plugin whose ``register_routes`` returned a handler."""
+
+
+def _unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    handler = request.scope.get("route_handler")
+    plugin = (getattr(handler, "opt", None) or {}).get(PLUGIN_OPT)
+    where = f"{request.method} {request.url.path}"
+    if plugin:
+        log.exception("unhandled error in a route of plugin %s (%s)", plugin, where,
+                      exc_info=exc)
+    else:
+        log.exception("unhandled error (%s)", where, exc_info=exc)
     return Response(
         error_body(500, "internal server error"), status_code=HTTP_500_INTERNAL_SERVER_ERROR
     )
@@ -98,6 +109,13 @@ def _for_deployment(handlers: list[Any], serverless: bool) -> list[Any]:
     if serverless:  # Mangum speaks HTTP only: no WebSocket routes on Lambda
         return [h for h in handlers if not isinstance(h, WebsocketRouteHandler)]
     return handlers
+
+
+def _of_plugin(plugin: str, handlers: list[Any], serverless: bool) -> list[Any]:
+    """A plugin's handlers in a router at the root whose ``opt`` names the plugin (so an
+    error in one of its routes is logged with its name)."""
+    kept = _for_deployment(handlers, serverless)
+    return [Router("/", route_handlers=kept, opt={PLUGIN_OPT: plugin})] if kept else []
 
 
 def create_app(
@@ -134,9 +152,12 @@ def create_app(
     async def start_lazily(request: Request[Any, Any, Any]) -> None:
         await runtime.ensure_started()
 
-    def build(handlers: list[Any]) -> Litestar:
+    def build(core: list[Any], extra: list[tuple[str, list[Any]]]) -> Litestar:
+        handlers = list(_for_deployment(core, serverless))
+        for plugin, mine in extra:
+            handlers.extend(_of_plugin(plugin, mine, serverless))
         app = Litestar(
-            route_handlers=_for_deployment(handlers, serverless),
+            route_handlers=handlers,
             state=State({"runtime": runtime}),
             dependencies={
                 "runtime": Provide(provide_runtime),
@@ -160,18 +181,18 @@ def create_app(
 
     core, extra = collect_routes(runtime)
     try:
-        return build(core + [h for _plugin, handlers in extra for h in handlers])
+        return build(core, extra)
     except ImproperlyConfiguredException:
         # Find the plugin(s) whose routes Litestar rejects; the app runs without them.
-        accepted = list(core)
+        accepted: list[tuple[str, list[Any]]] = []
         for plugin, handlers in extra:
             try:
-                build(accepted + handlers)
+                build(core, [*accepted, (plugin, handlers)])
             except ImproperlyConfiguredException as exc:
                 runtime.plugins.fail(plugin, f"routes rejected: {exc.detail}")
                 continue
-            accepted.extend(handlers)
-        return build(accepted)
+            accepted.append((plugin, handlers))
+        return build(core, accepted)
 
 
 def runtime_of(app: Litestar) -> Runtime:

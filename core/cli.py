@@ -316,10 +316,12 @@ def _plugin_commands(config_path: str | None) -> tuple[Callable[[Any], None], Ma
     core's commands only (the command then reports the config error)."""
     from core.config import config_from_dict
     from core.plugins import PluginHost
+    from core.runtime import reuse_plugin_host
 
     error = None
     try:
         host = plugin_host(config_path)
+        reuse_plugin_host(host)  # the command's runtime: no second load, no second log
     except MamiError as exc:
         error = exc
         host = PluginHost(config_from_dict({}), candidates=[])

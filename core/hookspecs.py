@@ -4,7 +4,9 @@ Every hook is synchronous. Provider hooks receive a ``register`` callback and ca
 with objects whose methods are async (see :mod:`core.protocols`); each object is checked
 against its protocol when registered, and a provider name another plugin already
 registered fails the second plugin (``core.protocols.OPTIONAL_METHODS`` lists the
-methods a provider may add). Lifecycle and event
+methods a provider may add). A provider hook that registers nothing on purpose (a
+setting it needs is empty) says why with ``runtime.provider_off(<plugin name>, <kind>,
+<reason>)``: a route that needs that kind then answers 503 with the reason. Lifecycle and event
 hooks may return an awaitable, which mami awaits. Each plugin reads its own settings
 with ``runtime.settings(<plugin name>)``.
 

@@ -76,6 +76,9 @@ class PluginRecord:
     error: str | None = None
     settings: Any = None
     provides: list[str] = field(default_factory=list)
+    off: dict[str, str] = field(default_factory=dict)
+    """Why the plugin registers no provider of a kind it could provide (kind: reason),
+    as it said through :meth:`core.runtime.Runtime.provider_off`."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +89,7 @@ class PluginRecord:
             "status": self.status,
             "error": self.error,
             "provides": self.provides,
+            "off": self.off,
         }
 
 

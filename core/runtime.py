@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import IntegrityError
@@ -54,6 +55,27 @@ class SchemaAhead(ConfigError):
     """The database schema is at a revision the code does not have (a newer mami's)."""
 
 
+_loaded_hosts: list[PluginHost] = []
+_handed_over: weakref.WeakSet[PluginHost] = weakref.WeakSet()
+
+
+def reuse_plugin_host(host: PluginHost) -> None:
+    """Hand ``host`` (its plugins loaded, their load failures logged) to the next
+    :class:`Runtime` built for an equal configuration without explicit candidates,
+    instead of loading every plugin again. The CLI loads the plugins to find their
+    commands before the command builds its runtime: loading twice logged each plugin's
+    failure twice. A host is handed over once (one that a runtime used is not fresh)."""
+    _loaded_hosts[:] = [] if host in _handed_over else [host]
+
+
+def _plugin_host(config: Config, candidates: list[Candidate] | None) -> PluginHost:
+    if candidates is None and _loaded_hosts and _loaded_hosts[0].config == config:
+        host = _loaded_hosts.pop()
+        _handed_over.add(host)
+        return host
+    return PluginHost(config, candidates)
+
+
 class Runtime:
     """Everything a request handler or plugin needs, for one app instance."""
 
@@ -67,8 +89,9 @@ class Runtime:
         """Whether starting heals what a killed process left (answers left streaming,
         plugins' own repairs) and does a plugin's first-start set-up (such as printing a
         first admin token); ``mami doctor`` and ``mami plugins`` turn it off, as they
-        change nothing."""
-        self.plugins = PluginHost(config, candidates)
+        change nothing, and so does ``mami chat``, one turn beside the server (the first
+        ``mami serve`` prints the sign-in URL with the first admin token)."""
+        self.plugins = _plugin_host(config, candidates)
         self.db = Database(config.database_url, config.data_dir)
         self.providers: dict[str, dict[str, Any]] = {kind: {} for kind in PROVIDER_HOOKS}
         self.provider_plugin: dict[int, str] = {}
@@ -306,11 +329,39 @@ class Runtime:
     def authenticator(self) -> Authenticator | None:
         return self._active("auth")  # type: ignore[no-any-return]
 
+    def provider_off(self, plugin: str, kind: str, reason: str) -> None:
+        """Say why ``plugin`` registers no provider of ``kind`` (one of
+        :data:`PROVIDER_HOOKS`) this time, typically from its ``register_*`` hook when a
+        setting it needs is empty: the reason, which should name the setting, is logged
+        once and is what :meth:`require` (a route's 503) and ``/health`` say."""
+        record = self.plugins.records.get(plugin)
+        if record is not None:
+            record.off[kind] = reason
+        log.info("plugin %s provides no %s: %s", plugin, kind, reason)
+
+    def unavailable(self, kind: str) -> str:
+        """Why no provider of ``kind`` is active: each plugin's own reason (a setting
+        it needs, or why it failed), else that none is enabled."""
+        reasons = []
+        for name, record in self.plugins.records.items():
+            if record.status == "failed" and kind in record.provides:
+                reasons.append(f"plugin {name} failed: {record.error}")
+            elif kind in record.off:
+                reasons.append(f"plugin {name}: {record.off[kind]}")
+        wanted = getattr(self.config.core, PROVIDER_HOOKS[kind][1], "") \
+            if PROVIDER_HOOKS[kind][1] else ""
+        if wanted and self.providers[kind]:
+            reasons.append(f"[core] {PROVIDER_HOOKS[kind][1]} = {wanted!r} is not one of "
+                           f"{', '.join(self.providers[kind])}")
+        if not reasons:
+            return f"no {kind} plugin is enabled and running"
+        return f"no {kind} plugin is running: {'; '.join(reasons)}"
+
     def require(self, kind: str) -> Any:
-        """The active provider of ``kind`` or a 503 saying which feature is off."""
+        """The active provider of ``kind`` or a 503 saying why there is none."""
         provider = self._active(kind)
         if provider is None:
-            raise PluginUnavailable(f"no {kind} plugin is enabled and running")
+            raise PluginUnavailable(self.unavailable(kind))
         return provider
 
     async def claim_once(self, consumer: str, key: str) -> bool:

@@ -25,6 +25,7 @@ from sqlalchemy import or_
 from sqlmodel import col, select
 
 from core import jobs
+from core.api.bodies import check_body, json_body
 from core.api.deps import MAX_OFFSET
 from core.errors import BadRequest, NotFound
 from core.models import Conversation, Message, Owner, utcnow
@@ -75,60 +76,31 @@ class ConversationOut:
 def checked_changes(runtime: Runtime, raw: Any) -> dict[str, Any]:
     """The fields of a create or change body, checked; :class:`BadRequest` names the
     first bad one (unknown field, wrong JSON type, out of range, unknown model)."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise BadRequest("the body must be a JSON object")
-    known = ("title", "model", "system_prompt", "temperature", "max_tokens")
-    unknown = sorted(str(key) for key in raw if key not in known)
-    if unknown:
-        raise BadRequest(f"unknown field{'s' if len(unknown) > 1 else ''}: "
-                         f"{', '.join(unknown)} (known: {', '.join(known)})")
+    body = check_body(raw, NewConversation)
     changes: dict[str, Any] = {}
-    for name, value in raw.items():
+    for name, value in body.items():
+        problem = None
         if name == "title":
-            if not isinstance(value, str):
-                raise BadRequest("title: expected a string")
             value = " ".join(value.split())
             if len(value) > MAX_TITLE:
-                raise BadRequest(f"title: at most {MAX_TITLE} characters")
+                problem = f"at most {MAX_TITLE} characters"
         elif value is None:
             pass
-        elif name == "model":
-            if not isinstance(value, str):
-                raise BadRequest("model: expected a string or null")
-            if value not in runtime.providers["llm"]:
-                available = ", ".join(runtime.providers["llm"]) or "none"
-                raise BadRequest(f"model: {value!r} is not available (available: {available})")
-        elif name == "system_prompt":
-            if not isinstance(value, str):
-                raise BadRequest("system_prompt: expected a string or null")
-            if len(value) > MAX_SYSTEM_PROMPT:
-                raise BadRequest(f"system_prompt: at most {MAX_SYSTEM_PROMPT} characters")
+        elif name == "model" and value not in runtime.providers["llm"]:
+            available = ", ".join(runtime.providers["llm"]) or "none"
+            problem = f"{value!r} is not available (available: {available})"
+        elif name == "system_prompt" and len(value) > MAX_SYSTEM_PROMPT:
+            problem = f"at most {MAX_SYSTEM_PROMPT} characters"
         elif name == "temperature":
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise BadRequest("temperature: expected a number or null")
             if not 0 <= value <= 2:
-                raise BadRequest(f"temperature: must be from 0 to 2, got {value}")
+                problem = f"must be from 0 to 2, got {value}"
             value = float(value)
-        elif name == "max_tokens":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise BadRequest("max_tokens: expected an integer or null")
-            if not 1 <= value <= MAX_REPLY_TOKENS:
-                raise BadRequest(f"max_tokens: must be from 1 to {MAX_REPLY_TOKENS}, "
-                                 f"got {value}")
+        elif name == "max_tokens" and not 1 <= value <= MAX_REPLY_TOKENS:
+            problem = f"must be from 1 to {MAX_REPLY_TOKENS}, got {value}"
+        if problem:
+            raise BadRequest(f"{name}: {problem}", param=name)
         changes[name] = value
     return changes
-
-
-async def _body(request: Request[Any, Any, Any]) -> Any:
-    raw = await request.body()
-    if not raw.strip():
-        return None
-    try:
-        return await request.json()
-    except Exception as exc:
-        raise BadRequest("the body is not valid JSON") from exc
 
 
 def _like(text: str) -> str:
@@ -186,7 +158,7 @@ class ConversationController(Controller):
                      data: NewConversation | None = None) -> ConversationOut:
         """Start an empty conversation, with its settings if given. 400 naming the field
         for an unknown field, a wrong type, a value out of range or an unknown model."""
-        changes = checked_changes(runtime, await _body(request))
+        changes = checked_changes(runtime, await json_body(request))
         async with runtime.db.session() as session:
             if await session.get(Owner, principal.owner) is None:
                 session.add(Owner(id=principal.owner))
@@ -211,7 +183,7 @@ class ConversationController(Controller):
         query = select(Conversation).where(Conversation.owner_id == principal.owner)
         if q is not None:
             if not q.strip():
-                raise BadRequest("q: must not be empty")
+                raise BadRequest("q: must not be empty", param="q")
             pattern = _like(q.strip())
             in_messages = (
                 select(Message.conversation_id)
@@ -242,7 +214,7 @@ class ConversationController(Controller):
         ``updated_at`` moves to now when any field is given (so the list, newest first,
         and clients syncing by ``updated_at`` see the change). 400 naming the field for
         a bad value; 404 for another owner's id."""
-        changes = checked_changes(runtime, await _body(request))
+        changes = checked_changes(runtime, await json_body(request))
         await owned(runtime, principal.owner, conversation_id)
         async with runtime.db.session() as session:
             conversation = await session.get(Conversation, conversation_id)

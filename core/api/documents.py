@@ -20,6 +20,7 @@ from typing import Any
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import UploadFile
 
+from core.api.bodies import check_body, json_body
 from core.errors import BadRequest, NotFound
 from core.formats import Limits, parse_document
 from core.protocols import DocumentInfo, Principal, Retriever
@@ -34,6 +35,15 @@ class DocumentOut:
     source: str
     chunks: int
     created_at: datetime | None = None
+
+
+@dataclass
+class DocumentIn:
+    """A document sent as JSON."""
+
+    source: str
+    text: str
+    scope: str = "default"
 
 
 @dataclass
@@ -119,16 +129,30 @@ def _out(info: DocumentInfo) -> DocumentOut:
     return DocumentOut(info.id, info.scope, info.source, info.chunks, info.created_at)
 
 
+FORM_VALUES = ("scope", "source", "text")
+"""The plain (non-file) fields of a multipart upload; every file part is a document."""
+
+
 async def _uploads(request: Request[Any, Any, Any],
                    limits: Limits) -> tuple[list[Upload], str]:
-    """The documents of a JSON or multipart request and the scope they go to."""
+    """The documents of a JSON or multipart request and the scope they go to. 400 naming
+    the field for an unknown field, a wrong JSON type, or (multipart) a plain field sent
+    as a file part (``-F scope=@file`` instead of ``-F scope=work``)."""
     if request.content_type[0] == "multipart/form-data":
         form = await request.form()
-        scope = form.get("scope") or "default"
         for key, value in form.multi_items():
             name = value.filename if isinstance(value, UploadFile) else value
             if "\x00" in str(name or "") or "\x00" in key:
                 raise BadRequest(f"{key}: contains a NUL character", param=key)
+            if key in FORM_VALUES and isinstance(value, UploadFile):
+                raise BadRequest(
+                    f"{key}: must be a plain form value, not a file part (with curl: "
+                    f"-F '{key}=value', or -F '{key}=<file' for a file's contents; "
+                    f"'@' uploads a file)", param=key)
+            if key not in FORM_VALUES and not isinstance(value, UploadFile):
+                raise BadRequest(f"unknown form field: {key} (known: file parts, "
+                                 f"{', '.join(FORM_VALUES)})", param=key)
+        scope = form.get("scope") or "default"
         uploads: list[Upload] = []
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
@@ -140,18 +164,9 @@ async def _uploads(request: Request[Any, Any, Any],
         if not uploads:
             raise BadRequest("no file in the form (send one or more 'file' parts)")
         return uploads, str(scope)
-    try:
-        body = await request.json()
-    except Exception as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict) or not isinstance(body.get("text"), str) or not isinstance(
-        body.get("source"), str
-    ):
-        raise BadRequest('expected JSON {"source": str, "text": str, "scope": str}')
-    scope = body.get("scope", "default")
-    if not isinstance(scope, str):
-        raise BadRequest("scope must be a string")
+    body = check_body(await json_body(request), DocumentIn)
     source = body["source"]
+    scope = body.get("scope", "default")
     return [Upload(source, decode_text(source or "text", body["text"].encode()))], scope
 
 
@@ -200,9 +215,12 @@ class DocumentController(Controller):
 
 @post("/api/search", status_code=200, tags=["documents"],
       summary="Search the caller's documents (for debugging retrieval)")
-async def search(runtime: Runtime, principal: Principal, data: SearchRequest) -> list[PassageOut]:
+async def search(runtime: Runtime, principal: Principal, data: SearchRequest,
+                 request: Request[Any, Any, Any]) -> list[PassageOut]:
     """The passages retrieval finds for ``query`` among the caller's documents (and
-    the shared ones), best first. 400 for an empty query or an unknown scope."""
+    the shared ones), best first. 400 for an empty query, an unknown scope, an unknown
+    field or a value of the wrong JSON type."""
+    check_body(await request.json(), SearchRequest)
     retriever: Retriever = runtime.require("retriever")
     found = await retriever.search(principal.owner, data.query, data.k, data.scopes)
     return [PassageOut(p.text, p.document_id, p.source, p.chunk_index, p.scope, p.score,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from litestar import Request, Response, get, post
 from litestar.response import Redirect
 
 from core import hookimpl, jobs
+from core.api.bodies import check_body
 from core.api.ws import push_event
 from core.chat import ChatCommand
 from core.errors import BadRequest, MamiError, NotFound
@@ -75,76 +75,35 @@ def job_view(job: ImageJob) -> dict[str, Any]:
     }
 
 
-def check_body(raw: Any) -> None:
-    """Refuse what a lenient decoder would let through: unknown fields (a typo would
-    otherwise be dropped silently) and values of the wrong JSON type (``"512"`` for a
-    number). :class:`BadRequest` names the fields."""
-    if not isinstance(raw, dict):
-        raise BadRequest("the body must be a JSON object")
-    known = {f.name for f in dataclasses.fields(ImageJobCreate)}
-    unknown = sorted(str(key) for key in raw if key not in known)
-    if unknown:
-        raise BadRequest(f"unknown field{'s' if len(unknown) > 1 else ''}: "
-                         f"{', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    hints = typing.get_type_hints(ImageJobCreate)
-    for name, value in raw.items():
-        expected = _json_kind(hints[name])
-        if not _is_kind(value, expected):
-            raise BadRequest(f"{name}: expected {expected}, got {_kind_of(value)}")
-
-
-def _json_kind(hint: Any) -> str:
-    optional = type(None) in typing.get_args(hint)
-    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
-    kind = {str: "a string", int: "an integer", float: "a number"}[base]
-    return f"{kind} or null" if optional else kind
-
-
-def _is_kind(value: Any, kind: str) -> bool:
-    if value is None:
-        return kind.endswith("or null")
-    if isinstance(value, bool):
-        return False
-    if kind.startswith("a string"):
-        return isinstance(value, str)
-    if kind.startswith("an integer"):
-        return isinstance(value, int)
-    return isinstance(value, int | float)
-
-
-def _kind_of(value: Any) -> str:
-    names = {bool: "true or false", str: "a string", int: "an integer", float: "a number",
-             list: "a list", dict: "an object", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
 def image_request(data: ImageJobCreate) -> ImageRequest:
     """Check a request's values; :class:`BadRequest` names the first bad field."""
     prompt = data.prompt.strip()
     if not prompt:
-        raise BadRequest("prompt: must not be empty")
+        raise BadRequest("prompt: must not be empty", param="prompt")
     for name in ("prompt", "negative_prompt"):
         if len(getattr(data, name)) > MAX_PROMPT:
-            raise BadRequest(f"{name}: at most {MAX_PROMPT} characters")
+            raise BadRequest(f"{name}: at most {MAX_PROMPT} characters", param=name)
     for name in ("width", "height"):
         value = getattr(data, name)
         if not 64 <= value <= MAX_SIDE or value % 8:
-            raise BadRequest(f"{name}: must be a multiple of 8 from 64 to {MAX_SIDE}, got {value}")
+            raise BadRequest(f"{name}: must be a multiple of 8 from 64 to {MAX_SIDE}, got {value}",
+                             param=name)
     if not 1 <= data.steps <= 150:
-        raise BadRequest(f"steps: must be from 1 to 150, got {data.steps}")
+        raise BadRequest(f"steps: must be from 1 to 150, got {data.steps}", param="steps")
     if not -1 <= data.seed <= SEED_MAX:
-        raise BadRequest(f"seed: must be -1 (random) or from 0 to {SEED_MAX}, got {data.seed}")
+        raise BadRequest(f"seed: must be -1 (random) or from 0 to {SEED_MAX}, got {data.seed}",
+                         param="seed")
     names = {}
     for name in ("sampler", "scheduler", "checkpoint"):
         value = getattr(data, name)
         if value is not None and len(value.strip()) > MAX_NAME:
-            raise BadRequest(f"{name}: at most {MAX_NAME} characters")
+            raise BadRequest(f"{name}: at most {MAX_NAME} characters", param=name)
         names[name] = None if value is None else value.strip()
     for name, (low, high) in (("cfg_scale", CFG_SCALE),
                               ("distilled_cfg_scale", DISTILLED_CFG_SCALE)):
         value = getattr(data, name)
         if value is not None and not low <= value <= high:
-            raise BadRequest(f"{name}: must be from {low:g} to {high:g}, got {value:g}")
+            raise BadRequest(f"{name}: must be from {low:g} to {high:g}, got {value:g}", param=name)
     given = {f.name: getattr(data, f.name) for f in dataclasses.fields(ImageRequest)}
     return ImageRequest(**{**given, "prompt": prompt, **names})
 
@@ -157,7 +116,7 @@ async def create_image(
     """Answers 202 at once with the job; follow it at ``url``. 400 naming the field for
     a bad value, a wrong type or an unknown field; 503 when no image generator plugin
     runs."""
-    check_body(await request.json())
+    check_body(await request.json(), ImageJobCreate)
     image = image_request(data)
     runtime.require("images")
     if data.conversation_id is not None:

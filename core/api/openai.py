@@ -55,6 +55,7 @@ from litestar import Request, Response, get, post
 from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 
+from core.api.bodies import refuse_unknown
 from core.api.openai_schema import ChatOperation
 from core.chat import ChatRequest, Finished, TurnRun, start_turn
 from core.errors import BadRequest, MamiError, NotFound, ProviderError, error_body
@@ -313,9 +314,7 @@ KNOWN = {
 def check_fields(body: dict[str, Any]) -> None:
     """400 for unknown fields, wrongly typed ignored ones and features mami does not
     have (logprobs, audio, the legacy ``functions``), each naming the field."""
-    unknown = sorted(set(body) - KNOWN)
-    if unknown:
-        raise BadRequest(f"unknown field(s): {', '.join(unknown)}", param=unknown[0])
+    refuse_unknown(body, KNOWN)
     for key, (kind, what) in IGNORED.items():
         _of_type(body, key, kind, what)
     for key in ("presence_penalty", "frequency_penalty"):
@@ -374,10 +373,7 @@ def parse_stream(body: dict[str, Any]) -> tuple[bool, bool]:
         return stream, False
     if not isinstance(options, dict):
         raise BadRequest("stream_options must be an object", param="stream_options")
-    unknown = sorted(set(options) - {"include_usage", "include_obfuscation"})
-    if unknown:
-        raise BadRequest(f"stream_options: unknown field(s): {', '.join(unknown)}",
-                         param=f"stream_options.{unknown[0]}")
+    refuse_unknown(options, ("include_usage", "include_obfuscation"), "stream_options.")
     _flag(options, "include_obfuscation", "stream_options.")
     return stream, _flag(options, "include_usage", "stream_options.")
 

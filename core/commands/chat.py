@@ -110,6 +110,7 @@ async def _chat(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     runtime = Runtime(config)
+    runtime.repair_on_start = False  # one turn: no start-up repairs, no first admin token
     await runtime.ensure_started()
     try:
         principal = Principal(owner=args.owner or config.core.local_owner)

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
@@ -56,6 +57,30 @@ before it counts as abandoned by a stopped ingest."""
 MAX_EXTRA = 10_000
 """Most extra results a search asks for to make up for passages it drops."""
 SCAN_PAGE = 1000
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+Method = Callable[P, Coroutine[Any, Any, R]]
+
+
+def _while(operation: str) -> Callable[[Method[P, R]], Method[P, R]]:
+    """A store another process holds refuses ``operation`` with advice that fits it
+    (search through that server, stop it before a repair, ...)."""
+
+    def wrap(method: Method[P, R]) -> Method[P, R]:
+        @functools.wraps(method)
+        async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return await method(*args, **kwargs)
+            except StoreHeld as exc:
+                raise exc.doing(operation) from exc
+
+        return run
+
+    return wrap
 
 
 def document_id(owner: str, scope: str, source: str) -> str:
@@ -166,6 +191,7 @@ class ChromaRetriever:
             raise BadRequest(f"{source}: the document is empty")
         return size
 
+    @_while("ingest")
     async def ingest(
         self, owner: str, source: str, text: str, scope: str = "default",
         pages: Sequence[int] = (),
@@ -198,6 +224,7 @@ class ChromaRetriever:
         if pages:  # Chroma rejects None values: unpaged chunks have no "page" key
             for meta, c in zip(metas, chunks, strict=True):
                 meta["page"] = page_of(pages, c.start)
+        await asyncio.to_thread(self.store.open)  # held elsewhere: the old copy stays
         try:
             # Pending (unlisted, never found) until every vector is written.
             await self._record(doc_id, owner, scope, source, text, 0, size)
@@ -241,6 +268,7 @@ class ChromaRetriever:
                 await session.execute(delete(Document).where(col(Document.id) == doc_id))
                 await session.commit()
 
+    @_while("search")
     async def search(
         self, owner: str, query: str, k: int = 5, scopes: Sequence[str] | None = None
     ) -> list[Passage]:
@@ -255,6 +283,7 @@ class ChromaRetriever:
         vector = (await aembed(self.embedder, [query]))[0]
         return await self._listed_nearest(owner, own, shared, vector, k)
 
+    @_while("search")
     async def search_vector(
         self, owner: str, vector: Any, k: int = 5, scopes: Sequence[str] | None = None
     ) -> list[Passage]:
@@ -351,15 +380,18 @@ class ChromaRetriever:
         shared = owner in self.settings.global_writers
         return [owner, GLOBAL_OWNER] if shared else [owner]
 
+    @_while("delete")
     async def delete_document(self, owner: str, document_id: str) -> bool:
         """Delete one of the owner's documents; False if the owner has no such document."""
         async with self.db.session() as session:
             row = await session.get(Document, document_id)
         if row is None or row.owner_id not in self._writable_owners(owner):
             return False
+        await asyncio.to_thread(self.store.open)
         await self._forget(row.owner_id, row.scope, row.id)
         return True
 
+    @_while("delete")
     async def erase_owner(self, owner: str) -> int:
         """Remove everything of ``owner`` (every collection of theirs, then the rows);
         returns the number of documents that were recorded."""
@@ -370,6 +402,7 @@ class ChromaRetriever:
                 select(Document.scope).where(col(Document.owner_id) == owner)
             )).all()
         scopes = {*rows, *self.settings.scopes, GLOBAL_SCOPE}
+        await asyncio.to_thread(self.store.open)
         for scope in sorted(scopes):
             await asyncio.to_thread(self.store.drop, owner, scope)
         async with self.db.session() as session:
@@ -377,6 +410,7 @@ class ChromaRetriever:
             await session.commit()
         return len(rows)
 
+    @_while("repair")
     async def repair(self, apply: bool = True) -> list[Check]:
         """Find (and with ``apply``, remove) what a stopped ingest left: pending documents
         (see the module's docstring) with their vectors, and vectors of chunks that no

@@ -80,7 +80,7 @@ def hold_store(path: str | Path, holder: str = "") -> None:
         except ValueError:
             info = {}
         handle.close()
-        raise StoreHeld(_held_message(key, info)) from None
+        raise StoreHeld(key, info) from None
     handle.seek(0)
     handle.truncate()
     url = holder.split(" at ", 1)[1] if " at " in holder else ""
@@ -96,15 +96,35 @@ def _command() -> str:
         Path(sys.argv[0]).name
 
 
-def _held_message(path: str, info: Mapping[str, Any]) -> str:
+def _held_message(path: str, info: Mapping[str, Any], doing: str) -> str:
     who = f"{info.get('holder') or 'another process'} (pid {info.get('pid', '?')})"
     url = info.get("url")
-    instead = (f"send the documents through that server instead (POST {url}/api/documents, "
-               "or its web page), or stop it first" if url else
-               "wait for it to finish or stop it")
+    outcome, through = HELD_ADVICE.get(doing, HELD_ADVICE[""])
+    if doing == "repair":
+        instead = through
+    elif url:
+        instead = f"{through.format(url=url)}, or stop it first"
+    else:
+        instead = "wait for it to finish or stop it"
     return (f"the embedded Chroma at {path} is in use by {who}, and embedded Chroma serves "
-            f"one process only: nothing was written. {instead[0].upper()}{instead[1:]}; for "
-            "several processes, run a Chroma server (`chroma run`) and set chroma_url.")
+            f"one process only: {outcome}. {instead[0].upper()}{instead[1:]}; for several "
+            "processes, run a Chroma server (`chroma run`) and set chroma_url.")
+
+
+HELD_ADVICE = {
+    "": ("nothing was read or written",
+         "use that server instead (its API at {url}, or its web page)"),
+    "ingest": ("nothing was written", "send the documents through that server instead "
+               "(POST {url}/api/documents, or its web page)"),
+    "search": ("nothing was searched", "search through that server instead "
+               "(POST {url}/api/search, a chat turn there, or its web page)"),
+    "delete": ("nothing was deleted", "delete through that server instead "
+               "(DELETE {url}/api/documents/{{id}}, or its web page)"),
+    "repair": ("nothing was repaired", "stop it, then run `mami db repair` again (a "
+               "starting `mami serve` also removes what a stopped ingest left)"),
+}
+"""Per operation on a store another process holds: what was not done, and what to do
+instead (``{url}``: the holding server's address)."""
 
 
 def open_client(url: str = "", path: str | Path = "", token: str = "", holder: str = "") -> Any:
@@ -212,7 +232,20 @@ class StoreUnavailable(PluginUnavailable):
 
 
 class StoreHeld(StoreUnavailable):
-    """The embedded store belongs to another running process (see :func:`hold_store`)."""
+    """The embedded store belongs to another running process (see :func:`hold_store`).
+    The message fits the operation (:meth:`doing`): what was not done, and the way
+    round it (through that server, or after stopping it)."""
+
+    def __init__(self, path: str, info: Mapping[str, Any], doing: str = "") -> None:
+        super().__init__(_held_message(path, info, doing))
+        self.path, self.info = path, dict(info)
+        self.situation = self.message.partition(": nothing was")[0]
+        """Who holds the store, without the advice (for ``mami doctor``)."""
+
+    def doing(self, operation: str) -> StoreHeld:
+        """The same refusal, its advice fit for ``operation`` (``ingest``, ``search``,
+        ``delete`` or ``repair``)."""
+        return StoreHeld(self.path, self.info, operation)
 
 
 FAULT_SIGNS = ("readonly", "read-only", "permission denied", "disk i/o", "unable to open",
@@ -316,6 +349,12 @@ class VectorStore:
                 self._collections.clear()
             return client
 
+    def open(self) -> None:
+        """Open the store now: :class:`StoreHeld` or :class:`StoreUnavailable` before a
+        caller changes anything else (a document's row), not half-way through."""
+        self.ensure_present()
+        _ = self.client
+
     def held_elsewhere(self, exc: StoreHeld) -> None:
         """Another process holds the embedded store: ``degraded`` in :meth:`health`
         (naming it) until this process can open the store."""
@@ -389,7 +428,7 @@ class VectorStore:
         try:
             await asyncio.to_thread(lambda: self.client.heartbeat())
         except StoreHeld as exc:
-            return Check(what, "warn", exc.message.partition(": nothing was written")[0],
+            return Check(what, "warn", exc.situation,
                          "the checks of its contents run when no other mami process holds "
                          "it (stop that one first)")
         except Exception as exc:

@@ -7,7 +7,6 @@ Pillow is imported only when an image is checked or a placeholder drawn.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,7 +19,6 @@ if TYPE_CHECKING:
     from core.runtime import Runtime
 
 PLUGIN_NAME = "forge-image"
-log = logging.getLogger("mami.forge_image")
 
 
 @dataclass
@@ -104,8 +102,9 @@ def register_image_generators(
     is configured."""
     settings = runtime.settings(PLUGIN_NAME) or Settings()
     if not settings.url:
-        log.info("%s: image generation is off until [plugins.%s] url is set",
-                  PLUGIN_NAME, PLUGIN_NAME)
+        runtime.provider_off(PLUGIN_NAME, "images", f"image generation is off until "
+                             f"[plugins.{PLUGIN_NAME}] url is set in {runtime.config.source} "
+                             "(the address of a Forge or AUTOMATIC1111 server started with --api)")
         return
     from plugins.forge_image.client import ForgeImageGenerator
 

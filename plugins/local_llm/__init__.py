@@ -81,6 +81,18 @@ class Settings:
         if self.extra_buffers not in ("auto", "on", "off"):
             raise ConfigError(f"[plugins.{PLUGIN}] extra_buffers: expected auto, on or off, "
                               f"got {self.extra_buffers!r}")
+        problems = {
+            "n_ctx": (self.n_ctx < 0, "must be 0 (the model's own window) or more"),
+            "n_threads": (self.n_threads < 0, "must be 0 (half the CPUs) or more"),
+            "max_waiting": (self.max_waiting < 1, "must be at least 1"),
+            "seed": (not -1 <= self.seed < 2**32, "must be -1 (random) or from 0 to 2**32-1"),
+            "load_timeout": (self.load_timeout <= 0, "must be greater than 0"),
+            "cancel_timeout": (self.cancel_timeout <= 0, "must be greater than 0"),
+        }
+        for name, (bad, rule) in problems.items():
+            if bad:
+                raise ConfigError(f"[plugins.{PLUGIN}] {name}: {rule}, "
+                                  f"got {getattr(self, name)!r}")
 
 
 def default_model_path() -> Path:

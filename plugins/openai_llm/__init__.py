@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core import hookimpl
-from core.errors import ProviderError, StreamInterrupted
+from core.errors import ConfigError, ProviderError, StreamInterrupted
 from core.protocols import (
     ChatMessage,
     Delta,
@@ -80,6 +80,16 @@ class Settings:
     stream_usage: bool = True
     """Ask the server for its token usage (``stream_options.include_usage``); turn off
     for servers that reject the field."""
+
+    def __post_init__(self) -> None:
+        for name in ("context_window", "attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"[plugins.{PLUGIN}] {name}: must be at least 1, "
+                                  f"got {getattr(self, name)!r}")
+        for name in ("connect_timeout", "read_timeout", "retry_budget"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[plugins.{PLUGIN}] {name}: must be greater than 0, "
+                                  f"got {getattr(self, name)!r}")
 
 
 def estimate_tokens(text: str) -> int:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from litestar import delete, get, post
+from litestar import Request, delete, get, post
 
+from core.api.bodies import check_body, json_body
 from core.errors import AuthError, NotFound
 from core.protocols import Principal
 from core.runtime import Runtime
@@ -22,10 +23,18 @@ class TokenCreate:
     expires_in: str | None = None
 
 
+@dataclass
+class NoFields:
+    """A request that takes no fields: an empty body, or ``{}``."""
+
+
 @post("/api/tokens", summary="Create an API token for the caller's owner", status_code=201)
-async def create_token(data: TokenCreate, principal: Principal, runtime: Runtime) -> dict[str, Any]:
+async def create_token(data: TokenCreate, principal: Principal, runtime: Runtime,
+                       request: Request[Any, Any, Any]) -> dict[str, Any]:
     """The new token is in ``token`` and is shown only in this response. A token that
-    expires cannot create one that outlives it."""
+    expires cannot create one that outlives it. 400 naming the field for an unknown
+    field or a value of the wrong JSON type."""
+    check_body(await json_body(request), TokenCreate)
     lifetime = tokens.parse_duration(data.expires_in) if data.expires_in else None
     if principal.expires_at is not None and (
         lifetime is None or tokens.now() + lifetime > principal.expires_at
@@ -53,9 +62,12 @@ async def revoke_token(token_id: str, principal: Principal, runtime: Runtime) ->
 
 @post("/api/ws-ticket", summary="Trade the caller's token for a WebSocket ticket",
       status_code=201)
-async def ws_ticket(principal: Principal, runtime: Runtime) -> dict[str, Any]:
+async def ws_ticket(principal: Principal, runtime: Runtime,
+                    request: Request[Any, Any, Any]) -> dict[str, Any]:
     """A single-use ticket, valid for ``expires_in`` seconds. Open the socket offering
-    the subprotocols in ``protocols``, or send ``ticket`` as the first message."""
+    the subprotocols in ``protocols``, or send ``ticket`` as the first message. The
+    body is empty (or ``{}``): a field is a 400 naming it."""
+    check_body(await json_body(request), NoFields)
     ticket, claims = await authenticator_of(runtime).issue_ticket(principal)
     return {
         "ticket": ticket,

@@ -150,6 +150,27 @@ def test_cli_config_errors_are_one_line_naming_file_table_and_key(
         ("[server]\nport = 99999\n", "plugins.toml: [server] port: 99999 is not a port"),
         ("[plugins.token-ws-auth]\nticket_ttl = 100\n",
          "plugins.toml: [plugins.token-ws-auth] ticket_ttl: must be between 0 and 60"),
+        ("[plugins.local-llm]\nn_ctx = -5\n",
+         "plugins.toml: [plugins.local-llm] n_ctx: must be 0 (the model's own window) or "
+         "more, got -5"),
+        ("[plugins.local-llm]\nn_threads = -1\n",
+         "plugins.toml: [plugins.local-llm] n_threads: must be 0 (half the CPUs) or more"),
+        ("[plugins.local-llm]\nmax_waiting = 0\n",
+         "plugins.toml: [plugins.local-llm] max_waiting: must be at least 1, got 0"),
+        ("[plugins.local-llm]\nseed = -2\n",
+         "plugins.toml: [plugins.local-llm] seed: must be -1 (random) or from 0"),
+        ("[plugins.local-llm]\nload_timeout = 0\n",
+         "plugins.toml: [plugins.local-llm] load_timeout: must be greater than 0"),
+        ("[plugins.local-llm]\ncancel_timeout = -1\n",
+         "plugins.toml: [plugins.local-llm] cancel_timeout: must be greater than 0"),
+        ("[plugins.openai-llm]\nenabled = true\ncontext_window = 0\n",
+         "plugins.toml: [plugins.openai-llm] context_window: must be at least 1, got 0"),
+        ("[plugins.openai-llm]\nenabled = true\nattempts = 0\n",
+         "plugins.toml: [plugins.openai-llm] attempts: must be at least 1"),
+        ("[plugins.openai-llm]\nenabled = true\nread_timeout = -1.0\n",
+         "plugins.toml: [plugins.openai-llm] read_timeout: must be greater than 0"),
+        ("[plugins.openai-llm]\nenabled = true\nretry_budget = 0\n",
+         "plugins.toml: [plugins.openai-llm] retry_budget: must be greater than 0"),
     ],
 )
 def test_every_config_mistake_names_the_file_table_and_key(
@@ -162,6 +183,18 @@ def test_every_config_mistake_names_the_file_table_and_key(
     assert result.returncode == 1, result.stdout
     errors = [line for line in result.stderr.splitlines() if line.startswith("mami: error:")]
     assert len(errors) == 1 and errors[0].startswith(f"mami: error: {message}"), result.stderr
+
+
+@pytest.mark.parametrize("command", [["plugins"], ["chat", "hi"], ["db", "current"]])
+def test_the_cli_logs_a_plugin_failure_once(tmp_path: Path, sample_plugins: Path,
+                                            command: list[str]) -> None:
+    """The CLI loaded the plugins to find their commands, then the command's runtime
+    loaded them again: each load failure was logged twice."""
+    result = _mami(command, tmp_path, sample_plugins)
+    assert result.returncode == 0, result.stderr
+    logged = [line for line in result.stderr.splitlines()
+              if "plugin broken-import failed: import failed" in line]
+    assert len(logged) == 1, result.stderr
 
 
 def test_plugin_commands_appear_in_help(tmp_path: Path, sample_plugins: Path) -> None:
@@ -177,7 +210,7 @@ def test_mami_chat_answers_slash_commands_of_core_and_plugins(
 ) -> None:
     image = _mami(["chat", "/image a cat"], tmp_path, sample_plugins)
     assert image.returncode == 0, image.stderr
-    reply = image.stdout.strip().splitlines()[-1]  # (the first run also shows an admin token)
+    reply = image.stdout.strip().splitlines()[-1]
     assert reply.startswith('Creating an image of "a cat" (job ')
     shout = _mami(["chat", "/shout hi there"], tmp_path, sample_plugins)
     assert shout.stdout.strip().splitlines()[-1] == "HI THERE"
@@ -222,3 +255,55 @@ async def test_a_plugin_whose_routes_litestar_rejects_degrades(make_config: Any)
     assert "routes rejected" in health["plugins"]["bad-routes"]["error"]
     assert health["plugins"]["sample"]["status"] == "ok"
     assert hello.status_code == 200
+
+
+def test_an_error_in_a_plugin_route_is_logged_naming_the_plugin(
+    make_config: Any, live_server: Any
+) -> None:
+    """A plugin's route that raised was logged as "unhandled error", which named no
+    plugin: the operator could not tell whose route broke."""
+    import logging
+    from functools import partial
+
+    import httpx
+    from litestar import Controller, get
+
+    from core import hookimpl
+    from core.plugins import Candidate
+
+    @get("/flaky/plain")
+    async def plain() -> None:
+        raise RuntimeError("plain route exploded")
+
+    class Flaky(Controller):
+        path = "/flaky/controller"
+
+        @get("/")
+        async def nested(self) -> None:
+            raise RuntimeError("controller route exploded")
+
+    class FlakyRoutes:
+        @hookimpl
+        def register_routes(self, runtime: Any) -> list[Any]:
+            return [plain, Flaky]
+
+    flaky = Candidate("flaky-routes", "tests", "entrypoint", True, partial(FlakyRoutes))
+    sample = next(c for c in entrypoint_candidates() if c.name == "sample")
+    server = live_server(create_app(make_config(), candidates=[flaky, sample]))
+    seen: list[logging.LogRecord] = []
+    catcher = logging.Handler(logging.ERROR)
+    catcher.emit = seen.append  # type: ignore[method-assign,assignment]
+    logging.getLogger("mami").addHandler(catcher)
+    try:
+        for path in ("/flaky/plain", "/flaky/controller"):
+            seen.clear()
+            answer = httpx.get(server.url + path)
+            assert answer.status_code == 500
+            assert "exploded" not in answer.text  # the details are for the log only
+            (record,) = [r for r in seen if r.name == "mami"]
+            assert record.getMessage() == (f"unhandled error in a route of plugin "
+                                           f"flaky-routes (GET {path})"), record.getMessage()
+            assert record.exc_info and "exploded" in str(record.exc_info[1])
+    finally:
+        logging.getLogger("mami").removeHandler(catcher)
+    assert httpx.get(server.url + "/sample/hello").status_code == 200

@@ -36,9 +36,11 @@ def error_of(response: Any) -> str:
 
 
 async def test_upload_list_search_delete(client: AsyncTestClient[Any]) -> None:
-    made = await client.post("/api/documents", headers=ALICE, json={
-        "source": "paris.md", "text": "Paris is the capital of France.", "scope": "work",
-        "owner": "bob"})
+    paris = {"source": "paris.md", "text": "Paris is the capital of France.", "scope": "work"}
+    claimed = await client.post("/api/documents", headers=ALICE, json={**paris, "owner": "bob"})
+    assert claimed.status_code == 400 and claimed.json()["error"]["param"] == "owner"
+    assert (await client.get("/api/documents", headers=BOB)).json() == []
+    made = await client.post("/api/documents", headers=ALICE, json=paris)
     assert made.status_code == 201, made.text
     (doc,) = made.json()
     assert doc["source"] == "paris.md" and doc["scope"] == "work" and doc["chunks"] == 1
@@ -93,7 +95,7 @@ async def test_bad_requests_are_clear(client: AsyncTestClient[Any]) -> None:
     cases = [
         ({"source": "a.md", "text": "hello", "scope": "secret"}, 400, "unknown scope 'secret'"),
         ({"source": "a.md", "text": "hello", "scope": "global"}, 403, "global"),
-        ({"source": "a.md"}, 400, "expected JSON"),
+        ({"source": "a.md"}, 400, "text: required"),
         ({"source": "", "text": "hello"}, 400, "source"),
     ]
     for body, status, message in cases:

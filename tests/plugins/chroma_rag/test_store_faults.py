@@ -224,3 +224,65 @@ async def test_a_store_another_process_holds_is_degraded_then_taken_over(
         if holder.poll() is None:
             holder.kill()
             holder.wait(timeout=30)
+
+
+def test_a_held_store_gives_advice_that_fits_the_operation(
+        make_config: Any, live_server: Any, tmp_path: Path) -> None:
+    """The refusal of a store another process holds always said "Send the documents
+    through that server", also to a search and to `mami db repair`. Each operation now
+    says what was not done and what to do instead."""
+    import os
+    import sys
+
+    import httpx
+
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("MAMI_CONFIG", None)
+    data, database = tmp_path / "data", f"sqlite:///{tmp_path / 'data' / 'mami.db'}"
+    toml = tmp_path / "plugins.toml"
+    toml.write_text(f'[core]\ndata_dir = "{data}"\ndatabase_url = "{database}"\nauth = false\n'
+                    "[plugins.local-llm]\nenabled = false\n"
+                    "[plugins.forge-image]\nenabled = false\n")
+    (tmp_path / "paris.md").write_text("Paris is the capital of France.")
+
+    def mami(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "core.cli", "--config", str(toml), *args],
+                              cwd=tmp_path, env=env, text=True, capture_output=True,
+                              timeout=300)
+
+    ingested = mami("ingest", str(tmp_path / "paris.md"), "--owner", "local")
+    assert ingested.returncode == 0, ingested.stderr
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(data / "chroma")], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, env=env)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
+        repair = mami("db", "repair")
+        assert repair.returncode == 1
+        assert "nothing was repaired. Stop it, then run `mami db repair` again" in repair.stderr
+        assert "Send the documents" not in repair.stderr
+
+        config = make_config(core={"database_url": database},
+                             plugins={"chroma-rag": {"path": str(data / "chroma")}})
+        server = live_server(create_app(config, candidates=rag_candidates()))
+        (document,) = httpx.get(f"{server.url}/api/documents").json()
+        answers = {
+            "nothing was searched. Search through that server instead (POST "
+            "http://127.0.0.1:9/api/search": httpx.post(f"{server.url}/api/search",
+                                                       json={"query": "capital"}),
+            "nothing was deleted. Delete through that server instead":
+                httpx.delete(f"{server.url}/api/documents/{document['id']}"),
+            "nothing was written. Send the documents through that server instead (POST "
+            "http://127.0.0.1:9/api/documents": httpx.post(f"{server.url}/api/documents",
+                                                          json=PARIS),
+        }
+        for advice, answer in answers.items():
+            assert answer.status_code == 503, answer.text
+            message = answer.json()["error"]["message"]
+            assert "in use by mami serve at http://127.0.0.1:9" in message
+            assert advice in message, message
+        assert [d["id"] for d in httpx.get(f"{server.url}/api/documents").json()] == [
+            document["id"]]
+    finally:
+        holder.communicate(b"", timeout=30)

@@ -143,3 +143,32 @@ def test_mami_plugins_makes_no_admin_token(tmp_path: Path,
     assert "admin token" not in listing.out + listing.err
     assert main(["--config", str(config), "token", "list", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_mami_chat_makes_no_admin_token(tmp_path: Path, sample_plugins: Path) -> None:
+    """`mami chat` on a fresh install created the first admin token and printed it
+    above the reply (as `mami plugins` did), so the first `mami serve` printed no
+    sign-in URL. One turn in the terminal is not the server's first start."""
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "plugins.toml"
+    config.write_text(f'[core]\ndata_dir = "{tmp_path}"\nauth = true\n'
+                      f'database_url = "sqlite:///{tmp_path / "mami.db"}"\n')
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{sample_plugins}"}
+    env.pop("MAMI_CONFIG", None)
+
+    def mami(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "core.cli", "--config", str(config),
+                               *args], cwd=tmp_path, env=env, text=True, capture_output=True,
+                              timeout=120)
+
+    chat = mami("chat", "hello there")
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.strip() == "hello there"  # the sample model echoes; nothing else
+    assert "admin token" not in chat.stdout + chat.stderr
+    listed = mami("token", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == []
