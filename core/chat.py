@@ -109,7 +109,7 @@ from core.errors import (
 )
 from core.events import MessageCompleted
 from core.leases import expired, holder_gone, new_holder
-from core.models import Conversation, Message, Owner, utcnow
+from core.models import Conversation, Message, Owner, trusted, utcnow
 from core.protocols import (
     ChatMessage,
     Delta,
@@ -938,7 +938,7 @@ def _one(model: Any, result: Any) -> Any:
     """The first row of ``result`` as a ``model`` instance (trusted: our own rows are
     not validated again), or ``None``."""
     row = result.mappings().first()
-    return model.model_construct(**row) if row is not None else None
+    return trusted(model, row) if row is not None else None
 
 
 def _read_turn(conn: Connection, owner: str, request: ChatRequest, conversation_id: str | None,
@@ -991,7 +991,7 @@ def _replaceable(conn: Connection, conversation: Conversation | None, message_id
                        param="replace_from")
     streaming = conn.execute(_STREAMING_FROM, {"conversation": conversation.id,
                                                "from_seq": message.seq}).mappings().all()
-    if any(not abandoned(Message.model_construct(**m)) for m in streaming):
+    if any(not abandoned(trusted(Message, m)) for m in streaming):
         raise Conflict("a reply in this conversation is still being written; stop it first")
     return message
 

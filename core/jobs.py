@@ -48,7 +48,7 @@ from core.config import Config
 from core.db import Database
 from core.events import ImageFinished
 from core.image_store import DirectoryStore, ImageStore, open_image_store
-from core.models import ImageJob, utcnow
+from core.models import ImageJob, trusted, utcnow
 from core.plugins import contained, describe, within
 from core.protocols import ImageRequest
 from core.runtime import Runtime
@@ -95,12 +95,11 @@ async def enqueue(
 ) -> ImageJob:
     """Store a new queued job and wake an in-process worker."""
     now = utcnow()
-    # model_construct: the values are ours, and validating them costs more than the INSERT.
-    job = ImageJob.model_construct(
-        id=uuid.uuid4().hex, owner_id=owner, conversation_id=conversation_id,
-        request=dataclasses.asdict(request), max_attempts=max_attempts,
-        created_at=now, updated_at=now,
-    )
+    job = trusted(ImageJob, {
+        "id": uuid.uuid4().hex, "owner_id": owner, "conversation_id": conversation_id,
+        "request": dataclasses.asdict(request), "max_attempts": max_attempts,
+        "created_at": now, "updated_at": now,
+    })
     values = job.model_dump()
     await runtime.db.run(lambda conn: conn.execute(_INSERT, values))
     wakeup = runtime.state.get(WAKEUP_KEY)
@@ -178,7 +177,7 @@ def _row_job(result: Any) -> ImageJob | None:
     """The job in a ``RETURNING`` row (trusted: not validated again, which costs more
     than the statement on SQLite)."""
     row = result.mappings().first()
-    return ImageJob.model_construct(**row) if row is not None else None
+    return trusted(ImageJob, row) if row is not None else None
 
 
 async def claim(

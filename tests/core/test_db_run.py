@@ -132,3 +132,20 @@ def test_an_image_request_on_a_read_only_database_is_a_503(make_config: Any,
     finally:
         immutable(files, False)
         forge.stop()
+
+
+def test_trusted_rows_work_before_anything_configured_the_mappers() -> None:
+    """``model_construct`` skips what the constructor does first: configuring SQLAlchemy's
+    mappers. A process whose first ORM object is a trusted row (``mami chat /image``, with
+    no start-up repairs) got "'NoneType' object has no attribute 'supports_population'"."""
+    import subprocess
+    import sys
+
+    code = ("from core.models import ImageJob, Message, trusted\n"
+            "job = trusted(ImageJob, {'id': 'j1', 'owner_id': 'ann', 'request': {}})\n"
+            "message = trusted(Message, {'id': 'm1', 'role': 'user', 'content': 'hi'})\n"
+            "print(job.id, job.owner_id, message.role, message.content)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["j1", "ann", "user", "hi"]
