@@ -64,8 +64,8 @@ class CoreSettings:
     document_max_pages: int = 500  # a PDF's pages
 
     def __post_init__(self) -> None:
-        for name in ("event_timeout", "startup_timeout", "image_deadline", "tool_timeout", "tool_deadline",
-                     "document_max_bytes", "document_max_pages"):
+        for name in ("event_timeout", "startup_timeout", "image_deadline", "tool_timeout",
+                     "tool_deadline", "document_max_bytes", "document_max_pages"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"[core] {name}: must be greater than 0")
         if self.max_tool_steps < 0:
