@@ -23,10 +23,12 @@ REPO = Path(__file__).resolve().parents[2]
 CONTRACT = REPO / "tests" / "contract_plugins" / "pyproject.toml"
 
 
-def write_config(tmp_path: Path, core: str = "", only: str = "hangs") -> Path:
-    """A plugins.toml that enables, of the contract plugins, only ``only``."""
+def write_config(tmp_path: Path, core: str = "", only: str | None = "hangs") -> Path:
+    """A plugins.toml that enables, of the contract plugins, only ``only`` (``None``:
+    the contract plugins are not installed)."""
     others = re.findall(r"^([\w-]+) = \"mami_contract\.", CONTRACT.read_text(), flags=re.M)
-    tables = "".join(f"[plugins.{name}]\nenabled = false\n" for name in others if name != only)
+    tables = "".join(f"[plugins.{name}]\nenabled = false\n" for name in others
+                     if only is not None and name != only)
     config = tmp_path / "plugins.toml"
     config.write_text(f'[core]\ndata_dir = "{tmp_path / "data"}"\nauth = false\n{core}'
                       f"[plugins.local-llm]\nenabled = false\n{tables}", encoding="utf-8")
@@ -131,7 +133,7 @@ def test_a_port_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        config = write_config(tmp_path, only="")
+        config = write_config(tmp_path, only=None)
         result = subprocess.run(
             [sys.executable, "-m", "core.cli", "--config", str(config), "serve", "--port",
              str(port)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
