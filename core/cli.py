@@ -26,7 +26,7 @@ def _config(args: argparse.Namespace) -> Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the HTTP and WebSocket server with uvicorn. The address is bound first, so a
     port in use is refused in one line before anything starts; SIGTERM or SIGINT while
-    the plugins start stops the process (see :func:`_serve_class`)."""
+    the plugins start stops the process."""
     import gc
 
     from core.app import create_app, runtime_of
