@@ -113,6 +113,9 @@ async def _redeliver(runtime: Runtime) -> None:
 
     from plugins.memory.extract import redeliver_unfinished, retry_pending, start_retrying
 
+    from plugins.memory.extract import STATE
+
+    runtime.state.pop(STATE, None)  # a stopped runtime's retries, if it is started again
     settings = runtime.settings(PLUGIN) or Settings()
     try:  # never fails the plugin: the next start tries again
         await redeliver_unfinished(runtime, settings)
@@ -128,10 +131,12 @@ async def _redeliver(runtime: Runtime) -> None:
 @hookimpl
 def shutdown(runtime: Runtime) -> Awaitable[None] | None:
     """Stop the background retries (the messages stay marked: the next start retries)."""
-    from plugins.memory.extract import STATE
+    from plugins.memory.extract import STATE, Retrier
 
-    retrier = runtime.state.pop(STATE, None)
-    return retrier.stop() if retrier is not None else None
+    # Kept, closed: a write failing while the app stops starts no retries after it.
+    retrier = runtime.state.setdefault(STATE, Retrier(runtime, runtime.settings(PLUGIN)
+                                                      or Settings()))
+    return retrier.stop()
 
 
 @hookimpl

@@ -351,10 +351,13 @@ class Retrier:
     def __init__(self, runtime: Runtime, settings: Settings) -> None:
         self.runtime, self.settings = runtime, settings
         self.wanted = False
+        self.closed = False  # the app stops: a failure now waits for the next start
         self.task: asyncio.Task[None] | None = None
 
     def want(self) -> None:
         self.wanted = True  # seen by a running pass: it looks again instead of ending
+        if self.closed:
+            return
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._run())
 
@@ -373,6 +376,7 @@ class Retrier:
             pause = min(pause * 2, RETRY_MAX) if failed else RETRY_EVERY
 
     async def stop(self) -> None:
+        self.closed = True
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -18,6 +18,8 @@ from core.events import MessageCompleted
 from core.models import EventReceipt
 from core.runtime import Runtime
 from plugins.memory import extract
+from tests.conftest import free_port
+from tests.plugins.chroma_rag.conftest import ChromaServer
 from tests.plugins.memory.conftest import ScriptedLLM, counts, store_of
 from tests.plugins.memory.test_exactly_once import ask
 
@@ -114,3 +116,35 @@ async def test_a_marked_fact_is_remembered_at_the_next_start(
     third = await make_runtime(database_url=database_url, llm=llm, memory=memory)
     assert await counts(third) == (1, 1, 1)
     assert extract.STATE not in third.state  # nothing waits: no background retry
+
+
+async def test_two_processes_retrying_while_the_chroma_server_was_down_write_once(
+    postgres_url: str, make_runtime: Any, llm: ScriptedLLM, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Chroma server is down when the fact is asked for; a second process starting
+    then finds the marked message and fails too, so both retry in the background. When
+    the server is up, the fact is one memory, seen once."""
+    monkeypatch.setattr(extract, "RETRY_EVERY", 0.05)
+    port = free_port()
+    memory = {"chroma_url": f"http://127.0.0.1:{port}"}
+    one = await make_runtime(database_url=postgres_url, llm=llm, memory=memory)
+    assert (await ask(one, VEGETARIAN, "v1")).status == "complete"
+    two = await make_runtime(database_url=postgres_url, llm=llm, memory=memory)
+    assert await pending(two) == 1 and (await counts(two))[0] == 0
+    for runtime in (one, two):
+        assert not runtime.state[extract.STATE].task.done()
+    server = await asyncio.to_thread(ChromaServer, tmp_path / "chroma", port)
+    try:
+        async def remembered() -> bool:
+            return (await counts(one))[0] > 0 and await pending(one) == 0
+
+        await until(remembered)
+        for runtime in (one, two):
+            task = runtime.state[extract.STATE].task
+            await until(lambda task=task: asyncio.sleep(0, task.done()))
+        [memory_row] = await store_of(two).list_memories("alice")
+        assert (memory_row.text, memory_row.seen_count) == ("I am vegetarian", 1)
+        assert await counts(one) == (1, 1, 1)
+    finally:
+        server.stop()
