@@ -111,9 +111,12 @@ def startup(runtime: Runtime) -> Awaitable[None] | None:
 async def _redeliver(runtime: Runtime) -> None:
     import logging
 
-    from plugins.memory.extract import redeliver_unfinished, retry_pending, start_retrying
-
-    from plugins.memory.extract import STATE
+    from plugins.memory.extract import (
+        STATE,
+        redeliver_unfinished,
+        retry_pending,
+        start_retrying,
+    )
 
     runtime.state.pop(STATE, None)  # a stopped runtime's retries, if it is started again
     settings = runtime.settings(PLUGIN) or Settings()
