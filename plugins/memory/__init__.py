@@ -101,34 +101,33 @@ def register_memory_stores(register: Callable[[MemoryStore], None], runtime: Run
 @hookimpl
 def startup(runtime: Runtime) -> Awaitable[None] | None:
     """Remember the facts of messages a killed process had claimed but not handled, and
-    of those whose memory write failed (Chroma down); a long-running server retries the
-    ones still failing in the background until they succeed."""
+    of those whose memory write failed (Chroma down). A long-running server does it in
+    the background (a slow model or a store still down never holds its start) and goes
+    on retrying the ones still failing; on AWS Lambda it is done here, as nothing may
+    run after a response."""
     if runtime.memory is None or not getattr(runtime, "repair_on_start", True):
         return None
-    return _redeliver(runtime)
+    from plugins.memory.extract import STATE, start_retrying
+
+    settings = runtime.settings(PLUGIN) or Settings()
+    runtime.state.pop(STATE, None)  # a stopped runtime's retries, if it is started again
+    if runtime.serverless:
+        return _redeliver(runtime, settings)
+    start_retrying(runtime, settings, at_start=True)
+    return None
 
 
-async def _redeliver(runtime: Runtime) -> None:
+async def _redeliver(runtime: Runtime, settings: Settings) -> None:
     import logging
 
-    from plugins.memory.extract import (
-        STATE,
-        redeliver_unfinished,
-        retry_pending,
-        start_retrying,
-    )
+    from plugins.memory.extract import redeliver_unfinished, retry_pending
 
-    runtime.state.pop(STATE, None)  # a stopped runtime's retries, if it is started again
-    settings = runtime.settings(PLUGIN) or Settings()
     try:  # never fails the plugin: the next start tries again
         await redeliver_unfinished(runtime, settings)
-        left, _failed = await retry_pending(runtime, settings)
+        await retry_pending(runtime, settings)
     except Exception as exc:
         logging.getLogger("mami.memory").warning("redelivering claimed messages failed: %s",
                                                  exc)
-        return
-    if left and not runtime.serverless:
-        start_retrying(runtime, settings)
 
 
 @hookimpl

@@ -354,15 +354,23 @@ class Retrier:
         self.closed = False  # the app stops: a failure now waits for the next start
         self.task: asyncio.Task[None] | None = None
 
-    def want(self) -> None:
+    def want(self, at_start: bool = False) -> None:
+        """Run passes until no marker is left; ``at_start``: first the start-up's
+        :func:`redeliver_unfinished` and a pass at once."""
         self.wanted = True  # seen by a running pass: it looks again instead of ending
         if self.closed:
             return
         if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._run())
+            self.task = asyncio.create_task(self._run(at_start))
 
-    async def _run(self) -> None:
+    async def _run(self, at_start: bool) -> None:
         pause = RETRY_EVERY
+        if at_start:
+            pause = 0.0
+            try:
+                await redeliver_unfinished(self.runtime, self.settings)
+            except Exception as exc:  # the pass below and the next start try again
+                log.warning("redelivering claimed messages failed: %s", exc)
         while True:
             await asyncio.sleep(pause)
             self.wanted = False
@@ -383,13 +391,13 @@ class Retrier:
                 await self.task
 
 
-def start_retrying(runtime: Runtime, settings: Settings) -> None:
+def start_retrying(runtime: Runtime, settings: Settings, at_start: bool = False) -> None:
     """Make sure the runtime's :class:`Retrier` runs (a long-running server only: on
     AWS Lambda nothing may run after a response, and the next start retries)."""
     retrier = runtime.state.get(STATE)
     if retrier is None:
         retrier = runtime.state[STATE] = Retrier(runtime, settings)
-    retrier.want()
+    retrier.want(at_start)
 
 
 def _aware(moment: Any) -> Any:

@@ -20,7 +20,7 @@ from core.runtime import Runtime
 from plugins.memory import extract
 from tests.conftest import free_port
 from tests.plugins.chroma_rag.conftest import ChromaServer
-from tests.plugins.memory.conftest import ScriptedLLM, counts, store_of
+from tests.plugins.memory.conftest import ScriptedLLM, candidates, counts, store_of
 from tests.plugins.memory.test_exactly_once import ask
 
 VEGETARIAN = "Remember that I am vegetarian."
@@ -95,10 +95,11 @@ async def test_a_fact_asked_for_while_chroma_is_held_is_remembered_once_it_is_fr
 
 
 async def test_a_marked_fact_is_remembered_at_the_next_start(
-    make_runtime: Any, database_url: str, llm: ScriptedLLM, tmp_path: Path
+    make_runtime: Any, make_config: Any, database_url: str, llm: ScriptedLLM, tmp_path: Path
 ) -> None:
-    """The process stops while the store is still held (as on AWS Lambda, where nothing
-    runs in the background): the next start remembers it, once, also when started twice."""
+    """The process stops while the store is still held: the next start remembers it,
+    once, also when started again. On AWS Lambda (serverless: nothing runs in the
+    background) the start-up itself does it; a server does it in the background."""
     memory = {"path": str(tmp_path / "chroma")}
     holder = Holder(tmp_path / "chroma")
     try:
@@ -108,14 +109,42 @@ async def test_a_marked_fact_is_remembered_at_the_next_start(
         await first.stop()
     finally:
         holder.release()
+    lambda_like = Runtime(make_config(core={"database_url": database_url, "auth": False},
+                                      plugins={"memory": memory}),
+                          candidates(llm), serverless=True)
+    try:
+        await lambda_like.ensure_started()
+        [remembered] = await store_of(lambda_like).list_memories("alice")
+        assert (remembered.text, remembered.seen_count) == ("I am vegetarian", 1)
+        assert await counts(lambda_like) == (1, 1, 1) and await pending(lambda_like) == 0
+        assert extract.STATE not in lambda_like.state  # no background task on Lambda
+    finally:
+        await lambda_like.stop()
+    server = await make_runtime(database_url=database_url, llm=llm, memory=memory)
+    task = server.state[extract.STATE].task
+    await until(lambda: asyncio.sleep(0, task.done()))  # the start-up pass ends
+    assert await counts(server) == (1, 1, 1)
+
+
+async def test_a_server_remembers_marked_facts_in_the_background_after_its_start(
+    make_runtime: Any, database_url: str, llm: ScriptedLLM, tmp_path: Path
+) -> None:
+    memory = {"path": str(tmp_path / "chroma")}
+    holder = Holder(tmp_path / "chroma")
+    try:
+        first = await make_runtime(database_url=database_url, llm=llm, memory=memory)
+        assert (await ask(first, VEGETARIAN, "v1")).status == "complete"
+        await first.stop()
+    finally:
+        holder.release()
     second = await make_runtime(database_url=database_url, llm=llm, memory=memory)
-    [remembered] = await store_of(second).list_memories("alice")
-    assert (remembered.text, remembered.seen_count) == ("I am vegetarian", 1)
-    assert await counts(second) == (1, 1, 1) and await pending(second) == 0
-    await second.stop()
-    third = await make_runtime(database_url=database_url, llm=llm, memory=memory)
-    assert await counts(third) == (1, 1, 1)
-    assert extract.STATE not in third.state  # nothing waits: no background retry
+
+    async def remembered() -> bool:
+        return await counts(second) == (1, 1, 1) and await pending(second) == 0
+
+    await until(remembered)
+    [memory_row] = await store_of(second).list_memories("alice")
+    assert memory_row.seen_count == 1
 
 
 async def test_two_processes_retrying_while_the_chroma_server_was_down_write_once(
