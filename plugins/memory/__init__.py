@@ -102,19 +102,30 @@ def register_memory_stores(register: Callable[[MemoryStore], None], runtime: Run
 def startup(runtime: Runtime) -> Awaitable[None] | None:
     """Remember the facts of messages a killed process had claimed but not handled, and
     of those whose memory write failed (Chroma down). A long-running server does it in
-    the background (a slow model or a store still down never holds its start) and goes
-    on retrying the ones still failing; on AWS Lambda it is done here, as nothing may
-    run after a response."""
+    a background task, waiting for it at most ``START_WAIT`` seconds (half the
+    ``[core] startup_timeout`` if less), and goes on retrying the ones still failing; on
+    AWS Lambda it is done here, as nothing may run after a response."""
     if runtime.memory is None or not getattr(runtime, "repair_on_start", True):
         return None
-    from plugins.memory.extract import STATE, start_retrying
+    from plugins.memory.extract import STATE
 
     settings = runtime.settings(PLUGIN) or Settings()
     runtime.state.pop(STATE, None)  # a stopped runtime's retries, if it is started again
     if runtime.serverless:
         return _redeliver(runtime, settings)
+    return _start_retrying(runtime, settings)
+
+
+async def _start_retrying(runtime: Runtime, settings: Settings) -> None:
+    import asyncio
+    import contextlib
+
+    from plugins.memory.extract import START_WAIT, STATE, start_retrying
+
     start_retrying(runtime, settings, at_start=True)
-    return None
+    wait = min(START_WAIT, runtime.config.core.startup_timeout / 2)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(runtime.state[STATE].passed.wait(), wait)
 
 
 async def _redeliver(runtime: Runtime, settings: Settings) -> None:

@@ -282,6 +282,9 @@ RETRY_MAX = 600.0
 RETRY_GIVE_UP = timedelta(days=1)
 """A message whose remembering has failed for this long is given up (logged)."""
 STATE = "memory.retrier"
+START_WAIT = 10.0
+"""Seconds a server's start waits for the start-up pass (then it goes on in the
+background, so a slow model or a store still down never holds the start for long)."""
 
 
 async def retry_pending(runtime: Runtime, settings: Settings) -> tuple[int, bool]:
@@ -353,6 +356,8 @@ class Retrier:
         self.wanted = False
         self.closed = False  # the app stops: a failure now waits for the next start
         self.task: asyncio.Task[None] | None = None
+        self.passed = asyncio.Event()
+        """Set after the first pass (the start-up's, with ``at_start``)."""
 
     def want(self, at_start: bool = False) -> None:
         """Run passes until no marker is left; ``at_start``: first the start-up's
@@ -379,6 +384,7 @@ class Retrier:
             except Exception as exc:  # the database is down: markers are safe in it
                 log.warning("retrying failed memory writes failed: %s", exc)
                 left, failed = 1, True
+            self.passed.set()
             if not left and not self.wanted:
                 return
             pause = min(pause * 2, RETRY_MAX) if failed else RETRY_EVERY
