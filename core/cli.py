@@ -24,37 +24,127 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the HTTP and WebSocket server with uvicorn."""
+    """Run the HTTP and WebSocket server with uvicorn. The address is bound first, so a
+    port in use is refused in one line before anything starts; SIGTERM or SIGINT while
+    the plugins start stops the process."""
     import gc
-
-    import uvicorn
 
     from core.app import create_app, runtime_of
 
     config = _config(args)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    app = create_app(config)
-    runtime = runtime_of(app)
-    _schema_preflight(runtime)
-    urls = [f"http://{_url_host(host)}:{port}"]
-    if host in WILDCARD_BINDS:
-        addresses = reachable_addresses()
-        urls = [f"http://{_url_host(a)}:{port}" for a in addresses]
-        runtime.state["server_addresses"] = addresses
-    runtime.state["public_url"] = config.server.public_url or urls[0]
-    listening = f", listening on {host or '0.0.0.0'}" if host in WILDCARD_BINDS else ""
-    print(f"mami: serving on {', '.join(urls)} (config: {config.source}{listening})",
-          flush=True)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level=config.core.log_level.lower(),
-                       ws_max_size=1 << 20, lifespan="on")
-    )
-    # Keep everything imported and built so far out of the garbage collector's scans:
-    # full collections over it otherwise stall replies by tens of milliseconds.
-    gc.freeze()
-    server.run()
-    return 0 if server.started else 1
+    listener = bind_listener(host, port)
+    try:
+        app = create_app(config)
+        runtime = runtime_of(app)
+        _schema_preflight(runtime)
+        urls = [f"http://{_url_host(host)}:{port}"]
+        if host in WILDCARD_BINDS:
+            addresses = reachable_addresses()
+            urls = [f"http://{_url_host(a)}:{port}" for a in addresses]
+            runtime.state["server_addresses"] = addresses
+        runtime.state["public_url"] = config.server.public_url or urls[0]
+        listening = f", listening on {host or '0.0.0.0'}" if host in WILDCARD_BINDS else ""
+        print(f"mami: serving on {', '.join(urls)} (config: {config.source}{listening})",
+              flush=True)
+        import uvicorn
+
+        server = _serve_class()(
+            uvicorn.Config(app, host=host, port=port, log_level=config.core.log_level.lower(),
+                           ws_max_size=1 << 20, lifespan="on"),
+            runtime,
+        )
+        # Keep everything imported and built so far out of the garbage collector's scans:
+        # full collections over it otherwise stall replies by tens of milliseconds.
+        gc.freeze()
+        try:
+            server.run(sockets=[listener])
+        except asyncio.CancelledError:
+            if server.stopped_by is None:
+                raise
+        if server.stopped_by is not None:
+            return 128 + server.stopped_by
+        return 0 if server.started else 1
+    finally:
+        listener.close()
+
+
+def bind_listener(host: str, port: int) -> Any:
+    """A TCP socket bound to ``host:port`` (uvicorn listens on it), or a one-line
+    :class:`MamiError` naming the address and the way out when it cannot be bound."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        where = f"{_url_host(host or '0.0.0.0')}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise MamiError(f"cannot listen on {where}: the address is already in use (another "
+                            "mami serve or program is there): stop it, or choose another "
+                            "port with --port (or [server] port in plugins.toml)") from None
+        raise MamiError(f"cannot listen on {where}: {exc.strerror or exc}: choose another "
+                        "address or port (--host, --port, or [server] in plugins.toml)"
+                        ) from None
+    listener.set_inheritable(True)
+    return listener
+
+
+STOP_GRACE = 5.0
+"""Seconds a start-up interrupted by SIGTERM/SIGINT has to unwind before the process
+ends anyway (a plugin's startup may ignore cancellation)."""
+
+
+def _serve_class() -> Any:
+    """uvicorn's ``Server``, told apart during start-up: uvicorn only notes a signal and
+    waits for the application's start-up to end, so a plugin whose ``startup`` never
+    returns kept ``mami serve`` alive through SIGTERM. Here a signal during start-up
+    prints one line, cancels the start-up, and ends the process within
+    :data:`STOP_GRACE` seconds (a second signal: at once)."""
+    import signal
+    import threading
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def __init__(self, config: Any, runtime: Any) -> None:
+            super().__init__(config)
+            self.runtime = runtime
+            self.stopped_by: int | None = None
+            self._main: asyncio.Task[Any] | None = None
+            self._loop: asyncio.AbstractEventLoop | None = None
+
+        async def serve(self, sockets: Any = None) -> None:
+            self._main = asyncio.current_task()
+            self._loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.started or self._main is None or self._loop is None:
+                super().handle_exit(sig, frame)
+                return
+            code = 128 + sig
+            if self.stopped_by is not None:  # a second signal: no more waiting
+                os._exit(code)
+            self.stopped_by = sig
+            running = self.runtime.plugins.running
+            waiting = (f" (plugin {running[0]}'s {running[1]} was still running)"
+                       if running else "")
+            print(f"mami: {signal.Signals(sig).name} during start-up{waiting}: stopping "
+                  "without serving", file=sys.stderr, flush=True)
+            # The cancelled start-up is not an error to show as uvicorn's traceback.
+            logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
+            watchdog = threading.Timer(STOP_GRACE, os._exit, (code,))
+            watchdog.daemon = True
+            watchdog.start()
+            self._loop.call_soon_threadsafe(self._main.cancel)
+
+    return Server
 
 
 def _schema_preflight(runtime: Any) -> None:

@@ -53,6 +53,7 @@ class CoreSettings:
     s3_endpoint_url: str = ""  # another S3-compatible API than AWS's
     image_url_ttl: float = 300.0  # seconds a presigned image URL stays valid
     event_timeout: float = 30.0
+    startup_timeout: float = 60.0  # seconds one plugin's startup may take; then it is failed
     image_deadline: float = 600.0
     log_level: str = "INFO"
     max_tool_steps: int = 8  # model calls that may run tools in one turn; then it must answer
@@ -63,8 +64,8 @@ class CoreSettings:
     document_max_pages: int = 500  # a PDF's pages
 
     def __post_init__(self) -> None:
-        for name in ("event_timeout", "image_deadline", "tool_timeout", "tool_deadline",
-                     "document_max_bytes", "document_max_pages"):
+        for name in ("event_timeout", "startup_timeout", "image_deadline", "tool_timeout",
+                     "tool_deadline", "document_max_bytes", "document_max_pages"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"[core] {name}: must be greater than 0")
         if self.max_tool_steps < 0:

@@ -139,8 +139,9 @@ def register_migrations(register: Callable[[MigrationSource], None]) -> None:
 def startup(runtime: Runtime) -> Awaitable[None] | None:
     """Called once when the app starts, after providers are registered.
 
-    May return an awaitable. A plugin that raises here is marked failed and the app
-    runs on without it.
+    May return an awaitable. A plugin that raises here, or whose awaitable runs past
+    ``[core] startup_timeout`` (it is then cancelled), is marked failed and the app runs
+    on without it.
     """
 
 

@@ -198,22 +198,36 @@ SLOW_HOOK_NOTICE = 15.0
 """Seconds between the warnings that a plugin's ``startup`` or ``shutdown`` still runs."""
 
 
-async def _noting_slow(awaitable: Awaitable[Any], plugin: str, hook_name: str) -> Any:
+class HookTimedOut(Exception):
+    """A ``startup`` ran past ``[core] startup_timeout``."""
+
+
+async def _noting_slow(awaitable: Awaitable[Any], plugin: str, hook_name: str,
+                       limit: float | None = None) -> Any:
     """Await a ``startup`` or ``shutdown`` to its end, logging every
     :data:`SLOW_HOOK_NOTICE` seconds that it still runs, naming the plugin: one that
     waits forever (a server that never answers) otherwise holds the whole app at
-    "Waiting for application startup" without a word."""
+    "Waiting for application startup" without a word. After ``limit`` seconds the work
+    is cancelled (not waited for: it may ignore cancellation) and :class:`HookTimedOut`
+    raised."""
     task = asyncio.ensure_future(_guarded(awaitable))
     waited = 0.0
     try:
         while True:
-            done, _ = await asyncio.wait({task}, timeout=SLOW_HOOK_NOTICE)
+            pause = SLOW_HOOK_NOTICE if limit is None else min(SLOW_HOOK_NOTICE, limit - waited)
+            done, _ = await asyncio.wait({task}, timeout=pause)
             if done:
                 return task.result()
-            waited += SLOW_HOOK_NOTICE
-            log.warning("plugin %s: %s still running after %gs; mami waits for it (set "
+            waited += pause
+            if limit is not None and waited >= limit:
+                task.cancel()
+                task.add_done_callback(_retrieve)
+                raise HookTimedOut(f"timed out after {limit:g}s ([core] startup_timeout; "
+                                   "raise it if the plugin needs longer)")
+            log.warning("plugin %s: %s still running after %gs; mami waits for it%s (set "
                         "[plugins.%s] enabled = false to start without it)",
-                        plugin, hook_name, waited, plugin)
+                        plugin, hook_name, waited,
+                        "" if limit is None else f" up to {limit:g}s", plugin)
     except asyncio.CancelledError:
         task.cancel()
         raise
@@ -238,6 +252,8 @@ class PluginHost:
     def __init__(self, config: Config, candidates: Iterable[Candidate] | None = None) -> None:
         self.config = config
         self.pm = pluggy.PluginManager(PROJECT)
+        self.running: tuple[str, str] | None = None
+        """``(plugin, hook)`` of the ``startup`` or ``shutdown`` hook running now."""
         self.pm.add_hookspecs(hookspecs)
         self.tracing = os.environ.get(TRACE_ENV, "").strip() not in ("", "0")
         if self.tracing:
@@ -421,16 +437,22 @@ class PluginHost:
         return found
 
     async def _run_each(self, hook_name: str, kwargs: dict[str, Any],
-                        on_error: Callable[[str, str], None]) -> None:
+                        on_error: Callable[[str, str], None], limit: float | None = None
+                        ) -> None:
         for impl in self._impls(hook_name):
+            self.running = (impl.plugin_name, hook_name)
             try:
                 result = self._call(impl, hook_name, kwargs)
                 if inspect.isawaitable(result):
-                    await _noting_slow(result, impl.plugin_name, hook_name)
+                    await _noting_slow(result, impl.plugin_name, hook_name, limit)
+            except HookTimedOut as exc:
+                on_error(impl.plugin_name, str(exc))
             except BaseException as exc:
                 if not contained(exc):
                     raise
                 on_error(impl.plugin_name, describe(exc))
+            finally:
+                self.running = None
 
     async def fire(self, hook_name: str, timeout: float, **kwargs: Any) -> list[tuple[str, str]]:
         """Deliver an event to every implementation concurrently, each on its own with
@@ -536,7 +558,8 @@ class PluginHost:
     async def startup(self, runtime: Runtime) -> None:
         """Run every ``startup`` hook; a plugin whose startup fails is marked failed."""
         await self._run_each("startup", {"runtime": runtime},
-                             lambda plugin, error: self.fail(plugin, f"startup failed: {error}"))
+                             lambda plugin, error: self.fail(plugin, f"startup failed: {error}"),
+                             self.config.core.startup_timeout)
 
     async def shutdown(self, runtime: Runtime) -> None:
         """Run every ``shutdown`` hook; errors are logged."""

@@ -9,8 +9,13 @@ updated, skipped) goes to ``memory_decisions``.
 Facts come from the ``message_completed`` event only: explicit requests ("remember
 that ...", "... hatırla") always, and LLM-extracted facts when ``llm_extraction`` is
 on. Each assistant message is handled exactly once: claimed with
-``runtime.claim_once``, the claim released when remembering fails (the next delivery
-retries), and claims a killed process left unfinished handled again at the next start.
+``runtime.claim_once``, and claims a killed process left unfinished handled again at the
+next start. When remembering fails (Chroma or its server down, the store held by another
+process), the message is marked for retry in ``event_receipts`` and the claim released:
+the next delivery of the event, a background retry of ``mami serve`` (every 30 s while
+messages wait, backing off to 10 min while they keep failing) or the next start remembers
+it. On AWS Lambda nothing runs after a response, so there the next cold start (or a
+retried request) does.
 """
 
 from __future__ import annotations
@@ -95,22 +100,56 @@ def register_memory_stores(register: Callable[[MemoryStore], None], runtime: Run
 
 @hookimpl
 def startup(runtime: Runtime) -> Awaitable[None] | None:
-    """Remember the facts of messages a killed process had claimed but not handled."""
+    """Remember the facts of messages a killed process had claimed but not handled, and
+    of those whose memory write failed (Chroma down). A long-running server does it in
+    a background task, waiting for it at most ``START_WAIT`` seconds (half the
+    ``[core] startup_timeout`` if less), and goes on retrying the ones still failing; on
+    AWS Lambda it is done here, as nothing may run after a response."""
     if runtime.memory is None or not getattr(runtime, "repair_on_start", True):
         return None
-    return _redeliver(runtime)
+    from plugins.memory.extract import STATE
+
+    settings = runtime.settings(PLUGIN) or Settings()
+    runtime.state.pop(STATE, None)  # a stopped runtime's retries, if it is started again
+    if runtime.serverless:
+        return _redeliver(runtime, settings)
+    return _start_retrying(runtime, settings)
 
 
-async def _redeliver(runtime: Runtime) -> None:
+async def _start_retrying(runtime: Runtime, settings: Settings) -> None:
+    import asyncio
+    import contextlib
+
+    from plugins.memory.extract import START_WAIT, STATE, start_retrying
+
+    start_retrying(runtime, settings, at_start=True)
+    wait = min(START_WAIT, runtime.config.core.startup_timeout / 2)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(runtime.state[STATE].passed.wait(), wait)
+
+
+async def _redeliver(runtime: Runtime, settings: Settings) -> None:
     import logging
 
-    from plugins.memory.extract import redeliver_unfinished
+    from plugins.memory.extract import redeliver_unfinished, retry_pending
 
     try:  # never fails the plugin: the next start tries again
-        await redeliver_unfinished(runtime, runtime.settings(PLUGIN) or Settings())
+        await redeliver_unfinished(runtime, settings)
+        await retry_pending(runtime, settings)
     except Exception as exc:
         logging.getLogger("mami.memory").warning("redelivering claimed messages failed: %s",
                                                  exc)
+
+
+@hookimpl
+def shutdown(runtime: Runtime) -> Awaitable[None] | None:
+    """Stop the background retries (the messages stay marked: the next start retries)."""
+    from plugins.memory.extract import STATE, Retrier
+
+    # Kept, closed: a write failing while the app stops starts no retries after it.
+    retrier = runtime.state.setdefault(STATE, Retrier(runtime, runtime.settings(PLUGIN)
+                                                      or Settings()))
+    return retrier.stop()
 
 
 @hookimpl

@@ -141,19 +141,33 @@ async def llm_facts(event: MessageCompleted, runtime: Runtime, settings: Setting
     return facts
 
 
+PENDING = "memory.retry"
+"""The ``claim_once`` consumer of the messages whose remembering failed after the claim
+(Chroma or the database down): a durable "retry this" marker, kept until the message is
+handled, so a failure loses no fact even when no one delivers the event again."""
+
+
 async def remember_from(event: MessageCompleted, runtime: Runtime, settings: Settings) -> None:
     """Remember the facts of one completed exchange, exactly once per assistant message.
 
     The facts are found first; only then is the message claimed (``claim_once``), so
     a message with nothing to remember costs no write, and a second delivery, a retry
     or a racing worker finds the claim taken and does nothing. When remembering fails
-    after the claim (Chroma or the database down), the claim is released and the error
-    raised, so the next delivery tries again; facts that this message already stored
-    before the failure are not counted twice.
+    after the claim (Chroma or the database down), the message is marked for retry
+    (:data:`PENDING`), the claim released and the error raised: the next delivery, the
+    retry loop of a long-running server (:func:`start_retrying`) or the next start
+    tries again; facts that this message already stored before the failure are not
+    counted twice.
     """
+    await _remember_once(event, runtime, settings)
+
+
+async def _remember_once(event: MessageCompleted, runtime: Runtime, settings: Settings) -> str:
+    """:func:`remember_from`, saying what happened: ``nothing`` (no fact to remember),
+    ``taken`` (the message was claimed before) or ``done``."""
     store = runtime.memory
     if store is None:
-        return
+        return "nothing"
     facts = explicit_facts(event.user_text)
     if settings.llm_extraction:
         facts += await llm_facts(event, runtime, settings)
@@ -162,8 +176,10 @@ async def remember_from(event: MessageCompleted, runtime: Runtime, settings: Set
         unique.setdefault(normalize(fact), fact)
     unique.pop("", None)
     chosen = list(unique.values())[: settings.max_facts]
-    if not chosen or not await runtime.claim_once(CONSUMER, event.message_id):
-        return
+    if not chosen:
+        return "nothing"
+    if not await runtime.claim_once(CONSUMER, event.message_id):
+        return "taken"
     try:
         decided = getattr(store, "decided", None)
         done = await decided(event.owner, event.message_id) if decided is not None else set()
@@ -177,9 +193,22 @@ async def remember_from(event: MessageCompleted, runtime: Runtime, settings: Set
                 continue
             log.info("memory %s %s for %s", decision.action, decision.memory_id, event.owner)
     except BaseException:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(runtime.release_claim(CONSUMER, event.message_id))
+        # The marker first, then the release: at every moment the claim or the marker
+        # holds the message, so a process dying in between loses nothing.
+        marked = await _quietly(runtime.claim_once(PENDING, event.message_id))
+        await _quietly(runtime.release_claim(CONSUMER, event.message_id))
+        if marked is not None and not runtime.serverless:
+            start_retrying(runtime, settings)
         raise
+    return "done"
+
+
+async def _quietly(work: Any) -> Any:
+    """``work``'s result, shielded from cancellation; ``None`` when it fails."""
+    try:
+        return await asyncio.shield(work)
+    except Exception:
+        return None
 
 
 RECENT = timedelta(days=1)
@@ -199,7 +228,7 @@ async def redeliver_unfinished(runtime: Runtime, settings: Settings) -> int:
     facts were all refused is looked at again at each start for a day."""
     from sqlmodel import col, select
 
-    from core.models import Conversation, EventReceipt, Message, utcnow
+    from core.models import EventReceipt, utcnow
     from plugins.memory.models import MemoryDecisionRecord
 
     store = runtime.memory
@@ -218,17 +247,7 @@ async def redeliver_unfinished(runtime: Runtime, settings: Settings) -> int:
             return 0
         decided = set((await session.exec(select(MemoryDecisionRecord.source_message_id).where(
             col(MemoryDecisionRecord.source_message_id).in_(keys)))).all())
-        events = []
-        for key in [k for k in keys if k not in decided][:REDELIVER_MAX]:
-            answer = await session.get(Message, key)
-            if answer is None or answer.status != "complete" or answer.reply_to is None:
-                continue
-            asked = await session.get(Message, answer.reply_to)
-            conversation = await session.get(Conversation, answer.conversation_id)
-            if asked is None or conversation is None:
-                continue
-            events.append(MessageCompleted(conversation.owner_id, conversation.id, key,
-                                           asked.id, asked.content, answer.content))
+        events = await _events(session, [k for k in keys if k not in decided][:REDELIVER_MAX])
     for event in events:
         await runtime.release_claim(CONSUMER, event.message_id)
         await remember_from(event, runtime, settings)
@@ -236,6 +255,155 @@ async def redeliver_unfinished(runtime: Runtime, settings: Settings) -> int:
         log.warning("remembered the facts of %d message(s) a stopped process had claimed",
                     len(events))
     return len(events)
+
+
+async def _events(session: Any, keys: list[str]) -> list[MessageCompleted]:
+    """The ``message_completed`` events of the complete assistant messages ``keys``."""
+    from core.models import Conversation, Message
+
+    events = []
+    for key in keys:
+        answer = await session.get(Message, key)
+        if answer is None or answer.status != "complete" or answer.reply_to is None:
+            continue
+        asked = await session.get(Message, answer.reply_to)
+        conversation = await session.get(Conversation, answer.conversation_id)
+        if asked is None or conversation is None:
+            continue
+        events.append(MessageCompleted(conversation.owner_id, conversation.id, key,
+                                       asked.id, asked.content, answer.content))
+    return events
+
+
+RETRY_EVERY = 30.0
+"""Seconds between retry passes while messages wait (:func:`start_retrying`); each
+failed pass doubles the pause, up to :data:`RETRY_MAX`."""
+RETRY_MAX = 600.0
+RETRY_GIVE_UP = timedelta(days=1)
+"""A message whose remembering has failed for this long is given up (logged)."""
+STATE = "memory.retrier"
+START_WAIT = 10.0
+"""Seconds a server's start waits for the start-up pass (then it goes on in the
+background, so a slow model or a store still down never holds the start for long)."""
+
+
+async def retry_pending(runtime: Runtime, settings: Settings) -> tuple[int, bool]:
+    """One pass over the messages marked :data:`PENDING`, oldest first, at most
+    :data:`REDELIVER_MAX`: each is remembered (exactly once: the claim still guards it)
+    and its marker dropped. The pass stops at the first failure (the store is still
+    down: the others would fail too). Returns ``(markers left, whether one failed)``.
+
+    A marker whose message another delivery claimed meanwhile is dropped once that
+    delivery has decided something (until then it is kept: that delivery may fail)."""
+    from sqlmodel import col, func, select
+
+    from core.models import EventReceipt, utcnow
+    from plugins.memory.models import MemoryDecisionRecord
+
+    async with runtime.db.session() as session:
+        marked = list((await session.exec(
+            select(EventReceipt.key, EventReceipt.created_at)
+            .where(col(EventReceipt.consumer) == PENDING)
+            .order_by(col(EventReceipt.created_at)).limit(REDELIVER_MAX))).all())
+        events = {e.message_id: e for e in await _events(session, [k for k, _ in marked])}
+    failed = False
+    retried = remembered = 0
+    for key, created in marked:
+        event = events.get(key)
+        if event is None:  # the message was deleted (or never completed)
+            await runtime.release_claim(PENDING, key)
+            continue
+        retried += 1
+        try:
+            outcome = await _remember_once(event, runtime, settings)
+        except Exception as exc:
+            if utcnow() - _aware(created) > RETRY_GIVE_UP:
+                log.error("gave up remembering the facts of message %s (failing since %s): %s",
+                          key, created, exc)
+                await runtime.release_claim(PENDING, key)
+            else:
+                log.warning("remembering the facts of message %s failed again, will retry: %s",
+                            key, exc)
+                failed = True
+                break
+            continue
+        if outcome == "taken":
+            async with runtime.db.session() as session:
+                decided = (await session.exec(select(func.count()).select_from(
+                    MemoryDecisionRecord).where(
+                        col(MemoryDecisionRecord.source_message_id) == key))).one()
+            if not decided and utcnow() - _aware(created) <= RETRY_GIVE_UP:
+                continue
+        else:
+            remembered += outcome == "done"
+        await runtime.release_claim(PENDING, key)
+    async with runtime.db.session() as session:
+        left = (await session.exec(select(func.count()).select_from(EventReceipt).where(
+            col(EventReceipt.consumer) == PENDING))).one()
+    if retried:
+        log.warning("retried remembering %d message(s) whose memory write had failed: %d "
+                    "remembered, %d still waiting", retried, remembered, left)
+    return int(left), failed
+
+
+class Retrier:
+    """The background retries of one runtime: a task that runs :func:`retry_pending`
+    every :data:`RETRY_EVERY` seconds (doubling after a failed pass) while markers are
+    left, and ends when none is."""
+
+    def __init__(self, runtime: Runtime, settings: Settings) -> None:
+        self.runtime, self.settings = runtime, settings
+        self.wanted = False
+        self.closed = False  # the app stops: a failure now waits for the next start
+        self.task: asyncio.Task[None] | None = None
+        self.passed = asyncio.Event()
+        """Set after the first pass (the start-up's, with ``at_start``)."""
+
+    def want(self, at_start: bool = False) -> None:
+        """Run passes until no marker is left; ``at_start``: first the start-up's
+        :func:`redeliver_unfinished` and a pass at once."""
+        self.wanted = True  # seen by a running pass: it looks again instead of ending
+        if self.closed:
+            return
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(at_start))
+
+    async def _run(self, at_start: bool) -> None:
+        pause = RETRY_EVERY
+        if at_start:
+            pause = 0.0
+            try:
+                await redeliver_unfinished(self.runtime, self.settings)
+            except Exception as exc:  # the pass below and the next start try again
+                log.warning("redelivering claimed messages failed: %s", exc)
+        while True:
+            await asyncio.sleep(pause)
+            self.wanted = False
+            try:
+                left, failed = await retry_pending(self.runtime, self.settings)
+            except Exception as exc:  # the database is down: markers are safe in it
+                log.warning("retrying failed memory writes failed: %s", exc)
+                left, failed = 1, True
+            self.passed.set()
+            if not left and not self.wanted:
+                return
+            pause = min(pause * 2, RETRY_MAX) if failed else RETRY_EVERY
+
+    async def stop(self) -> None:
+        self.closed = True
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+def start_retrying(runtime: Runtime, settings: Settings, at_start: bool = False) -> None:
+    """Make sure the runtime's :class:`Retrier` runs (a long-running server only: on
+    AWS Lambda nothing may run after a response, and the next start retries)."""
+    retrier = runtime.state.get(STATE)
+    if retrier is None:
+        retrier = runtime.state[STATE] = Retrier(runtime, settings)
+    retrier.want(at_start)
 
 
 def _aware(moment: Any) -> Any:
