@@ -101,6 +101,7 @@ from core.context import (
 )
 from core.errors import (
     BadRequest,
+    DatabaseUnavailable,
     MamiError,
     NotFound,
     ProviderError,
@@ -646,7 +647,7 @@ class TurnRun:
             try:
                 await self.runtime.db.run(functools.partial(_execute, _SAVE_PARTIAL, params))
                 saved, renewed = count, time.monotonic()
-            except SQLAlchemyError as exc:
+            except (SQLAlchemyError, DatabaseUnavailable) as exc:
                 log.warning("saving the partial answer %s failed: %s", self.message_id, exc)
 
     async def _stop_saving(self) -> None:

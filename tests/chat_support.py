@@ -198,9 +198,11 @@ class StandIn(LoopbackServer):
     connection drops mid-body), ``end_early`` (two words, then a clean end without
     [DONE]), ``status500``, ``status400``, ``flaky`` (503 for the first ``failures``
     requests, then ok), ``stall_first`` (headers, then silence), ``stall_mid`` (one
-    word, then silence). ``requests`` records (headers, body) of each request. When a
-    request asks for ``stream_options.include_usage`` a usage chunk with ``usage``
-    (prompt, completion tokens) follows the finish, as OpenAI sends it.
+    word, then silence), ``gated`` (like ``ok``, but before each word after the first
+    it waits for the next event of ``gates``, while there is one). ``requests`` records
+    (headers, body) of each request. When a request asks for
+    ``stream_options.include_usage`` a usage chunk with ``usage`` (prompt, completion
+    tokens) follows the finish, as OpenAI sends it.
     """
 
     def __init__(self, mode: str = "ok") -> None:
@@ -211,6 +213,7 @@ class StandIn(LoopbackServer):
         self.usage = (17, 4)
         self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
         self.stop_event = threading.Event()
+        self.gates: list[threading.Event] = []
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -242,7 +245,9 @@ class StandIn(LoopbackServer):
         words = self.words[:2] if mode in ("cut", "end_early") else self.words
         if mode == "stall_mid":
             words = self.words[:1]
-        for word in words:
+        for i, word in enumerate(words):
+            if mode == "gated" and 0 < i <= len(self.gates):
+                self.gates[i - 1].wait(30)
             write_chunk(h, chunk(word))
         if mode == "stall_mid":
             self.stop_event.wait(30)
@@ -251,7 +256,7 @@ class StandIn(LoopbackServer):
             h.wfile.write(b"40\r\ndata: {\"choices\"")  # half a chunk, then the line drops
             h.wfile.flush()
             return
-        if mode == "ok":
+        if mode in ("ok", "gated"):
             write_chunk(h, chunk(None, "stop"))
             if (body.get("stream_options") or {}).get("include_usage"):
                 prompt, completion = self.usage

@@ -11,21 +11,31 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import update
 from sqlmodel import col
 
 from core import leases
 from core.app import create_app
-from core.chat import ChatRequest, finish_abandoned, keep_finishing_abandoned, start_turn
+from core.chat import (
+    ChatRequest,
+    Finished,
+    finish_abandoned,
+    keep_finishing_abandoned,
+    start_turn,
+)
 from core.errors import ERROR_TYPES
 from core.models import Conversation, Message, Owner, utcnow
 from tests.chat_support import OPENAI, StandIn
 from tests.core.test_chat_pipeline import ALICE, drain, openai_table, rows
+from tests.core.test_database_faults import immutable
 
 
 def dead_holder() -> str:
@@ -106,6 +116,43 @@ async def test_the_text_of_a_streaming_answer_is_saved_while_it_streams(
     await items.aclose()  # type: ignore[attr-defined]
     answer = (await rows(runtime, turn.conversation_id or ""))[1]
     assert (answer.status, answer.content, answer.lease_until) == ("interrupted", "Hello", None)
+
+
+async def test_an_answer_outlives_its_database_being_read_only_for_a_while(
+    make_runtime: Any, standin: StandIn, tmp_path: Any
+) -> None:
+    """The partial saves fail while the database file cannot be written; once it can
+    again, the answer is finished and stored whole (the saver logged and went on; it
+    used to end, and the turn then failed on the old error)."""
+    database = tmp_path / "data" / "mami.db"
+    runtime = await make_runtime(OPENAI, plugins=openai_table(standin),
+                                 core={"database_url": f"sqlite:///{database}"})
+    standin.mode = "gated"
+    standin.gates = [threading.Event(), threading.Event()]
+    turn = await start_turn(runtime, ALICE, ChatRequest("hi", conversation_id=None))
+    items = turn.run()
+    files = [database, Path(f"{database}-wal")]
+    try:
+        assert await anext(items) == "Hello"
+        try:
+            immutable(files, True)
+        except (subprocess.CalledProcessError, FileNotFoundError):
+            pytest.skip("chattr +i is not available here")
+        standin.gates[0].set()
+        assert await anext(items) == " from"
+        await asyncio.sleep(1.5)  # three save intervals, each refused
+        immutable(files, False)
+        standin.gates[1].set()
+        rest = [item async for item in items]
+    finally:
+        immutable(files, False)
+        for gate in standin.gates:
+            gate.set()
+    finished = rest[-1]
+    assert isinstance(finished, Finished) and finished.status == "complete", finished
+    assert "".join(str(p) for p in rest[:-1]) == " the stand-in."
+    answer = (await rows(runtime, turn.conversation_id or ""))[1]
+    assert (answer.status, answer.content) == ("complete", "Hello from the stand-in.")
 
 
 async def test_a_retry_of_a_turn_whose_process_died_answers_again(
