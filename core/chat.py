@@ -363,10 +363,6 @@ _RECENT = (core_select(_messages)
 _RECENT_BEFORE = _RECENT.where(_messages.c.seq < bindparam("before"))
 
 
-def _execute(statement: Any, params: Any, conn: Connection) -> Any:
-    return conn.execute(statement, params)
-
-
 def _message_row(**values: Any) -> dict[str, Any]:
     """The parameters of a message INSERT: every column (as the ORM would write them),
     ``values`` over the model's defaults."""
@@ -645,7 +641,7 @@ class TurnRun:
             params = {"answer": self.message_id, "holder": self.lease,
                       "content": "".join(parts[:count]), "lease_until": utcnow() + LEASE}
             try:
-                await self.runtime.db.run(functools.partial(_execute, _SAVE_PARTIAL, params))
+                await self.runtime.db.execute(_SAVE_PARTIAL, params)
                 saved, renewed = count, time.monotonic()
             except (SQLAlchemyError, DatabaseUnavailable) as exc:
                 log.warning("saving the partial answer %s failed: %s", self.message_id, exc)

@@ -236,6 +236,11 @@ class Database:
             async with self.engine.begin() as connection:
                 return await connection.run_sync(work)
 
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        """One Core ``statement`` with its ``parameters`` in a transaction of its own,
+        through :meth:`run`; its result (``rowcount``, or rows already fetched)."""
+        return await self.run(lambda connection: connection.execute(statement, parameters))
+
     def _run_in_thread(self, work: Callable[[Connection], T]) -> T:
         assert self._sync_engine is not None
         with self._sync_engine.begin() as connection:

@@ -101,7 +101,7 @@ async def enqueue(
         "created_at": now, "updated_at": now,
     })
     values = job.model_dump()
-    await runtime.db.run(lambda conn: conn.execute(_INSERT, values))
+    await runtime.db.execute(_INSERT, values)
     wakeup = runtime.state.get(WAKEUP_KEY)
     if wakeup is not None:
         wakeup.set()
@@ -210,7 +210,7 @@ async def renew(
     now = utcnow()
     params = {"job_id": job_id, "worker": worker_id, "now": now, "new_progress": progress,
               "lease_until": now + timedelta(seconds=lease_seconds)}
-    result = await db.run(lambda conn: conn.execute(_RENEW, params))
+    result = await db.execute(_RENEW, params)
     return result.rowcount == 1
 
 
